@@ -56,6 +56,7 @@ class RunConfig:
     compile: bool = False
     sync_bn: bool = False
     nproc: int = 1
+    threads: int | None = None  # CPU threads of torch's intra-op pool; None: the recipe's, else torch's
     # -- output
     out: str | None = None  # run folder; None: runs/<dataset>-<model>-<timestamp>
     resume: str | None = None

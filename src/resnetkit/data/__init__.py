@@ -1,1 +1,18 @@
+"""Datasets, presets and loaders.
 
+``build_loaders(cfg, device)`` turns a RunConfig into a :class:`DatasetSpec` and train/test
+loaders that yield normalized batches on the device; ``build_eval_loader`` gives one split for
+evaluation; ``dataset_spec`` resolves the spec alone; ``check_dataset`` reports on the data.
+See :mod:`.loaders` for the two loader paths, :mod:`.folders` for image-folder rules,
+:mod:`.transforms` for reading images and the eval transform that predict shares.
+"""
+from __future__ import annotations
+
+from ._util import DataWarning
+from .check import check_dataset
+from .loaders import Loaders, build_eval_loader, build_loaders, dataset_spec
+from .presets import list_datasets
+from .specs import DatasetSpec
+
+__all__ = ["build_loaders", "build_eval_loader", "dataset_spec", "DatasetSpec", "check_dataset",
+           "list_datasets", "Loaders", "DataWarning"]

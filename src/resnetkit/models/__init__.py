@@ -1,1 +1,17 @@
+"""The model zoo: residual networks of He et al. 2015 (arXiv:1512.03385) behind a string registry.
 
+>>> from resnetkit.models import create_model, list_models
+>>> model = create_model("resnet20", num_classes=10, in_chans=1)
+>>> list_models("plain*")[:2]
+['plain18', 'plain34']
+"""
+from __future__ import annotations
+
+from ._registry import ModelInfo, create_model, list_models, model_info, register_model
+from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
+from .resnet import CifarResNet, ResNet, SimpleResNet
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
+    "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
+]

@@ -1,0 +1,57 @@
+"""``resnetkit data``: ``check`` a dataset for problems, ``list`` the known datasets."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("data", help="inspect datasets: check one, list them",
+                              description="Inspect datasets before training.")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+
+    c = sub.add_parser(
+        "check", help="counts, sizes, statistics and problems of a dataset",
+        description="Per split: image count, class counts, image sizes, per-channel mean/std; "
+                    "problems: unreadable files, exact duplicates (within and across splits), "
+                    "class imbalance, a last training batch of one sample. Exit status 0 even "
+                    "when problems are found.")
+    c.add_argument("dataset", metavar="DATASET",
+                   help="digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
+    c.add_argument("--data-dir", metavar="DIR",
+                   help="where the data lives (default $RESNETKIT_DATA, else ~/.cache/resnetkit/data); "
+                        "for imagefolder the folder of class sub-folders")
+    c.add_argument("--batch-size", type=int, metavar="B", help="training batch size to check against")
+    c.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="held-out fraction for a folder with no val/ or test/ (default 0.2)")
+    c.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
+    c.add_argument("--workers", type=int, metavar="N", help="processes decoding images")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=run_check)
+
+    ls = sub.add_parser("list", help="the datasets resnetkit knows, with their presets")
+    ls.set_defaults(func=run_list)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset, format_report
+
+    report = check_dataset(args.dataset, args.data_dir, args.batch_size, val_fraction=args.val_fraction,
+                           seed=args.seed, workers=args.workers)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from ..data.presets import PRESETS
+
+    for p in PRESETS.values():
+        aug = ["pad %d crop" % p.pad if p.pad else "", "flip" if p.flip else "",
+               "random resized crop" if p.rrc_scale else ""]
+        print(f"{p.name:14s} {p.img_size:3d}px  {p.in_chans}ch  aug: {', '.join(a for a in aug if a) or '-'}"
+              f"   {p.description}")
+    return 0
+
+
+run = run_check

@@ -1,0 +1,47 @@
+"""``resnetkit evaluate CHECKPOINT_OR_RUN_DIR``: accuracy, per-class metrics, confusion image."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate", help="top-1/top-5, per-class metrics and a confusion matrix of a checkpoint",
+        description="Evaluate a checkpoint (or a run folder: its best checkpoint) with the "
+                    "preprocessing and classes stored in it.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("--dataset", metavar="NAME", help="another dataset with the same classes "
+                                                     "(default: the one it was trained on)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (default: as trained)")
+    p.add_argument("--split", choices=("test", "train"), default="test",
+                   help="test: the held-out split (default)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average the logits of each image and its horizontal flip (default: as trained)")
+    p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
+    p.add_argument("--out", metavar="FILE", help="confusion matrix image "
+                                                 "(default: confusion-<split>.png beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--batch-size", type=int, metavar="N", help="default: as trained")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import default_confusion_path, evaluate
+    from ..report import format_report
+    from ..train.checkpoint import resolve_checkpoint_path
+
+    path = resolve_checkpoint_path(args.checkpoint)
+    png = Path(args.out) if args.out else default_confusion_path(path, args.split)
+    result = evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+                      device=args.device, batch_size=args.batch_size, confusion_png=png)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
+    print(f"{result['checkpoint']}  ({result['model']})")
+    print(format_report(result, title=title))
+    print(f"loss {result['loss']:.4f}; confusion matrix: {png}")
+    return 0

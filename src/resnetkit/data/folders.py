@@ -1,0 +1,216 @@
+"""Image folders: one sub-folder per class, either in train/ and val/ (or test/) trees or in one
+tree that is split here.
+
+Layout. ``DIR/train`` with ``DIR/val`` or ``DIR/test`` is a split layout (val/ is preferred
+when both exist: it is the held-out split for model selection; keep test/ for the end).
+Otherwise ``DIR`` (or ``DIR/train`` alone) is one tree, split per class by ``--val-fraction``
+with a generator seeded by ``--seed`` and the class name: stratified, reproducible, and adding
+a class does not reshuffle the others.
+
+Class order. Class names and their indices are saved with every run (``spec.classes``), so the
+order only has to be stable. If every class folder name is an integer (``1, 2, 10``), classes
+sort numerically (1, 2, 10); otherwise lexicographically, as torchvision's ImageFolder does.
+When numeric order differs from torchvision's (it does from 10 classes up: ``1, 10, 2``), a
+:class:`DataWarning` says so once, so nothing is reordered silently. Hidden folders and files
+(names starting with ".") are ignored; files directly in ``DIR`` are not samples.
+
+Bad input. A class folder with no image files, a tree with fewer than two classes, or a class
+present in one split only is a UserError. Files with other extensions inside class folders are
+skipped and named in a warning (an error with ``--strict``); unreadable images are handled where
+they are decoded (:mod:`.decode`, :mod:`.streaming`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UserError
+from ._util import summarize_names, warn
+from .sampling import seeded_generator
+from .transforms import IMG_EXTENSIONS, is_image_file
+
+HELD_OUT_NAMES = ("val", "test")
+
+
+@dataclass
+class FolderSplit:
+    """The image files of one split: paths relative to ``root``, labels, (size, mtime_ns)."""
+
+    root: Path
+    files: list[str]
+    labels: list[int]
+    stats: list[tuple[int, int]]
+    ignored: list[str] = field(default_factory=list)  # non-image files in class folders
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def path(self, i: int) -> Path:
+        return self.root / self.files[i]
+
+    def select(self, indices: Sequence[int]) -> "FolderSplit":
+        return replace(self, files=[self.files[i] for i in indices],
+                       labels=[self.labels[i] for i in indices], stats=[self.stats[i] for i in indices])
+
+    def counts(self, num_classes: int) -> list[int]:
+        out = [0] * num_classes
+        for label in self.labels:
+            out[label] += 1
+        return out
+
+
+@dataclass
+class FolderIndex:
+    root: Path
+    classes: tuple[str, ...]
+    train: FolderSplit
+    test: FolderSplit
+    layout: str  # a sentence for reports
+    problems: list[str] = field(default_factory=list)  # structural problems (tolerant mode)
+
+
+def natural_order(names: Sequence[str]) -> list[str]:
+    """All-integer names sort numerically, anything else lexicographically (torchvision)."""
+    if names and all(n.isdecimal() for n in names):
+        return sorted(names, key=lambda n: (int(n), n))
+    return sorted(names)
+
+
+def class_dirs(tree: Path) -> list[str]:
+    with os.scandir(tree) as it:
+        return [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
+
+
+def detect_layout(root: Path) -> tuple[Path, Path | None]:
+    """(train tree, held-out tree or None when the train tree must be split)."""
+    train = root / "train"
+    if train.is_dir():
+        for name in HELD_OUT_NAMES:
+            if (root / name).is_dir():
+                return train, root / name
+        return train, None
+    return root, None
+
+
+def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
+    """Append the image files under one class folder (recursively, sorted); return how many."""
+    found = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, out.root).replace(os.sep, "/")
+            if not is_image_file(name):
+                out.ignored.append(rel)
+                continue
+            st = os.stat(full)
+            out.files.append(rel)
+            out.labels.append(label)
+            out.stats.append((st.st_size, st.st_mtime_ns))
+            found += 1
+    return found
+
+
+def scan_tree(tree: Path, classes: Sequence[str], problems: list[str] | None = None) -> FolderSplit:
+    """List the images of ``classes`` under ``tree``; a class folder with no image is an error
+    (or, with a ``problems`` list, recorded there)."""
+    split = FolderSplit(tree, [], [], [])
+    for label, name in enumerate(classes):
+        folder = tree / name
+        if not folder.is_dir():
+            continue  # a class absent from this tree; callers check presence
+        if _walk_class(folder, label, split) == 0:
+            msg = f"class folder {folder} holds no image files ({' '.join(IMG_EXTENSIONS)})"
+            if problems is None:
+                raise UserError(f"{msg}; remove it or add images")
+            problems.append(msg)
+    return split
+
+
+def _resolve_classes(trees: list[Path], classes: Sequence[str] | None,
+                     problems: list[str] | None) -> tuple[str, ...]:
+    found = [set(class_dirs(t)) for t in trees]
+    if classes is not None:  # order fixed by a checkpoint's spec
+        extra = sorted(set().union(*found) - set(classes))
+        if extra:
+            raise UserError(f"folder classes {summarize_names(extra)} are not among the model's "
+                            f"{len(classes)} classes ({summarize_names(list(classes))})")
+        return tuple(classes)
+    union = set().union(*found)
+    for tree, names in zip(trees, found):
+        missing = natural_order(sorted(union - names))
+        if missing and len(trees) > 1:
+            others = " and ".join(f"{t.name}/" for t in trees if t != tree)
+            msg = (f"class {summarize_names(missing)} has a folder in {others} but not in {tree}; "
+                   f"every class needs images in every split")
+            if problems is None:
+                raise UserError(msg)
+            problems.append(msg)
+    order = natural_order(sorted(union))
+    if len(order) < 2:
+        msg = (f"{trees[0]} holds {len(order)} class folder(s) ({', '.join(order) or 'none'}); "
+               f"an image folder needs one sub-folder per class and at least two classes")
+        if problems is None:
+            raise UserError(msg)
+        problems.append(msg)
+    if order != sorted(order):
+        warn(f"class folders in {trees[0].parent if len(trees) > 1 else trees[0]} are numbers and "
+             f"sort numerically ({', '.join(order[:4])}, ...), not as torchvision's ImageFolder "
+             f"does ({', '.join(sorted(order)[:4])}, ...); the order is saved with the run", once=True)
+    return tuple(order)
+
+
+def split_by_fraction(split: FolderSplit, classes: Sequence[str], val_fraction: float,
+                      seed: int) -> tuple[FolderSplit, FolderSplit]:
+    """Stratified train/held-out split: per class round(n * val_fraction) files, at least one
+    each side when the class has two or more."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    import torch
+
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(split.labels):
+        by_class.setdefault(label, []).append(i)
+    train_idx: list[int] = []
+    held_idx: list[int] = []
+    for label, idx in sorted(by_class.items()):
+        n = len(idx)
+        n_val = min(max(round(n * val_fraction), 1), n - 1) if n >= 2 else 0
+        perm = torch.randperm(n, generator=seeded_generator(seed, "val-split", classes[label])).tolist()
+        held = set(perm[:n_val])
+        held_idx += [idx[j] for j in range(n) if j in held]
+        train_idx += [idx[j] for j in range(n) if j not in held]
+    return split.select(sorted(train_idx)), split.select(sorted(held_idx))
+
+
+def index_imagefolder(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0,
+                      classes: Sequence[str] | None = None, tolerant: bool = False) -> FolderIndex:
+    """Scan an image folder (file listing and stat only, no decoding) into train and held-out
+    splits. ``classes`` fixes the class order (a checkpoint's); ``tolerant`` records structural
+    problems in ``.problems`` instead of raising (for ``data check``)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"image folder {root} not found; point --data-dir at a folder with one "
+                        f"sub-folder of images per class (or train/ and val/ trees of them)")
+    problems: list[str] | None = [] if tolerant else None
+    train_tree, held_tree = detect_layout(root)
+    trees = [train_tree] + ([held_tree] if held_tree else [])
+    names = _resolve_classes(trees, classes, problems)
+    train = scan_tree(train_tree, names, problems)
+    if held_tree is not None:
+        held = scan_tree(held_tree, names, problems)
+        layout = f"split folders {train_tree.name}/ and {held_tree.name}/"
+    else:
+        if not train.files:
+            raise UserError(f"no image files found in the class folders of {train_tree}")
+        train, held = split_by_fraction(train, names, val_fraction, seed)
+        held.ignored = []  # the tree's non-image files are reported once, with train
+        tree = "" if train_tree == root else f" ({train_tree.name}/ only)"
+        layout = f"one tree{tree} split per class by --val-fraction {val_fraction} with seed {seed}"
+    if not train.files or not held.files:
+        raise UserError(f"no image files found in the class folders of {root}")
+    return FolderIndex(root, names, train, held, layout, problems or [])

@@ -1,0 +1,81 @@
+"""Evaluate a checkpoint on a split with the preprocessing and classes stored in it.
+
+``evaluate(path)`` repeats the test evaluation of the run that wrote the checkpoint (same
+loader, batch size, loss, precision, memory format and CPU threads), so on the same device it
+reproduces the accuracy the run reported, to the last digit (with --compile, rare ties may differ).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import RunConfig, field_names
+from .errors import UserError
+
+
+def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir: str | None = None,
+             split: str = "test", tta: bool | None = None, *, device: str = "auto",
+             batch_size: int | None = None, precision: str | None = None,
+             confusion_png: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Top-1, top-5 (more than 5 classes), loss, per-class precision/recall/F1 and the confusion
+    matrix of checkpoint (or run folder) ``path`` on ``split`` of its dataset or of ``dataset``.
+
+    ``tta``: average the logits of each image and its horizontal flip; None does what the run
+    did (its --tta). ``precision``: None uses the run's. ``confusion_png``: also draw the matrix.
+    """
+    from .data import build_eval_loader
+    from .report import classification_report, evidence, plot_confusion
+    from .train.checkpoint import load_checkpoint
+    from .train.runtime import cpu_threads, resolve_device, resolve_precision
+    from .train.steps import evaluate_batches
+
+    dev = resolve_device(device)
+    loaded = load_checkpoint(path, map_location=dev)
+    cfg = run_config(loaded.config, dataset=dataset, data_dir=data_dir, batch_size=batch_size)
+    tta = cfg.tta if tta is None else tta
+    prec = resolve_precision(precision or cfg.precision, dev)
+    loader = build_eval_loader(cfg, split, dev, spec=loaded.spec)
+    if cfg.channels_last:  # the run's memory format: the same kernels, the same sums
+        loaded.model.to(memory_format=torch.channels_last)
+    with cpu_threads(cfg.threads, dev):
+        out = evaluate_batches(loaded.model, loader, autocast=prec.autocast(),
+                               channels_last=cfg.channels_last, tta=tta,
+                               label_smoothing=cfg.label_smoothing or 0.0)
+    if out.count == 0:
+        raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
+    rep = classification_report(out.top5, out.targets, loaded.classes)
+    result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
+              "split": split, "tta": tta, "loss": out.summary()["loss"], **rep,
+              "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
+    if confusion_png is not None:
+        plot_confusion(np.asarray(rep["confusion_matrix"]), loaded.classes, confusion_png,
+                       title=f"{loaded.arch} on {cfg.dataset} ({split}{', tta' if tta else ''})")
+        result["confusion_png"] = str(confusion_png)
+    return result
+
+
+def run_config(saved: dict[str, Any], **changes: Any) -> RunConfig:
+    """The run's config (keys this version does not know are dropped), with the given changes."""
+    known = set(field_names())
+    cfg = RunConfig.from_dict({k: v for k, v in saved.items() if k in known})
+    return cfg.replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+def default_confusion_path(checkpoint: Path, split: str) -> Path:
+    return checkpoint.parent / f"confusion-{split}.png"
+
+
+class _CallableModule(types.ModuleType):
+    # ``import resnetkit.evaluate`` makes ``resnetkit.evaluate`` this module instead of the
+    # function; calling the module calls the function, so both spellings keep working.
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

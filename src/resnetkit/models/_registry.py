@@ -1,0 +1,138 @@
+"""A string registry of model builders, as timm's ``_registry.py`` without the tags.
+
+A builder is a tiny keyword-only function named after the model. Its options are its own
+keyword parameters plus, for ``**kwargs: Unpack[SomeOptions]``, the keys of that TypedDict:
+:func:`create_model` checks a user's keyword arguments against them, so a typo in
+``--model-arg`` is a one-line error, not a TypeError traceback from deep inside a constructor.
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+from ..errors import UserError
+
+IMAGENET_INPUT = (3, 224, 224)
+CIFAR_INPUT = (3, 32, 32)
+COMMON = ("num_classes", "in_chans")  # every builder takes these
+
+Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A registered model: its builder and what the CLI shows about it."""
+
+    name: str
+    builder: Callable[..., nn.Module]
+    input_size: tuple[int, int, int]  # the default (C, H, W) for summaries
+
+    @property
+    def description(self) -> str:
+        doc = inspect.getdoc(self.builder) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    @property
+    def num_classes(self) -> int:
+        """The builder's default number of classes (1000 for ImageNet nets, 10 for CIFAR)."""
+        return int(inspect.signature(self.builder).parameters["num_classes"].default)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments the builder takes besides ``num_classes`` and ``in_chans``,
+        each with its type."""
+        hints = typing.get_type_hints(self.builder)
+        found: dict[str, Any] = {}
+        for p in inspect.signature(self.builder).parameters.values():
+            if p.kind is p.KEYWORD_ONLY and p.name not in COMMON:
+                found[p.name] = hints.get(p.name, Any)
+            elif p.kind is p.VAR_KEYWORD:
+                found.update(_unpacked(self.builder, hints.get(p.name)))
+        return found
+
+
+_REGISTRY: dict[str, ModelInfo] = {}
+
+
+def _unpacked(builder: Callable[..., Any], hint: Any) -> dict[str, Any]:
+    """The keys and types of ``T`` in ``**kwargs: Unpack[T]`` (PEP 692)."""
+    if hint is None:
+        raise TypeError(f"{builder.__name__}: annotate **kwargs as Unpack[SomeTypedDict]")
+    (options,) = typing.get_args(hint)
+    return typing.get_type_hints(options)
+
+
+def _check_value(model: str, key: str, hint: Any, value: Any) -> None:
+    if typing.get_origin(hint) is typing.Literal:
+        ok, want = value in typing.get_args(hint), " or ".join(map(repr, typing.get_args(hint)))
+    elif hint is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif hint is int:
+        ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive integer"
+    else:
+        return
+    if not ok:
+        raise UserError(f"{model}: {key} must be {want}, got {value!r}")
+
+
+def register_model(fn: Builder | None = None, *,
+                   input_size: tuple[int, int, int] = IMAGENET_INPUT) -> Any:
+    """Register a builder under its function name; use bare or as ``@register_model(input_size=...)``."""
+
+    def add(builder: Builder) -> Builder:
+        name = builder.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        params = inspect.signature(builder).parameters
+        if not all(k in params and params[k].kind is params[k].KEYWORD_ONLY for k in COMMON):
+            raise TypeError(f"{name}: a builder takes keyword-only num_classes and in_chans")
+        _REGISTRY[name] = ModelInfo(name, builder, input_size)
+        return builder
+
+    return add(fn) if fn is not None else add
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names matching the shell-style ``pattern`` (e.g. ``"resnet*"``), in
+    registration order: ImageNet nets, CIFAR nets, then the simple nets."""
+    if pattern is None:
+        return list(_REGISTRY)
+    return [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern.lower())]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry of ``name``; an unknown name is a UserError naming the closest ones."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise UserError(f"unknown model {name!r}; {hint}`resnetkit models` lists them all")
+
+
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
+                 **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name``.
+
+    ``num_classes`` None takes the builder's default: 1000 for the ImageNet nets, 10 for the
+    CIFAR and simple nets (the datasets their papers report). ``kwargs`` are the builder's
+    options (``model_info(name).options``), e.g. ``small_input=True`` or ``shortcut_type="B"``.
+    """
+    info = model_info(name)
+    options = info.options
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        takes = ", ".join(options) or "no options besides num_classes and in_chans"
+        raise UserError(f"{name} does not take {', '.join(unknown)}; it takes {takes}")
+    for key, value in kwargs.items():
+        _check_value(name, key, options[key], value)
+    _check_value(name, "in_chans", int, in_chans)
+    if num_classes is not None:
+        _check_value(name, "num_classes", int, num_classes)
+        kwargs["num_classes"] = num_classes
+    return info.builder(in_chans=in_chans, **kwargs)

@@ -1,0 +1,325 @@
+"""Residual networks of He et al. 2015, "Deep Residual Learning for Image Recognition"
+(arXiv:1512.03385), and the plain nets they are compared with.
+
+- :class:`ResNet`: the ImageNet nets of Table 1 (resnet18..152), with torchvision's
+  state_dict schema so that its weights load as they are.
+- :class:`CifarResNet`: the 6n+2-layer CIFAR-10 nets of section 4.2 (resnet20..110), widths
+  16/32/64, option A (zero-padding) shortcuts by default.
+- :class:`SimpleResNet`: a stem and a few equal-width residual blocks; the tutorial net.
+
+Every net has the attributes ``conv1, bn1, relu, layer1.., avgpool, fc`` and a ``stages``
+property, and takes any input of 8 px and more (the pooling before ``fc`` is adaptive).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Literal, TypedDict
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ._registry import CIFAR_INPUT, register_model
+from .blocks import BasicBlock, Bottleneck, SimpleBlock, conv3x3, make_shortcut, residual_blocks
+
+if sys.version_info >= (3, 11):
+    from typing import Unpack
+else:  # pragma: no cover
+    from typing_extensions import Unpack
+
+
+class _Net(nn.Module):
+    """What every net here shares: ``stages`` and the weight initialization."""
+
+    @property
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The residual stages ``[("layer1", module), ...]``, e.g. for per-stage grad norms."""
+        return [(name, m) for name, m in self.named_children() if name.startswith("layer")]
+
+    def init_weights(self, zero_init_residual: bool = False) -> None:
+        # He et al. 2015 (arXiv:1502.01852) initialization, as torchvision.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            # Each block starts as the identity: +0.2~0.3% top-1 (Goyal et al. 2017, arXiv:1706.02677).
+            # Only for residual blocks: a plain block whose last BN is zero outputs zeros.
+            for block in residual_blocks(self):
+                if block.shortcut:
+                    block.zero_init_last()
+
+
+class ResNet(_Net):
+    """ImageNet ResNet (Table 1 of the paper), state_dict-compatible with torchvision's.
+
+    ``small_input`` swaps the 7x7 stride-2 stem and its max-pool for a 3x3 stride-1 conv and
+    ``nn.Identity()`` (for 32 px images, as timm's and most CIFAR recipes do); the names stay, so
+    every other weight of a torchvision checkpoint still loads. ``shortcut=False`` builds the
+    plain net of the same depth (no shortcuts, so no projection convolutions either).
+    """
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
+                 num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
+                 zero_init_residual: bool = False, shortcut: bool = True) -> None:
+        super().__init__()
+        self.shortcut, self.inplanes = shortcut, 64
+        if small_input:
+            self.conv1 = conv3x3(in_chans, 64)
+        else:
+            self.conv1 = nn.Conv2d(in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        # With small_input the name 'maxpool' remains, for weight compatibility.
+        self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.init_weights(zero_init_residual)
+
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+                    stride: int = 1) -> nn.Sequential:
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            downsample = None
+            if self.shortcut:  # option B where the shape changes, identity elsewhere
+                downsample = make_shortcut(inplanes=self.inplanes, planes=planes * block.expansion,
+                                           stride=s, kind="B")
+            layers.append(block(inplanes=self.inplanes, planes=planes, stride=s,
+                                downsample=downsample, shortcut=self.shortcut))
+            self.inplanes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class CifarResNet(_Net):
+    """The CIFAR-10 nets of section 4.2: a 3x3 conv, three stages of n BasicBlocks each at
+    widths 16/32/64 on 32/16/8 px maps, global average pool, fc: 6n+2 weighted layers.
+
+    ``shortcut_type`` "A" (the paper's choice for these nets) zero-pads the new channels and
+    subsamples, with no parameters; "B" uses 1x1 projections where the shape changes.
+    """
+
+    def __init__(self, depth: int, *, num_classes: int = 10, in_chans: int = 3,
+                 shortcut_type: Literal["A", "B"] = "A", zero_init_residual: bool = False,
+                 shortcut: bool = True) -> None:
+        super().__init__()
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(f"a CIFAR ResNet has 6n+2 layers (8, 20, 32, ...), not {depth}")
+        if shortcut_type not in ("A", "B"):
+            raise UserError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
+        n = (depth - 2) // 6
+        self.shortcut, self.shortcut_type, self.inplanes = shortcut, shortcut_type, 16
+        self.conv1 = conv3x3(in_chans, 16)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = self._make_layer(16, n)
+        self.layer2 = self._make_layer(32, n, stride=2)
+        self.layer3 = self._make_layer(64, n, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(64, num_classes)
+        self.init_weights(zero_init_residual)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        layers = []
+        for i in range(blocks):
+            s = stride if i == 0 else 1
+            downsample = None
+            if self.shortcut:
+                downsample = make_shortcut(inplanes=self.inplanes, planes=planes, stride=s,
+                                           kind=self.shortcut_type)
+            layers.append(BasicBlock(inplanes=self.inplanes, planes=planes, stride=s,
+                                     downsample=downsample, shortcut=self.shortcut))
+            self.inplanes = planes
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class SimpleResNet(_Net):
+    """Stem conv3x3 -> ``width`` channels, ``depth`` equal-width residual blocks
+    ``y = relu(x + F(x))``, global average pool, fc. Full resolution throughout: for small
+    images such as 8x8 digits or 28x28 MNIST."""
+
+    def __init__(self, *, num_classes: int = 10, in_chans: int = 3, width: int = 32, depth: int = 4,
+                 shortcut: bool = True) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_chans, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(*(SimpleBlock(planes=width, shortcut=shortcut) for _ in range(depth)))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(width, num_classes)
+        self.init_weights()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer1(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+# ---------------------------------------------------------------- options (checked by create_model)
+class ImageNetOptions(TypedDict, total=False):
+    small_input: bool  # 3x3 stride-1 conv1 and no max-pool, for images of about 32 px
+    zero_init_residual: bool
+
+
+class PlainImageNetOptions(TypedDict, total=False):
+    small_input: bool
+
+
+class CifarOptions(TypedDict, total=False):
+    shortcut_type: Literal["A", "B"]
+    zero_init_residual: bool
+
+
+# ---------------------------------------------------------------- ImageNet nets (Table 1)
+@register_model
+def resnet18(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[ImageNetOptions]) -> ResNet:
+    """ResNet-18 (He et al. 2015, arXiv:1512.03385, Table 1)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def resnet34(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[ImageNetOptions]) -> ResNet:
+    """ResNet-34 (He et al. 2015, arXiv:1512.03385, Table 1)."""
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def resnet50(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[ImageNetOptions]) -> ResNet:
+    """ResNet-50, bottleneck blocks (He et al. 2015, arXiv:1512.03385, Table 1)."""
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def resnet101(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[ImageNetOptions]) -> ResNet:
+    """ResNet-101, bottleneck blocks (He et al. 2015, arXiv:1512.03385, Table 1)."""
+    return ResNet(Bottleneck, (3, 4, 23, 3), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def resnet152(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[ImageNetOptions]) -> ResNet:
+    """ResNet-152, bottleneck blocks (He et al. 2015, arXiv:1512.03385, Table 1)."""
+    return ResNet(Bottleneck, (3, 8, 36, 3), num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model
+def plain18(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[PlainImageNetOptions]) -> ResNet:
+    """Plain 18-layer net: ResNet-18 without shortcuts (He et al. 2015, arXiv:1512.03385, Fig. 4)."""
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes=num_classes, in_chans=in_chans, shortcut=False,
+                  **kwargs)
+
+
+@register_model
+def plain34(*, num_classes: int = 1000, in_chans: int = 3, **kwargs: Unpack[PlainImageNetOptions]) -> ResNet:
+    """Plain 34-layer net: ResNet-34 without shortcuts (He et al. 2015, arXiv:1512.03385, Fig. 3)."""
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes=num_classes, in_chans=in_chans, shortcut=False,
+                  **kwargs)
+
+
+# ---------------------------------------------------------------- CIFAR-10 nets (section 4.2, Table 6)
+@register_model(input_size=CIFAR_INPUT)
+def resnet8(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-8, n=1: the smallest 6n+2 CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2)."""
+    return CifarResNet(8, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def resnet20(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-20 for CIFAR-10, 0.27M params (He et al. 2015, arXiv:1512.03385, Table 6)."""
+    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def resnet32(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-32 for CIFAR-10, 0.46M params (He et al. 2015, arXiv:1512.03385, Table 6)."""
+    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def resnet44(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-44 for CIFAR-10, 0.66M params (He et al. 2015, arXiv:1512.03385, Table 6)."""
+    return CifarResNet(44, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def resnet56(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-56 for CIFAR-10, 0.85M params (He et al. 2015, arXiv:1512.03385, Table 6)."""
+    return CifarResNet(56, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def resnet110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[CifarOptions]) -> CifarResNet:
+    """ResNet-110 for CIFAR-10, 1.7M params (He et al. 2015, arXiv:1512.03385, Table 6)."""
+    return CifarResNet(110, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain8(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 8-layer CIFAR net: resnet8 without shortcuts (He et al. 2015, arXiv:1512.03385, sec. 4.2)."""
+    return CifarResNet(8, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain20(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 20-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
+    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain32(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 32-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
+    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain44(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 44-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
+    return CifarResNet(44, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain56(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 56-layer CIFAR net: trains worse than plain20 (He et al. 2015, arXiv:1512.03385, Fig. 6)."""
+    return CifarResNet(56, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def plain110(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+    """Plain 110-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2)."""
+    return CifarResNet(110, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+
+
+# ---------------------------------------------------------------- the tutorial nets
+@register_model(input_size=CIFAR_INPUT)
+def simple_resnet(*, num_classes: int = 10, in_chans: int = 3, width: int = 32,
+                  depth: int = 4) -> SimpleResNet:
+    """Stem + `depth` blocks y = relu(x + F(x)) at one width (He et al. 2015, arXiv:1512.03385, Fig. 2)."""
+    return SimpleResNet(num_classes=num_classes, in_chans=in_chans, width=width, depth=depth)
+
+
+@register_model(input_size=CIFAR_INPUT)
+def simple_plain(*, num_classes: int = 10, in_chans: int = 3, width: int = 32,
+                 depth: int = 4) -> SimpleResNet:
+    """simple_resnet without shortcuts, y = relu(F(x)): its plain twin (He et al. 2015, arXiv:1512.03385)."""
+    return SimpleResNet(num_classes=num_classes, in_chans=in_chans, width=width, depth=depth,
+                        shortcut=False)

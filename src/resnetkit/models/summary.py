@@ -1,0 +1,128 @@
+"""A per-stage summary of a network, as Keras' ``model.summary()`` and torchinfo print.
+
+Rows: the stem (every top-level child before the first stage), each stage ``layerN`` and every
+top-level child after the last one (``avgpool``, ``fc``); with ``depth=2`` each stage is followed
+by one row per block. Output shapes come from forward hooks on one image; FLOPs from
+:class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix
+multiplies only (BatchNorm, ReLU, additions and pooling are left out) and counts a multiply-add
+as 2 FLOPs.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+FLOPS_NOTE = "convolutions and linear layers only; a multiply-add counts as 2 FLOPs"
+
+
+def _parts(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Top-level rows as (row name, child names): the stem's children grouped under "stem"."""
+    stage_names = {name for name, _ in getattr(model, "stages", [])}
+    children = [name for name, _ in model.named_children()]
+    first = next((i for i, name in enumerate(children) if name in stage_names), 0)
+    parts = [("stem", children[:first])] if first else []
+    return parts + [(name, [name]) for name in children[first:]]
+
+
+def _shape(out: Any) -> list[int]:
+    return list(out.shape[1:]) if isinstance(out, torch.Tensor) else []
+
+
+def _row(name: str, modules: Sequence[nn.Module], shape: list[int], flops: int, depth: int) -> dict[str, Any]:
+    params = sum(p.numel() for m in modules for p in m.parameters())
+    return {"name": name, "depth": depth, "output_shape": shape, "params": params, "flops": flops}
+
+
+def _trace(model: nn.Module, input_size: Sequence[int], watched: dict[str, nn.Module]
+           ) -> tuple[dict[str, list[int]], dict[str, int], int]:
+    """One zero image through ``model`` in eval mode: the output shape of each watched module,
+    in the order they ran, FLOPs per module name and the total. The model's mode is restored."""
+    shapes: dict[str, list[int]] = {}
+
+    def record(name: str, out: Any) -> None:
+        shapes.pop(name, None)  # re-insert: the dict's order is the order the modules ran
+        shapes[name] = _shape(out)
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: record(n, out)) for n, m in watched.items()]
+    device = next(model.parameters()).device
+    was_training = model.training
+    counter = FlopCounterMode(display=False)
+    try:
+        model.eval()
+        with torch.no_grad(), counter:
+            model(torch.zeros(1, *input_size, device=device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    prefix = type(model).__name__ + "."  # FlopCounterMode names modules "ResNet.layer1.0"
+    flops = {k[len(prefix):]: int(sum(v.values())) for k, v in counter.get_flop_counts().items()
+             if k.startswith(prefix)}
+    return shapes, flops, int(counter.get_total_flops())
+
+
+def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *, depth: int = 1,
+              name: str | None = None) -> dict[str, Any]:
+    """Rows per top-level part (and per block with ``depth=2``) for one input of ``input_size``
+    (C, H, W), and totals; shapes exclude the batch dimension."""
+    children = dict(model.named_children())
+    stages = dict(getattr(model, "stages", []))
+    watched = dict(children)
+    if depth >= 2:
+        for stage, module in stages.items():
+            watched.update({f"{stage}.{n}": m for n, m in module.named_children()})
+    shapes, flops, total_flops = _trace(model, input_size, watched)
+    ran = list(shapes)
+    rows = []
+    for row, names in _parts(model):
+        last = max(names, key=lambda n: ran.index(n) if n in ran else -1)  # gives the part's output
+        rows.append(_row(row, [children[n] for n in names], shapes.get(last, []),
+                         sum(flops.get(n, 0) for n in names), 1))
+        if depth >= 2 and row in stages:
+            rows += [_row(f"{row}.{n}", [m], shapes.get(f"{row}.{n}", []), flops.get(f"{row}.{n}", 0), 2)
+                     for n, m in stages[row].named_children()]
+    return {
+        "model": name or type(model).__name__,
+        "input_size": list(input_size),
+        "rows": rows,
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_flops": total_flops,
+        "flops_note": FLOPS_NOTE,
+    }
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> "1.23M"; with ``unit="FLOPs"``: "1.23 MFLOPs"."""
+    for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{' ' if unit else ''}{prefix}{unit}"
+    return f"{n:g}{' ' if unit else ''}{unit}"
+
+
+def format_summary(d: dict[str, Any]) -> str:
+    """An aligned table of ``summarize``'s rows, then the totals in human units."""
+    header = ("Part", "Output shape", "Params", "FLOPs")
+    table = [header] + [
+        ("  " * (r.get("depth", 1) - 1) + r["name"],
+         "x".join(map(str, r["output_shape"])) or "-", f"{r['params']:,}", human(r["flops"]))
+        for r in d["rows"]
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    rule = "-" * len(line(header))
+    size = "x".join(map(str, d["input_size"]))
+    out = [f"{d['model']}, input {size} (C x H x W, batch of 1)", rule, line(header), rule]
+    out += [line(row) for row in table[1:]]
+    out += [rule,
+            f"Total params:     {d['total_params']:,} ({d['total_params'] / 1e6:.2f}M)",
+            f"Trainable params: {d['trainable_params']:,} ({d['trainable_params'] / 1e6:.2f}M)",
+            f"Total FLOPs:      {human(d['total_flops'], 'FLOPs')} per image",
+            f"                  ({d.get('flops_note', FLOPS_NOTE)})"]
+    return "\n".join(out)

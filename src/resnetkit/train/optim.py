@@ -1,0 +1,70 @@
+"""Optimizer and learning-rate schedule from a resolved RunConfig.
+
+Schedules come from ``torch.optim.lr_scheduler`` and are stepped once per batch, so a run's
+shape does not depend on its epoch count or batch size.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.optim import lr_scheduler as sched
+
+from ..config import RunConfig
+
+Scheduler = sched.LRScheduler
+ONECYCLE_WARMUP = 0.25  # fraction of the run spent rising to the peak when --warmup-epochs is unset
+WARMUP_START = 0.01  # linear warmup starts at 1% of the peak (Goyal et al. 2017, arXiv:1706.02677)
+STEP_MILESTONES = (0.5, 0.75)  # x0.1 at half and three quarters of the run (He et al. 2015, 4.2)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
+    only hurts (Goyal et al. 2017; "no bias decay", He et al. 2018, arXiv:1812.01187)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(params: Iterable[Any], cfg: RunConfig) -> torch.optim.Optimizer:
+    """sgd: momentum 0.9 with Nesterov; adam and adamw: torch's defaults (betas 0.9, 0.999).
+    ``params``: parameters or param groups (their own "weight_decay" and "lr" win)."""
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True,
+                               weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> Scheduler:
+    """The per-batch schedule for ``cfg.epochs`` epochs of ``steps_per_epoch`` batches."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(total - 1, round((cfg.warmup_epochs or 0) * steps_per_epoch))
+    if cfg.schedule == "onecycle" and total >= 3:  # its two phases need two steps or more each
+        rise = warmup if cfg.warmup_epochs is not None else round(ONECYCLE_WARMUP * total)
+        rise = min(max(rise, 2), total - 1)
+        return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                total_steps=total, pct_start=rise / total)
+    main_steps = total - warmup
+    if cfg.schedule == "cosine":
+        main: Scheduler = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif cfg.schedule == "step":
+        milestones = [max(1, round(f * total) - warmup) for f in STEP_MILESTONES]
+        main = sched.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    else:
+        main = sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup == 0:
+        return main
+    ramp = sched.LinearLR(optimizer, start_factor=WARMUP_START, total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the first group (the one with weight decay: the bulk of the net)."""
+    return float(optimizer.param_groups[0]["lr"])

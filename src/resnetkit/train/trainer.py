@@ -1,0 +1,455 @@
+"""The training loop: device, precision, schedule, logging, checkpoints, resume and the report.
+
+The steps themselves live in :mod:`.steps`. Per epoch the trainer reads the device twice at
+most per ``sync_every`` batches (progress and the finite-loss check) and writes, in order: the
+best checkpoint (when the test accuracy improved), the last checkpoint, the metrics line and
+the resume state, each atomically. The resume state carries the metrics history, so a run
+killed between two of those writes resumes from the last complete epoch and rewrites
+metrics.jsonl to match it.
+
+Ready for data parallelism: ``rank``/``world_size`` reach the loaders, only rank 0 writes, and
+``self.net`` (what runs forward) is kept apart from ``self.model`` (what is saved).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import report as reports
+from .._io import append_jsonl, write_json_atomic, write_text_atomic
+from ..config import RunConfig
+from ..errors import UserError
+from . import checkpoint as ckpt
+from . import finetune
+from .optim import build_optimizer, build_scheduler, current_lr
+from .recipes import describe, resolve_config
+from .runtime import cpu_threads, resolve_device, resolve_precision
+from .steps import EvalOutput, evaluate_batches, train_step
+
+Callback = Callable[["Trainer", dict[str, Any]], None]
+SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
+# Changing these while resuming cannot change the numbers, only where and how fast they come.
+RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_metrics: dict[str, Any]  # the metrics line of the best epoch (highest test accuracy)
+    last_metrics: dict[str, Any]
+    history: list[dict[str, Any]]  # one metrics line per epoch, as in metrics.jsonl
+    config: RunConfig  # resolved: every recipe value filled in
+    report: dict[str, Any]  # report.json
+    stopped_early: bool = False
+    wall_time_s: float = 0.0
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / ckpt.BEST
+
+
+@dataclass
+class _Best:
+    metrics: dict[str, Any] = field(default_factory=dict)
+    bad_evals: int = 0  # evaluations since the last improvement (--early-stop patience)
+
+    def improves(self, record: Mapping[str, Any]) -> bool:
+        if not self.metrics:
+            return True
+        a, b = record, self.metrics
+        return (a["test_acc"], -a["test_loss"]) > (b["test_acc"], -b["test_loss"])
+
+
+def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
+          verbose: bool = True, **overrides: Any) -> TrainResult:
+    """Train a model; see ``resnetkit train --help`` for every option.
+
+    ``cfg``: a RunConfig, a dict of its fields, or None; keyword overrides win over both, and the
+    recipe fills whatever is left unset. ``callbacks`` are called as ``cb(trainer, record)``
+    after each epoch, once everything of that epoch is saved.
+    """
+    config, explicit = as_config(cfg, overrides)
+    if config.resume:
+        config, explicit = resume_config(config, explicit)
+    if config.nproc > 1:
+        raise UserError("--nproc > 1 (data-parallel training) is not available in this version; "
+                        "use --nproc 1")
+    return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose).fit()
+
+
+def as_config(cfg: RunConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
+              ) -> tuple[RunConfig, set[str] | None]:
+    """A RunConfig and the set of fields the caller set (None: those differing from defaults)."""
+    if cfg is None or isinstance(cfg, Mapping):
+        data = {**dict(cfg or {}), **overrides}
+        return RunConfig.from_dict(data), set(data)
+    if not isinstance(cfg, RunConfig):
+        raise UserError(f"train() takes a RunConfig, a dict or None, not {type(cfg).__name__}")
+    RunConfig.from_dict(overrides)  # validates the names
+    defaults = RunConfig()
+    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)}
+    return cfg.replace(**overrides), changed | set(overrides)
+
+
+def resume_config(cfg: RunConfig, explicit: set[str] | None) -> tuple[RunConfig, set[str]]:
+    """The saved config of the run folder ``cfg.resume``; a resumed run continues it unchanged."""
+    run_dir = Path(cfg.resume)
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise UserError(f"--resume {run_dir}: no config.json there; pass the folder of an earlier run")
+    saved = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    explicit = explicit if explicit is not None else set()
+    changed = sorted(k for k in explicit - set(RESUME_MAY_CHANGE)
+                     if getattr(cfg, k) != getattr(saved, k))
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UserError(f"--resume continues {run_dir} with its saved config, so {flags} cannot change; "
+                        f"to train differently start a new run with --config {path} --out NEW_DIR")
+    keep = {k: getattr(cfg, k) for k in RESUME_MAY_CHANGE if k in explicit}
+    resolved = saved.replace(**{**keep, "out": str(run_dir), "resume": str(run_dir)})
+    return resolved, {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global generator, in types that ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_model(model: nn.Module, cfg: RunConfig, spec: Any) -> nn.Module:
+    """Transfer-learning hook, the single call site: ``resnetkit.pretrained.prepare_model``
+    loads pretrained weights and freezes layers per --pretrained / --freeze when it exists."""
+    try:
+        pretrained = importlib.import_module("resnetkit.pretrained")
+    except ModuleNotFoundError as e:
+        if e.name != "resnetkit.pretrained":
+            raise
+        if cfg.pretrained or cfg.freeze != "none":
+            print("resnetkit: warning: --pretrained/--freeze are recorded but have no effect in this "
+                  "build (resnetkit.pretrained is missing)", file=sys.stderr)
+        return model
+    return pretrained.prepare_model(model, cfg, spec)
+
+
+class Trainer:
+    """Owns one run: ``Trainer(cfg).fit() -> TrainResult``."""
+
+    def __init__(self, cfg: RunConfig, *, explicit: Iterable[str] | None = None,
+                 callbacks: Sequence[Callback] = (), verbose: bool = True,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.cfg = resolve_config(cfg, explicit)
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.verbose = verbose and self.is_main
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(self.cfg.device)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.history: list[dict[str, Any]] = []
+        self.best = _Best()
+        self.start_epoch = 0  # epochs already done (resume)
+        self.wall_before = 0.0  # seconds spent before a resume
+        self.run_dir = Path(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from .. import models
+        from ..data import build_loaders
+
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size)
+        self.spec = self.loaders.spec
+        self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
+                           **cfg.model_args}
+        model = models.create_model(cfg.model, **self.model_args)
+        model = prepare_model(model, cfg, self.spec)
+        self.transfer_notes: list[str] = list(getattr(model, "pretrained_notes", []))
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = build_optimizer(finetune.param_groups(model, cfg), cfg)  # + head/backbone
+        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
+        self.scaler = self.precision.grad_scaler()
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        # Data-parallel wrapping goes here; checkpoints always save self.model.
+        self.net: nn.Module = torch.compile(model) if cfg.compile else model
+
+    def start_run_dir(self) -> None:
+        """A new run folder with config.json and classes.json, or the state of a resumed one."""
+        if self.cfg.resume:
+            if (self.run_dir / ckpt.STATE).exists():
+                self.restore(ckpt.load_state(self.run_dir / ckpt.STATE))
+                return
+            # killed before the end of the first epoch: nothing to continue, start over in place
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        elif (self.run_dir / ckpt.STATE).exists() or (self.run_dir / "metrics.jsonl").exists():
+            raise UserError(f"{self.run_dir} already holds a run; continue it with --resume "
+                            f"{self.run_dir} or choose another --out")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.run_dir / "config.json", self.saved_config())
+            write_json_atomic(self.run_dir / "classes.json", list(self.spec.classes))
+
+    def saved_config(self) -> dict[str, Any]:
+        """The config as config.json and the checkpoints record it: where the run lives, not how
+        this process was started (a resumed run records the same config as an uninterrupted one)."""
+        return self.cfg.replace(out=str(self.run_dir), resume=None).to_dict()
+
+    def state(self, epoch: int, wall: float) -> dict[str, Any]:
+        return {"epoch": epoch, "model": ckpt.model_tensors(self.model),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng_state(),
+                "best": self.best.metrics, "bad_evals": self.best.bad_evals, "history": self.history,
+                "wall_time_s": wall}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = int(state["epoch"])
+        self.best = _Best(dict(state["best"]), int(state["bad_evals"]))
+        self.history = [dict(h) for h in state["history"]]
+        self.wall_before = float(state.get("wall_time_s", 0.0))
+        if self.is_main:  # drop lines of an epoch whose state was never saved
+            write_text_atomic(self.run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in self.history))
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        with cpu_threads(self.cfg.threads, self.device):
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
+        t0 = time.perf_counter()
+        self.setup()
+        self.start_run_dir()
+        self.log(f"run {self.run_dir}  ({self.device}, {self.precision.name}"
+                 f"{', resumed after epoch %d' % self.start_epoch if self.start_epoch else ''})")
+        self.log(describe(self.cfg))
+        for line in self.transfer_notes:
+            self.log(line)
+        epoch = self.start_epoch
+        try:
+            while epoch < self.cfg.epochs and not self.out_of_patience():
+                epoch += 1
+                self.run_epoch(epoch, t0)
+        except KeyboardInterrupt:
+            self.log(f"interrupted; continue with: resnetkit train --resume {self.run_dir}")
+            raise
+        finally:
+            if self.is_main and self.history:
+                reports.plot_curves(self.history, self.run_dir / "curves.png")
+        stopped_early = epoch < self.cfg.epochs
+        if stopped_early:
+            self.log(f"early stop after epoch {epoch}: no better test accuracy in {self.best.bad_evals} "
+                     f"evaluations")
+        wall = self.wall_before + time.perf_counter() - t0
+        report = self.final_report(wall) if self.is_main else {}
+        return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
+                           self.cfg, report, stopped_early, wall)
+
+    def out_of_patience(self) -> bool:
+        return bool(self.cfg.early_stop) and self.best.bad_evals >= self.cfg.early_stop
+
+    def run_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
+        start = time.perf_counter()
+        train = self.train_epoch(epoch)
+        do_eval = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
+        test = self.evaluate().summary() if do_eval else {"loss": None, "acc": None}
+        record = {"epoch": epoch, "train_loss": train.pop("train_loss"), "train_acc": train.pop("train_acc"),
+                  "test_loss": test["loss"], "test_acc": test["acc"], "lr": current_lr(self.optimizer),
+                  "seconds": round(time.perf_counter() - start, 3), **train}
+        self.history.append(record)
+        improved = do_eval and self.best.improves(record)
+        if do_eval:
+            self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
+        if improved:
+            self.best.metrics = dict(record)
+        self.log(format_epoch(record, self.cfg.epochs, improved))
+        self.save(epoch, record, improved, self.wall_before + time.perf_counter() - t0)
+        for callback in self.callbacks:
+            callback(self, record)
+        return record
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        loader = self.loaders.train
+        loader.set_epoch(epoch)
+        for line in finetune.set_epoch(self.model, self.cfg, epoch):  # --freeze-epochs
+            self.log(line)
+        self.net.train()
+        zero = torch.zeros((), device=self.device)
+        loss_sum, correct, seen = zero.clone(), zero.clone(), 0
+        grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
+        bar = self.progress(epoch, len(loader))
+        every = max(1, min(SYNC_EVERY, len(loader) // 4))
+        start = time.perf_counter()
+        autocast = self.precision.autocast()
+        for step, (x, y) in enumerate(loader, 1):
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                    autocast=autocast, scaler=self.scaler,
+                                    before_update=grad_norms.add if grad_norms else None)
+            self.scheduler.step()
+            loss_sum += loss * y.shape[0]
+            correct += hits
+            seen += y.shape[0]
+            if step % every == 0 or step == len(loader):
+                self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+        if bar is not None:
+            bar.close()
+        out = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1)}
+        if grad_norms is not None:
+            out["grad_norms"] = grad_norms.means()
+        return out
+
+    def check_progress(self, bar: Any, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
+                       start: float, epoch: int, step: int) -> None:
+        """One host read: stop on a non-finite loss, refresh the progress bar."""
+        loss, hits = torch.stack([loss_sum.float(), correct.float()]).tolist()
+        if not np.isfinite(loss):
+            raise TrainingDiverged(self.diverged_message(epoch, step, loss))
+        if bar is not None:
+            speed = seen / max(time.perf_counter() - start, 1e-9)
+            bar.set_postfix_str(f"loss {loss / seen:.4f} acc {100 * hits / seen:.2f}% {speed:.0f} img/s",
+                                refresh=False)
+            bar.update(step - bar.n)
+
+    def diverged_message(self, epoch: int, step: int, loss: float) -> str:
+        last = self.run_dir / ckpt.LAST
+        kept = (f"the last good checkpoint is {last} (epoch {self.history[-1]['epoch']})"
+                if self.history else "no checkpoint was written yet")
+        return (f"the training loss became {loss} at epoch {epoch}, batch {step}; {kept}; "
+                f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
+
+    def evaluate(self, tta: bool | None = None) -> EvalOutput:
+        return evaluate_batches(self.net, self.loaders.test, autocast=self.precision.autocast(),
+                                channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
+                                tta=self.cfg.tta if tta is None else tta)
+
+    def progress(self, epoch: int, total: int) -> Any:
+        """A tqdm bar on a terminal; nothing in logs and CI (the epoch line says it all)."""
+        if not (self.verbose and sys.stderr.isatty()):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}/{self.cfg.epochs}", unit="batch", leave=False,
+                    dynamic_ncols=True)
+
+    def log(self, message: str) -> None:
+        if self.verbose:
+            print(message, flush=True)
+
+    # ------------------------------------------------------------------ saving and reporting
+    def save(self, epoch: int, record: dict[str, Any], improved: bool, wall: float) -> None:
+        if not self.is_main:
+            return
+        common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
+                      config=self.saved_config())
+        if improved:
+            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.model, metrics=record, **common)
+        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.model, metrics=record, **common)
+        append_jsonl(self.run_dir / "metrics.jsonl", record)
+        ckpt.save_state(self.run_dir / ckpt.STATE, self.state(epoch, wall))
+
+    def final_report(self, wall: float) -> dict[str, Any]:
+        """Evaluate best.safetensors as written on disk: report.json and confusion.png."""
+        _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
+        self.model.load_state_dict(tensors)
+        out = self.evaluate()
+        rep = reports.classification_report(out.top5, out.targets, self.spec.classes)
+        rep = {"dataset": self.cfg.dataset, "split": "test", "model": self.cfg.model,
+               "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"), **rep,
+               "transfer": self.transfer_notes,
+               "best_metrics": self.best.metrics, "data": self.loaders.info,
+               "evidence": reports.evidence(device=self.device, seed=self.cfg.seed, wall_time_s=wall,
+                                            precision=self.precision.name)}
+        reports.plot_confusion(np.asarray(rep["confusion_matrix"]), self.spec.classes,
+                               self.run_dir / "confusion.png",
+                               title=f"{self.cfg.model} on {self.cfg.dataset} (test, epoch {rep['best_epoch']})")
+        write_json_atomic(self.run_dir / "report.json", rep)
+        self.log(f"best test accuracy {100 * rep['top1']:.2f}% (epoch {rep['best_epoch']}); "
+                 f"{wall:.1f}s; report in {self.run_dir / 'report.json'}")
+        return rep
+
+
+class GradNormLog:
+    """Mean L2 norm of each residual stage's gradient over an epoch, accumulated on the device."""
+
+    def __init__(self, model: nn.Module, device: torch.device) -> None:
+        model = ckpt.unwrap_model(model)
+        stages = list(getattr(model, "stages", None) or model.named_children())
+        self.names = [name for name, _ in stages]
+        self.params = [[p for p in m.parameters() if p.requires_grad] for _, m in stages]
+        self.sums = torch.zeros(len(stages), device=device)
+        self.steps = 0
+
+    def add(self) -> None:
+        norms = [torch.nn.utils.get_total_norm([p.grad for p in ps if p.grad is not None])
+                 if any(p.grad is not None for p in ps) else torch.zeros((), device=self.sums.device)
+                 for ps in self.params]
+        self.sums += torch.stack(norms).to(self.sums)
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        values = (self.sums / max(self.steps, 1)).tolist()
+        return dict(zip(self.names, values))
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """runs/<dataset>-<model>-<timestamp>, with a -2, -3... suffix if that exists already."""
+    base = Path("runs") / f"{cfg.dataset}-{cfg.model}-{datetime.now():%Y%m%d-%H%M%S}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool) -> str:
+    test = ("test loss  -      acc   -    " if r["test_acc"] is None
+            else f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%")
+    width = len(str(epochs))
+    return (f"epoch {r['epoch']:>{width}}/{epochs}  train loss {r['train_loss']:.4f} acc "
+            f"{100 * r['train_acc']:6.2f}%  {test}  lr {r['lr']:.3g}  {r['seconds']:.1f}s"
+            f"{'  *' if improved else ''}")

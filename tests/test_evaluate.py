@@ -1,0 +1,58 @@
+"""Evaluating a checkpoint reproduces what training reported, and draws its confusion matrix."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import resnetkit
+from resnetkit.cli import main
+from resnetkit.train import train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    return train(model="resnet8", subset=300, epochs=3, out=str(tmp_path_factory.mktemp("eval") / "run"),
+                 verbose=False)
+
+
+def test_evaluate_reproduces_the_reported_accuracy_exactly(run) -> None:
+    result = resnetkit.evaluate(run.run_dir)
+    assert result["top1"] == run.best_metrics["test_acc"] == run.report["top1"]
+    assert result["loss"] == run.best_metrics["test_loss"]
+    assert result["num_samples"] == 360 and result["split"] == "test" and result["dataset"] == "digits"
+    assert result["confusion_matrix"] == run.report["confusion_matrix"]
+    last = resnetkit.evaluate(run.run_dir / "last.safetensors")
+    assert last["top1"] == run.last_metrics["test_acc"]
+
+
+def test_the_function_survives_importing_the_module(run) -> None:
+    import resnetkit.evaluate  # noqa: F401 - sets the attribute resnetkit.evaluate to the module
+    import resnetkit.train  # noqa: F401
+
+    assert resnetkit.evaluate(run.run_dir, split="train")["num_samples"] == 300  # the run's subset
+    assert callable(resnetkit.train)
+
+
+def test_cli_text_json_confusion_image_and_tta(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(run.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"top-1 {100 * run.best_metrics['test_acc']:.2f}%" in out and "precision" in out
+    png = run.run_dir / "confusion-test.png"
+    assert png.read_bytes().startswith(PNG_MAGIC)
+
+    target = tmp_path / "cm.png"
+    assert main(["evaluate", str(run.checkpoint), "--json", "--tta", "--out", str(target)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tta"] is True and result["num_samples"] == 360 and 0 <= result["top5"] <= 1
+    assert len(result["per_class"]) == 10 and sum(map(sum, result["confusion_matrix"])) == 360
+    assert target.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_cli_errors(run, capsys: pytest.CaptureFixture) -> None:
+    assert main(["evaluate", str(run.run_dir), "--dataset", "cifar10", "--data-dir", "/nonexistent"]) == 2
+    assert main(["evaluate", str(run.run_dir / "nothing.safetensors")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

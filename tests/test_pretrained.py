@@ -1,0 +1,292 @@
+"""Loading pretrained weights: sources, adaptation, preprocessing and the errors a user can cause.
+
+Nothing is downloaded: torchvision's resnet18/resnet50 state_dicts (perturbed so that every
+tensor is distinctive) are saved to files, and ``imagenet`` is tested with torch's hub folder
+moved to tmp_path, holding such a file or none (the download then raises).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from resnetkit import pretrained
+from resnetkit.cli import main
+from resnetkit.config import RunConfig
+from resnetkit.data.specs import DatasetSpec
+from resnetkit.errors import UserError
+from resnetkit.models import create_model
+from resnetkit.train import checkpoint as ckpt
+from resnetkit.train import finetune
+
+R18_FILE = "resnet18-f37072fd.pth"  # the basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 url
+
+
+def distinctive_state_dict(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchvision's model with every parameter and BatchNorm statistic moved off its init."""
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                t.fill_(7)
+            elif name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            else:
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("weights")
+    r18 = distinctive_state_dict("resnet18")
+    torch.save(r18, d / "r18.pth")
+    torch.save(distinctive_state_dict("resnet50"), d / "r50.pth")
+    timm_style = {"state_dict": {f"module.{k}": v for k, v in r18.items()}, "epoch": 5, "arch": "resnet18"}
+    torch.save(timm_style, d / "timm.pth.tar")
+    torch.save({"model_state_dict": {f"_orig_mod.{k}": v for k, v in r18.items()}}, d / "compiled.pt")
+    save_file({k: v.contiguous() for k, v in r18.items()}, str(d / "r18.safetensors"))
+    return d
+
+
+def r18() -> dict[str, torch.Tensor]:
+    return distinctive_state_dict("resnet18")
+
+
+def one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+# ------------------------------------------------------------------ loading and adapting
+def test_torchvision_file_loads_exactly(weights_dir: Path) -> None:
+    model = create_model("resnet18")
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    ref = torchvision.models.resnet18()
+    ref.load_state_dict(torch.load(weights_dir / "r18.pth", weights_only=True))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ref.eval()(x))
+    assert notes[0].startswith("pretrained: ") and not any("head" in n for n in notes)
+
+
+def test_new_head_keeps_the_backbone_and_lists_the_dropped_keys(weights_dir: Path) -> None:
+    model = create_model("resnet18", num_classes=5)
+    fresh_fc = model.fc.weight.detach().clone()
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    sd = r18()
+    for key, value in model.state_dict().items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(value, sd[key].to(value.dtype), msg=key)
+    assert torch.equal(model.fc.weight, fresh_fc) and model.fc.out_features == 5
+    head = [n for n in notes if n.startswith("new head")]
+    assert head and "fc.weight" in head[0] and "fc.bias" in head[0] and "1000 classes" in head[0]
+
+
+def test_one_channel_sums_the_rgb_filters(weights_dir: Path) -> None:
+    model = create_model("resnet18", num_classes=3, in_chans=1)
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    rgb = r18()["conv1.weight"]
+    assert model.conv1.weight.shape == (64, 1, 7, 7)
+    torch.testing.assert_close(model.conv1.weight.detach(), rgb.sum(dim=1, keepdim=True))
+    assert any("summed" in n for n in notes)
+
+
+def test_more_channels_repeat_and_rescale_as_timm(weights_dir: Path) -> None:
+    model = create_model("resnet18", num_classes=3, in_chans=5)
+    pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    rgb = r18()["conv1.weight"]
+    w = model.conv1.weight.detach()
+    expected = torch.cat([rgb, rgb[:, :2]], dim=1) * (3 / 5)
+    torch.testing.assert_close(w, expected)
+
+
+def test_small_input_stem_is_fresh_and_reported(weights_dir: Path) -> None:
+    torch.manual_seed(3)
+    model = create_model("resnet18", num_classes=3, small_input=True)
+    conv1 = model.conv1.weight.detach().clone()
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    assert torch.equal(model.conv1.weight, conv1)  # left as initialised, and bn1 with it
+    ones = torch.ones(64)
+    assert torch.equal(model.bn1.running_var, ones) and torch.equal(model.bn1.weight, ones)
+    torch.testing.assert_close(model.layer1[0].conv1.weight.detach(), r18()["layer1.0.conv1.weight"])
+    assert any(n.startswith("stem: conv1 and bn1 freshly initialised") and "3x3" in n for n in notes)
+    assert model.fresh_modules == ["bn1", "conv1"]
+    finetune.apply_freeze(model, "backbone")  # a random stem must not be frozen
+    assert model.conv1.weight.requires_grad and model.bn1.weight.requires_grad
+    assert not model.layer1[0].conv1.weight.requires_grad
+
+
+@pytest.mark.parametrize("name", ["timm.pth.tar", "compiled.pt", "r18.safetensors"])
+def test_wrapped_and_safetensors_files_load(weights_dir: Path, name: str) -> None:
+    model = create_model("resnet18", num_classes=4)
+    notes = pretrained.load_pretrained(model, str(weights_dir / name), arch="resnet18")
+    torch.testing.assert_close(model.layer4[1].bn2.running_mean, r18()["layer4.1.bn2.running_mean"])
+    if name.startswith("timm"):
+        assert any("['state_dict']" in n and "epoch 5" in n for n in notes)
+
+
+def test_resnetkit_checkpoint_as_source(tmp_path: Path, weights_dir: Path) -> None:
+    src = create_model("resnet18", num_classes=3, in_chans=1)
+    pretrained.load_pretrained(src, str(weights_dir / "r18.pth"), arch="resnet18")
+    spec = DatasetSpec("imagefolder", ("a", "b", "c"), 1, 48, (0.5,), (0.25,), 55, "bicubic")
+    path = tmp_path / "best.safetensors"
+    ckpt.save_checkpoint(path, src, arch="resnet18", model_args={"num_classes": 3, "in_chans": 1},
+                         spec=spec, config={}, metrics={})
+    same = create_model("resnet18", num_classes=3, in_chans=1)
+    notes = pretrained.load_pretrained(same, str(tmp_path), arch="resnet18", classes=["a", "b", "c"])
+    assert torch.equal(same.fc.weight, src.fc.weight) and not any("new head" in n for n in notes)
+    other = create_model("resnet18", num_classes=3, in_chans=1)
+    notes = pretrained.load_pretrained(other, str(path), arch="resnet18", classes=["x", "y", "z"])
+    assert not torch.equal(other.fc.weight, src.fc.weight) and any("other classes" in n for n in notes)
+    with pytest.raises(UserError, match="does not fit resnet34.*look like resnet18 weights"):
+        pretrained.load_pretrained(create_model("resnet34", num_classes=3, in_chans=1), str(path),
+                                   arch="resnet34")
+    cifar = tmp_path / "cifar.safetensors"
+    ckpt.save_checkpoint(cifar, create_model("resnet20"), arch="resnet20", model_args={}, spec=spec,
+                         config={}, metrics={})
+    with pytest.raises(UserError, match="look like resnet20 weights: pass --model resnet20"):
+        pretrained.load_pretrained(create_model("resnet18"), str(cifar), arch="resnet18")
+    # its preprocessing becomes the new run's; RGB data repeats the gray statistics
+    data = DatasetSpec("imagefolder", ("p", "q"), 3, 64, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2), 73)
+    got = pretrained.pretrained_spec(data, RunConfig(pretrained=str(path), model="resnet18"))
+    assert (got.img_size, got.resize_size, got.interpolation) == (48, 55, "bicubic")
+    assert got.mean == (0.5, 0.5, 0.5) and got.std == (0.25, 0.25, 0.25)
+
+
+# ------------------------------------------------------------------ what cannot be loaded
+def test_resnet50_weights_into_resnet18_name_the_keys(weights_dir: Path) -> None:
+    with pytest.raises(UserError) as e:
+        pretrained.load_pretrained(create_model("resnet18", num_classes=5), str(weights_dir / "r50.pth"),
+                                   arch="resnet18")
+    msg = one_line_error(e)
+    assert "does not fit resnet18" in msg
+    assert "layer1.0.conv1.weight 64x64x1x1 in the file vs 64x64x3x3" in msg
+    assert "not in the model (layer1.0.conv3.weight" in msg and "look like resnet50" in msg
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "weights.pth"
+    bad.write_bytes(os.urandom(300))
+    with pytest.raises(UserError) as e:
+        pretrained.load_pretrained(create_model("resnet18"), str(bad), arch="resnet18")
+    assert "not a readable weights file" in one_line_error(e)
+
+
+class _Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_pickle_with_code_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pth"
+    with open(evil, "wb") as f:
+        pickle.dump({"state_dict": _Exploit(marker)}, f, protocol=2)
+    with pytest.raises(UserError) as e:
+        pretrained.load_pretrained(create_model("resnet18"), str(evil), arch="resnet18")
+    assert "would run code" in one_line_error(e) and "mkdir" in str(e.value)
+    assert not marker.exists()
+    whole = tmp_path / "whole-model.pth"
+    torch.save(torchvision.models.resnet18(), whole)  # a pickled nn.Module, not a state_dict
+    with pytest.raises(UserError, match="would run code .*ResNet"):
+        pretrained.load_pretrained(create_model("resnet18"), str(whole), arch="resnet18")
+
+
+def test_no_state_dict_inside(tmp_path: Path) -> None:
+    path = tmp_path / "opt.pth"
+    torch.save({"optimizer": {"lr": 0.1}, "epoch": 3}, path)
+    with pytest.raises(UserError, match="holds no state_dict"):
+        pretrained.load_pretrained(create_model("resnet18"), str(path), arch="resnet18")
+
+
+def test_sources_that_do_not_resolve() -> None:
+    with pytest.raises(UserError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
+        pretrained.resolve_source("IMAGENET1K_V7", "resnet50")
+    with pytest.raises(UserError, match="not resnet20"):
+        pretrained.resolve_source("imagenet", "resnet20")
+    with pytest.raises(UserError, match="no such file"):
+        pretrained.resolve_source("missing/weights.pth", "resnet18")
+    assert pretrained.resolve_source("IMAGENET1K_V2", "resnet50").weights.name == "IMAGENET1K_V2"
+    assert pretrained.resolve_source("imagenet", "resnet50").weights.name == "IMAGENET1K_V2"
+
+
+# ------------------------------------------------------------------ imagenet and the hub cache
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """torch.hub's folder moved to tmp_path; any download fails as offline."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "hub"
+
+
+def test_imagenet_offline_names_the_file_and_folder(hub: Path) -> None:
+    with pytest.raises(UserError) as e:
+        pretrained.load_pretrained(create_model("resnet18", num_classes=2), "imagenet", arch="resnet18")
+    msg = one_line_error(e)
+    assert f"put {R18_FILE} in {hub / 'checkpoints'}" in msg and "name resolution" in msg
+
+
+def test_imagenet_from_the_hub_cache(hub: Path) -> None:
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(r18(), hub / "checkpoints" / R18_FILE)
+    model = create_model("resnet18", num_classes=2)
+    notes = pretrained.load_pretrained(model, "imagenet", arch="resnet18")
+    torch.testing.assert_close(model.conv1.weight.detach(), r18()["conv1.weight"])
+    assert "ResNet18_Weights.IMAGENET1K_V1" in notes[0]
+
+
+def test_cli_errors_are_one_line(hub: Path, tmp_path: Path, weights_dir: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "photos"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+    assert main(["finetune", str(folder)]) == 2  # imagenet, offline: fails before any image is read
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and R18_FILE in err and "Traceback" not in err
+    assert main(["train", "--pretrained", str(weights_dir / "nope.pth")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ preprocessing
+def spec_of(in_chans: int = 3, img_size: int = 64) -> DatasetSpec:
+    return DatasetSpec("imagefolder", ("a", "b"), in_chans, img_size, (0.5,) * in_chans, (0.5,) * in_chans,
+                       round(img_size * 256 / 224))
+
+
+def test_weights_preprocessing_is_the_default() -> None:
+    got = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="imagenet", model="resnet50"))
+    assert (got.img_size, got.resize_size, got.interpolation) == (224, 232, "bilinear")  # IMAGENET1K_V2
+    assert got.mean == (0.485, 0.456, 0.406) and got.std == (0.229, 0.224, 0.225)
+    v1 = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="IMAGENET1K_V1", model="resnet50"))
+    assert (v1.img_size, v1.resize_size) == (224, 256)
+
+
+def test_user_img_size_wins_and_gray_averages() -> None:
+    cfg = RunConfig(pretrained="imagenet", model="resnet18", img_size=64)
+    got = pretrained.pretrained_spec(spec_of(1, 64), cfg)
+    assert (got.img_size, got.resize_size) == (64, 73)
+    assert got.mean == pytest.approx((0.449,)) and got.std == pytest.approx((0.226,))
+
+
+def test_file_without_preprocessing_keeps_the_data_size(weights_dir: Path) -> None:
+    cfg = RunConfig(pretrained=str(weights_dir / "r18.pth"), model="resnet18")
+    got = pretrained.pretrained_spec(spec_of(3, 40), cfg)
+    assert (got.img_size, got.resize_size) == (40, 46)
+    assert got.mean == (0.485, 0.456, 0.406)

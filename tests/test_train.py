@@ -1,0 +1,251 @@
+"""End-to-end training on a subset of the bundled digits: run folder, resume, crashes, NaN."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import resnetkit
+from resnetkit.cli import main
+from resnetkit.config import field_names
+from resnetkit.train import checkpoint as ckpt
+from resnetkit.train import train
+
+TINY = ["--model", "resnet8", "--subset", "200", "--batch-size", "64"]
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Metrics lines without the wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run), "--log-grad-norms"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "best test accuracy" in out
+
+    config = json.loads((run / "config.json").read_text())
+    assert set(config) == set(field_names())
+    assert config["model"] == "resnet8" and config["epochs"] == 2 and config["optimizer"] == "sgd"
+    assert json.loads((run / "classes.json").read_text()) == [str(i) for i in range(10)]
+
+    history = read_jsonl(run / "metrics.jsonl")
+    assert [h["epoch"] for h in history] == [1, 2]
+    for h in history:
+        assert METRIC_KEYS <= set(h)
+        assert 0 <= h["train_acc"] <= 1 and 0 <= h["test_acc"] <= 1
+        assert h["train_loss"] > 0 and h["test_loss"] > 0 and h["lr"] >= 0 and h["seconds"] > 0
+        assert set(h["grad_norms"]) == {"layer1", "layer2", "layer3"}
+        assert all(math.isfinite(v) and v > 0 for v in h["grad_norms"].values())
+
+    for name in ("curves.png", "confusion.png"):
+        data = (run / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000
+
+    best = max(history, key=lambda h: (h["test_acc"], -h["test_loss"]))
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["format_version"] == "1"
+    decoded = {k: json.loads(v) for k, v in meta.items()}
+    assert decoded["arch"] == "resnet8"
+    assert decoded["model_args"] == {"num_classes": 10, "in_chans": 1}
+    assert decoded["classes"] == [str(i) for i in range(10)]
+    assert decoded["spec"]["img_size"] == 8 and decoded["spec"]["in_chans"] == 1
+    assert decoded["config"] == config
+    assert decoded["metrics"]["epoch"] == best["epoch"]
+    assert decoded["resnetkit_version"] == resnetkit.__version__
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["top1"] == best["test_acc"]
+    assert 0 <= report["top5"] <= 1 and report["top5"] >= report["top1"]
+    assert [r["class"] for r in report["per_class"]] == [str(i) for i in range(10)]
+    assert sum(r["support"] for r in report["per_class"]) == report["num_samples"] == 360
+    ev = report["evidence"]
+    assert ev["resnetkit_version"] == resnetkit.__version__ and ev["torch_version"] == torch.__version__
+    assert ev["device"] == "cpu" and ev["seed"] == 0 and ev["wall_time_s"] > 0 and "git_commit" in ev
+
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    cfg = dict(model="resnet8", subset=200, batch_size=64, epochs=3, verbose=False)
+    whole = train(out=str(tmp_path / "whole"), **cfg)
+
+    def kill_after_epoch_2(trainer, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(out=str(cut), callbacks=[kill_after_epoch_2], **cfg)
+    assert len(read_jsonl(cut / "metrics.jsonl")) == 2
+    assert main(["train", "--resume", str(cut)]) == 0
+
+    assert comparable(read_jsonl(cut / "metrics.jsonl")) == comparable(whole.history)
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = weights(whole.run_dir / name), weights(cut / name)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((cut / "report.json").read_text())["top1"] == whole.report["top1"]
+    configs = [ckpt.load_checkpoint(d).config for d in (whole.run_dir, cut)]
+    assert configs[0] == {**configs[1], "out": str(whole.run_dir)}  # resuming left no trace in it
+
+
+def test_resume_of_a_run_killed_in_its_first_epoch_starts_over(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.train.trainer import Trainer
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "save", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(model="resnet8", subset=200, epochs=1, out=str(run), verbose=False)
+    assert (run / "config.json").is_file() and not (run / "state.pt").exists()
+    result = train(resume=str(run), verbose=False)
+    assert [h["epoch"] for h in result.history] == [1] and (run / "best.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text())["resume"] is None
+
+
+def test_resume_drops_metrics_of_an_epoch_whose_state_was_not_saved(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+
+    def keep_state_of_epoch_1(trainer, record):
+        if record["epoch"] == 1:
+            shutil.copy(run / "state.pt", tmp_path / "state-1.pt")
+
+    train(model="resnet8", subset=200, epochs=2, out=str(run), verbose=False, callbacks=[keep_state_of_epoch_1])
+    # as if killed after epoch 2 wrote its metrics line but before it wrote state.pt
+    os.replace(tmp_path / "state-1.pt", run / "state.pt")
+    assert len(read_jsonl(run / "metrics.jsonl")) == 2
+    train(resume=str(run), verbose=False)
+    assert [h["epoch"] for h in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_resume_refuses_to_change_the_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(model="resnet8", subset=200, epochs=1, out=str(run), verbose=False)
+    assert main(["train", "--resume", str(run), "--lr", "0.5"]) == 2
+    assert "--lr cannot change" in capsys.readouterr().err
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("target", ["save_file", "os.replace", "torch.save"])
+def test_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           target: str) -> None:
+    import resnetkit._io as io
+
+    def torn_save_file(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 17)
+        raise OSError("No space left on device")
+
+    def torn_torch_save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"PK\x03\x04 torn")
+        raise OSError("No space left on device")
+
+    def failing_replace(src, dst):
+        raise OSError("killed during rename")
+
+    def after_first_epoch(trainer, record):  # from now on that write dies half way
+        if target == "save_file":
+            monkeypatch.setattr(ckpt, "save_file", torn_save_file)
+        elif target == "torch.save":
+            monkeypatch.setattr(ckpt.torch, "save", torn_torch_save)
+        else:
+            monkeypatch.setattr(io.os, "replace", failing_replace)
+
+    run = tmp_path / "run"
+    with pytest.raises(OSError):
+        train(model="resnet8", subset=200, epochs=3, out=str(run), verbose=False, callbacks=[after_first_epoch])
+    monkeypatch.undo()
+    # the state is written last: checkpoints of epoch 2 may be complete, never torn
+    last_epoch = 2 if target == "torch.save" else 1
+    assert ckpt.load_checkpoint(run / "last.safetensors").metrics["epoch"] == last_epoch
+    assert ckpt.load_checkpoint(run / "best.safetensors").metrics["epoch"] <= last_epoch
+    assert torch.load(run / "state.pt", weights_only=True)["epoch"] == 1
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+    assert main(["train", "--resume", str(run)]) == 0  # and the run goes on from there
+    assert [h["epoch"] for h in read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.train import trainer as trainer_mod
+
+    real_step, real_epoch = trainer_mod.train_step, trainer_mod.Trainer.train_epoch
+    poison = {"on": False}
+
+    def train_epoch(self, epoch):
+        poison["on"] = epoch >= 2
+        return real_epoch(self, epoch)
+
+    def poisoned_step(model, x, y, **kw):
+        return real_step(model, x * float("nan") if poison["on"] else x, y, **kw)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_epoch", train_epoch)
+    monkeypatch.setattr(trainer_mod, "train_step", poisoned_step)
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "3", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetkit: error: the training loss became nan at epoch 2")
+    assert len(err.strip().splitlines()) == 1 and "last.safetensors (epoch 1)" in err
+    loaded = ckpt.load_checkpoint(run)
+    assert loaded.metrics["epoch"] == 1
+    assert all(torch.isfinite(p).all() for p in loaded.model.state_dict().values())
+    assert [h["epoch"] for h in read_jsonl(run / "metrics.jsonl")] == [1]
+
+
+def test_exploding_lr_in_the_first_epoch_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["train", *TINY, "--epochs", "1", "--lr", "1e30", "--schedule", "constant",
+               "--out", str(tmp_path / "run")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "the training loss became" in err and "no checkpoint was written yet" in err
+    assert "lower --lr" in err
+
+
+def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.train.steps import EvalOutput
+
+    # a test accuracy that never improves after the first evaluation
+    monkeypatch.setattr(EvalOutput, "summary", lambda self: {"loss": 1.0, "acc": 0.5})
+    threads = torch.get_num_threads()
+    result = resnetkit.train({"model": "resnet8", "subset": 200, "epochs": 5}, early_stop=2,
+                             lr=0.05, out=str(tmp_path / "run"), verbose=False)
+    assert result.stopped_early and [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_metrics["epoch"] == 1 and result.checkpoint.is_file()
+    assert result.config.epochs == 5 and result.config.lr == 0.05 and result.config.recipe == "default"
+    assert result.config.threads == 1 and torch.get_num_threads() == threads  # the recipe's, then restored
+
+
+@pytest.mark.slow
+def test_default_train_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    assert report["top1"] >= 0.97
+    assert "best test accuracy" in capsys.readouterr().out
