@@ -136,6 +136,6 @@ def test_weight_decay_skips_biases_and_batchnorm() -> None:
     assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
 
 
-def test_nproc_is_not_available_yet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["train", "--nproc", "2", "--out", str(tmp_path / "r")]) == 2
-    assert "--nproc" in capsys.readouterr().err
+def test_nproc_checks_the_global_batch_before_launching(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--nproc", "2", "--batch-size", "63", "--out", str(tmp_path / "r")]) == 2
+    assert "--batch-size 63" in capsys.readouterr().err and not (tmp_path / "r").exists()

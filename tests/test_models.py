@@ -251,7 +251,8 @@ def test_models_command_lists_names_params_and_descriptions(capsys: pytest.Captu
     assert list(by_name) == list_models()
     assert by_name["resnet18"]["params"] == 11_689_512 and by_name["resnet18"]["num_classes"] == 1000
     assert by_name["resnet20"]["params"] == n_params(create_model("resnet20", num_classes=10))
-    assert by_name["resnet20"]["options"] == ["shortcut_type", "zero_init_residual"]
+    assert by_name["resnet20"]["options"] == ["shortcut_type", "zero_init_residual", "widths",
+                                              "stem_stride"]
     assert main(["models", "resnet5*"]) == 0
     out = capsys.readouterr().out
     assert "resnet50" in out and "25.56M" in out and "resnet56" in out and "resnet18" not in out
@@ -261,3 +262,16 @@ def test_models_command_lists_names_params_and_descriptions(capsys: pytest.Captu
 def test_models_command_with_no_match_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["models", "vgg*"]) == 2
     assert "no model matches 'vgg*'" in capsys.readouterr().err
+
+
+def test_cifar_net_widths_and_stride2_stem_give_the_fast_shape():
+    from resnetkit.errors import UserError
+    model = create_model("resnet8", num_classes=10, in_chans=1, widths=[32, 64, 128], stem_stride=2)
+    feats = {}
+    for name in ("layer1", "layer3"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: feats.update({name: o.shape}))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert feats == {"layer1": (2, 32, 14, 14), "layer3": (2, 128, 4, 4)}
+    assert sum(p.numel() for p in model.parameters()) == 297_450
+    with pytest.raises(UserError, match="stem_stride"):
+        create_model("resnet8", widths=[16, 32], stem_stride=2)

@@ -63,7 +63,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--channels-last", dict(action=BOOL, help="NHWC memory format")),
         ("--compile", dict(action=BOOL, help="torch.compile the model")),
         ("--sync-bn", dict(action=BOOL, help="synchronise BatchNorm across processes")),
-        ("--nproc", dict(type=int, metavar="N", help="data-parallel processes")),
+        ("--nproc", dict(type=int, metavar="N", help="data-parallel processes on this machine, started "
+                                                     "through torchrun; --batch-size stays the global batch")),
         ("--threads", dict(type=int, metavar="N", help="CPU threads for torch (default: the recipe's, "
                                                        "else torch's)")),
     ],
@@ -115,11 +116,33 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     return {**values, **given}
 
 
+def train_argv(args: argparse.Namespace, drop: tuple[str, ...] = ("nproc",)) -> list[str]:
+    """The command-line arguments that give ``args`` back, without the flags in ``drop``."""
+    out = ["--config", str(args.config)] if hasattr(args, "config") else []
+    for flags in FLAGS.values():
+        for flag, kw in flags:
+            dest = kw.get("dest", flag[2:].replace("-", "_"))
+            if dest in drop or not hasattr(args, dest):
+                continue
+            value = getattr(args, dest)
+            if kw.get("action") is BOOL:
+                out.append(flag if value else "--no-" + flag[2:])
+            elif kw.get("action") == "append":
+                out += [item for v in value for item in (flag, str(v))]
+            else:
+                out += [flag, str(value)]
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..train import distributed, train
 
     values = config_values(args)
+    nproc = distributed.requested_nproc(values)
+    if nproc > 1 and distributed.launched_world_size() == 1:  # --nproc N: become torchrun
+        distributed.precheck(values, nproc)
+        return distributed.launch(train_argv(args), nproc)
     result = train(values)
-    if result.stopped_early:
+    if result.stopped_early and distributed.is_main_process():
         print(f"stopped early after epoch {result.last_metrics['epoch']}")
     return 0

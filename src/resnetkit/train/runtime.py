@@ -74,6 +74,16 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device.type)
 
 
+def precision_note(precision: Precision) -> str | None:
+    """A warning line when bf16 was asked for on a CPU that emulates it (no AVX512-BF16 or
+    AMX): there autocast runs several times slower than fp32."""
+    if precision.name != "bf16" or precision.device_type != "cpu":
+        return None
+    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
+    return None if native else ("note: this CPU has no native bf16 (AVX512-BF16/AMX); "
+                                "--precision fp32 is likely faster here")
+
+
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
     """Run with ``threads`` intra-op CPU threads (on a CPU device), then restore the previous

@@ -7,14 +7,17 @@ the resume state, each atomically. The resume state carries the metrics history,
 killed between two of those writes resumes from the last complete epoch and rewrites
 metrics.jsonl to match it.
 
-Ready for data parallelism: ``rank``/``world_size`` reach the loaders, only rank 0 writes, and
-``self.net`` (what runs forward) is kept apart from ``self.model`` (what is saved).
+Data parallelism (:mod:`.distributed`): under torchrun each process runs a Trainer with its
+``rank``; ``self.net`` (the DDP wrapper that trains) is kept apart from ``self.model`` (what is
+saved and evaluated), only rank 0 writes files and prints, and every number that is logged or
+decides something (losses, accuracies, early stop, divergence) is reduced over all ranks first.
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 import json
+import os
 import random
 import sys
 import time
@@ -32,10 +35,10 @@ from .._io import append_jsonl, write_json_atomic, write_text_atomic
 from ..config import RunConfig
 from ..errors import UserError
 from . import checkpoint as ckpt
-from . import finetune
+from . import distributed, finetune
 from .optim import build_optimizer, build_scheduler, current_lr
 from .recipes import describe, resolve_config
-from .runtime import cpu_threads, resolve_device, resolve_precision
+from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
 from .steps import EvalOutput, evaluate_batches, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -87,10 +90,17 @@ def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequen
     config, explicit = as_config(cfg, overrides)
     if config.resume:
         config, explicit = resume_config(config, explicit)
-    if config.nproc > 1:
-        raise UserError("--nproc > 1 (data-parallel training) is not available in this version; "
-                        "use --nproc 1")
-    return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose).fit()
+    world = distributed.launched_world_size()
+    if world == 1:
+        if config.nproc > 1:
+            raise UserError(f"nproc={config.nproc}: data-parallel training runs one process per device; "
+                            f"start it with 'resnetkit train --nproc {config.nproc} ...' or "
+                            f"'torchrun --nproc-per-node {config.nproc} -m resnetkit train ...'")
+        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose).fit()
+    config = config.replace(nproc=distributed.checked_nproc(config.nproc, world, bool(config.resume)))
+    with distributed.process_group(resolve_device(config.device)) as ctx:
+        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose,
+                       rank=ctx.rank, world_size=ctx.world_size).fit()
 
 
 def as_config(cfg: RunConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
@@ -175,16 +185,21 @@ class Trainer:
                  rank: int = 0, world_size: int = 1) -> None:
         self.cfg = resolve_config(cfg, explicit)
         self.rank, self.world_size = rank, world_size
+        distributed.check_batch_size(self.cfg.batch_size, world_size)
         self.is_main = rank == 0
         self.verbose = verbose and self.is_main
         self.callbacks = list(callbacks)
         self.device = resolve_device(self.cfg.device)
+        if world_size > 1:  # cuda -> this process's GPU
+            self.device = distributed.rank_device(self.device)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
         self.wall_before = 0.0  # seconds spent before a resume
-        self.run_dir = Path(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))
+        # rank 0's choice: the default folder name carries a timestamp
+        self.run_dir = Path(distributed.broadcast_object(
+            str(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))))
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -198,8 +213,11 @@ class Trainer:
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
                            **cfg.model_args}
         model = models.create_model(cfg.model, **self.model_args)
+        if cfg.sync_bn and self.world_size > 1:  # before prepare_model, which patches BatchNorm layers
+            model = distributed.convert_sync_batchnorm(model, self.device)
         model = prepare_model(model, cfg, self.spec)
         self.transfer_notes: list[str] = list(getattr(model, "pretrained_notes", []))
+        self.transfer_notes += [n for n in (precision_note(self.precision),) if n]
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -208,24 +226,40 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
         self.scaler = self.precision.grad_scaler()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        # Data-parallel wrapping goes here; checkpoints always save self.model.
-        self.net: nn.Module = torch.compile(model) if cfg.compile else model
+        self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
+        # Evaluation runs the plain module: ranks hold different numbers of test samples, and
+        # DDP's forward would wait for the others (buffer broadcast) on every batch.
+        self.eval_net: nn.Module = self.net if self.world_size == 1 else (
+            torch.compile(model) if cfg.compile else model)
+        self.exit_at = distributed.test_exit_step(self.rank)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
+        return torch.compile(net) if self.cfg.compile else net
 
     def start_run_dir(self) -> None:
         """A new run folder with config.json and classes.json, or the state of a resumed one."""
         if self.cfg.resume:
-            if (self.run_dir / ckpt.STATE).exists():
-                self.restore(ckpt.load_state(self.run_dir / ckpt.STATE))
+            state = self.resume_state()
+            if state is not None:
+                self.restore(state)
                 return
             # killed before the end of the first epoch: nothing to continue, start over in place
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        elif (self.run_dir / ckpt.STATE).exists() or (self.run_dir / "metrics.jsonl").exists():
+            if self.is_main:
+                (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        elif self.is_main and any((self.run_dir / f).exists() for f in (ckpt.STATE, "metrics.jsonl")):
             raise UserError(f"{self.run_dir} already holds a run; continue it with --resume "
                             f"{self.run_dir} or choose another --out")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
             write_json_atomic(self.run_dir / "classes.json", list(self.spec.classes))
+
+    def resume_state(self) -> dict[str, Any] | None:
+        """state.pt as rank 0 reads it, on every rank (other machines need not see the folder)."""
+        path = self.run_dir / ckpt.STATE
+        state = ckpt.load_state(path) if self.is_main and path.exists() else None
+        return distributed.broadcast_object(state)
 
     def saved_config(self) -> dict[str, Any]:
         """The config as config.json and the checkpoints record it: where the run lives, not how
@@ -283,7 +317,7 @@ class Trainer:
             self.log(f"early stop after epoch {epoch}: no better test accuracy in {self.best.bad_evals} "
                      f"evaluations")
         wall = self.wall_before + time.perf_counter() - t0
-        report = self.final_report(wall) if self.is_main else {}
+        report = self.final_report(wall)
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall)
 
@@ -313,8 +347,11 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         loader = self.loaders.train
         loader.set_epoch(epoch)
+        before = distributed.trainable(self.model)
         for line in finetune.set_epoch(self.model, self.cfg, epoch):  # --freeze-epochs
             self.log(line)
+        if self.world_size > 1 and distributed.trainable(self.model) != before:
+            self.net = self.wrap(self.model)  # DDP synchronises the parameters trainable at its start
         self.net.train()
         zero = torch.zeros((), device=self.device)
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
@@ -329,6 +366,8 @@ class Trainer:
             loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     autocast=autocast, scaler=self.scaler,
                                     before_update=grad_norms.add if grad_norms else None)
+            if step == self.exit_at:
+                os._exit(1)  # a test's simulated crash of this rank
             self.scheduler.step()
             loss_sum += loss * y.shape[0]
             correct += hits
@@ -337,7 +376,8 @@ class Trainer:
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
         if bar is not None:
             bar.close()
-        out = {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
+        loss, hits, seen = self.global_sums(loss_sum, correct, seen)
+        out = {"train_loss": loss / max(seen, 1), "train_acc": hits / max(seen, 1),
                "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1)}
         if grad_norms is not None:
             out["grad_norms"] = grad_norms.means()
@@ -345,8 +385,9 @@ class Trainer:
 
     def check_progress(self, bar: Any, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                        start: float, epoch: int, step: int) -> None:
-        """One host read: stop on a non-finite loss, refresh the progress bar."""
-        loss, hits = torch.stack([loss_sum.float(), correct.float()]).tolist()
+        """One host read: stop on a non-finite loss, refresh the progress bar. Under DDP the sums
+        are global, so every rank stops at the same batch."""
+        loss, hits, seen = self.global_sums(loss_sum, correct, seen)
         if not np.isfinite(loss):
             raise TrainingDiverged(self.diverged_message(epoch, step, loss))
         if bar is not None:
@@ -354,6 +395,14 @@ class Trainer:
             bar.set_postfix_str(f"loss {loss / seen:.4f} acc {100 * hits / seen:.2f}% {speed:.0f} img/s",
                                 refresh=False)
             bar.update(step - bar.n)
+
+    def global_sums(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int
+                    ) -> tuple[float, float, int]:
+        """(loss sum, correct, samples) over all ranks, in one host read."""
+        count = torch.full_like(loss_sum, seen, dtype=torch.float)
+        sums = torch.stack([loss_sum.float(), correct.float(), count])
+        loss, hits, n = distributed.all_reduce_sum(sums.double() if self.world_size > 1 else sums).tolist()
+        return loss, hits, int(n)
 
     def diverged_message(self, epoch: int, step: int, loss: float) -> str:
         last = self.run_dir / ckpt.LAST
@@ -363,9 +412,11 @@ class Trainer:
                 f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
 
     def evaluate(self, tta: bool | None = None) -> EvalOutput:
-        return evaluate_batches(self.net, self.loaders.test, autocast=self.precision.autocast(),
-                                channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
-                                tta=self.cfg.tta if tta is None else tta)
+        distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
+        out = evaluate_batches(self.eval_net, self.loaders.test, autocast=self.precision.autocast(),
+                               channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
+                               tta=self.cfg.tta if tta is None else tta)
+        return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
 
     def progress(self, epoch: int, total: int) -> Any:
         """A tqdm bar on a terminal; nothing in logs and CI (the epoch line says it all)."""
@@ -393,10 +444,15 @@ class Trainer:
         ckpt.save_state(self.run_dir / ckpt.STATE, self.state(epoch, wall))
 
     def final_report(self, wall: float) -> dict[str, Any]:
-        """Evaluate best.safetensors as written on disk: report.json and confusion.png."""
-        _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
-        self.model.load_state_dict(tensors)
+        """Evaluate best.safetensors as written on disk: report.json and confusion.png. Under DDP
+        rank 0 reads it and sends the weights to the others, which help evaluate and write nothing."""
+        if self.is_main:
+            _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
+            self.model.load_state_dict(tensors)
+        distributed.broadcast_module(self.model)
         out = self.evaluate()
+        if not self.is_main:
+            return {}
         rep = reports.classification_report(out.top5, out.targets, self.spec.classes)
         rep = {"dataset": self.cfg.dataset, "split": "test", "model": self.cfg.model,
                "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"), **rep,
