@@ -1,4 +1,4 @@
-"""Metrics, confusion matrices, evidence and the two figures of a run.
+"""Metrics, confusion matrices, evidence and the figures of a run.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend
 switch, no display needed) and written atomically.
@@ -126,6 +126,28 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         ax.legend()
     ax_acc.set_ylim(top=1.0)
     _save_png(fig, path)
+
+
+def plot_grad_norms(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],
+                    title: str = "gradient norm per stage") -> bool:
+    """Each stage's mean gradient L2 norm per epoch (``--log-grad-norms``), log y-axis.
+    Returns False, writing nothing, when the history holds no grad norms."""
+    from matplotlib.ticker import MaxNLocator
+
+    rows = [(h["epoch"], h["grad_norms"]) for h in history if h.get("grad_norms")]
+    if not rows:
+        return False
+    fig, (ax,) = _figure(6, 4)
+    for stage in rows[0][1]:
+        points = [(e, g[stage]) for e, g in rows if g.get(stage, 0) > 0]  # log scale: skip zeros
+        if points:
+            ax.plot(*zip(*points), "-o", markersize=3, label=stage)
+    ax.set(xlabel="epoch", ylabel="mean gradient L2 norm", title=title, yscale="log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save_png(fig, path)
+    return True
 
 
 # ------------------------------------------------------------------ evidence

@@ -312,6 +312,8 @@ class Trainer:
         finally:
             if self.is_main and self.history:
                 reports.plot_curves(self.history, self.run_dir / "curves.png")
+                if self.cfg.log_grad_norms:
+                    reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
         stopped_early = epoch < self.cfg.epochs
         if stopped_early:
             self.log(f"early stop after epoch {epoch}: no better test accuracy in {self.best.bad_evals} "

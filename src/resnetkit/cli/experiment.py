@@ -1,0 +1,58 @@
+"""``resnetkit experiment NAME``: experiments of the paper, each a fixed comparison of runs."""
+from __future__ import annotations
+
+import argparse
+
+DEGRADATION_HELP = """\
+Trains plain-N and ResNet-N for each depth N with one recipe and one seed (one run folder per
+net under --out), then writes degradation.png (train error dashed, test error solid; plain
+nets left, residual nets right, as Fig. 6 of He et al. 2015), grad_norms.png (per-stage
+gradient norms), table.md and report.json, and says whether the deeper plain net trained
+worse than the shallower one while the deeper residual net did not.
+
+presets (flags override their values):
+  cpu    (default) Fashion-MNIST, 10,000 training images at 28 px, depths 20,56, 8 epochs,
+         batch 128, SGD lr 0.1 with 1 warmup epoch, divided by 10 at 50% and 75% of the run,
+         wd 1e-4, bf16: 7.5 minutes on a 2-core CPU (the plain nets are the CIFAR nets
+         of the paper, unchanged, at 28 px).
+  paper  the paper's CIFAR-10 run, for a GPU: depths 20,32,44,56, 64k iterations of batch 128
+         (164 epochs of 391 batches), lr 0.1 divided by 10 at 32k and 48k, wd 1e-4:
+           resnetkit experiment degradation --preset paper --out runs/degradation-paper
+
+A run folder that already holds a finished run of the same settings is reused, and an
+interrupted one is resumed, so the same command continues an interrupted experiment.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("experiment", help="reproduce an experiment of the ResNet paper",
+                              description="Experiments of He et al. 2015 (arXiv:1512.03385).")
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    d = sub.add_parser("degradation", help="plain vs residual nets as depth grows (Fig. 6)",
+                       description="The degradation problem: deeper plain nets train worse, "
+                                   "residual nets do not.",
+                       epilog=DEGRADATION_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d.add_argument("--preset", default="cpu", choices=("cpu", "paper"), help="default: cpu")
+    d.add_argument("--dataset", metavar="NAME", help="fashion-mnist (cpu), cifar10 (paper), mnist, ...")
+    d.add_argument("--depths", metavar="N,N,...", help="6n+2 depths, e.g. 20,56 or 20,32,44,56")
+    d.add_argument("--epochs", type=int, metavar="E")
+    d.add_argument("--subset", type=int, metavar="N", help="training images (0: all)")
+    d.add_argument("--batch-size", type=int, metavar="N")
+    d.add_argument("--lr", type=float, metavar="LR")
+    d.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    d.add_argument("--seed", type=int, metavar="N", help="one seed for every net")
+    d.add_argument("--device", metavar="DEV", help="auto | cpu | cuda[:N] | mps")
+    d.add_argument("--data-dir", metavar="DIR", help="default $RESNETKIT_DATA, else ~/.cache/resnetkit/data")
+    d.add_argument("--out", metavar="DIR", help="default runs/degradation-<dataset>-<time>")
+    d.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..experiments import degradation
+
+    names = ("dataset", "depths", "epochs", "subset", "batch_size", "lr", "precision", "seed",
+             "device", "data_dir")
+    settings = degradation.preset(args.preset, **{k: getattr(args, k) for k in names})
+    degradation.run_degradation(settings, args.out)  # prints the table and the verdict
+    return 0
