@@ -218,16 +218,9 @@ def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int) -> str
 
 
 def write_section(path: Path, text: str) -> None:
-    from resnetkit._io import write_text_atomic
+    from _md import write_section as write_marked  # benchmarks/_md.py, shared with run.py
 
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    block = f"{START}\n{text}\n{END}"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = (old.rstrip("\n") + "\n\n" if old else "") + block + "\n"
-    write_text_atomic(path, new)
+    write_marked(path, "inference", text)
 
 
 def default_size(name: str) -> int:

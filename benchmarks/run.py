@@ -1,0 +1,399 @@
+"""The benchmarks behind `make bench`; each section is rewritten in BENCHMARKS.md between its markers.
+
+Sections (``--only`` takes a comma-separated subset; all by default):
+
+- ``tta``: time to accuracy of ``resnetkit train --recipe fast`` on Fashion-MNIST and MNIST, each
+  run a subprocess timed from start to exit, over ``--seeds`` seeds (median, min-max).
+- ``throughput``: training images/s of the fast recipe's network under resnetkit's fast path
+  (in-memory loader, its precision and memory format, no host read per step) against a plain
+  PyTorch tutorial loop (torchvision dataset + DataLoader + PIL transforms, fp32,
+  ``loss.item()`` per step), same model, optimizer and batch size, in this process.
+- ``bench``: the ``resnetkit bench`` table of the fast recipe's network (train and infer).
+- ``inference``: benchmarks/bench_inference.py.
+
+The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
+skipped without it. ``--quick`` runs every section on tiny settings to check that it works: its
+numbers are no result, and it writes a file only when ``--out`` is given.
+
+    python benchmarks/run.py                         # everything into BENCHMARKS.md
+    python benchmarks/run.py --only tta --seeds 5
+    python benchmarks/run.py --quick --out /tmp/bench-smoke.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # _md and bench_inference, whether run as a script or imported
+
+import torch  # noqa: E402
+
+from _md import write_section  # noqa: E402
+
+SECTIONS = ("tta", "throughput", "bench", "inference")
+# Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
+TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
+RATIO_TARGET = 2.0  # fast path vs the tutorial loop, images/s
+QUICK_NOTE = "**--quick smoke run: tiny settings, these numbers are not a result.**"
+
+
+# ------------------------------------------------------------------ shared
+def provenance(cmd: str) -> str:
+    from resnetkit.bench import cpu_model
+
+    return (f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__.split('+')[0]}, Python {sys.version.split()[0]}.")
+
+
+def this_command(argv: Sequence[str]) -> str:
+    return "python benchmarks/run.py" + "".join(f" {shlex.quote(a)}" for a in argv)
+
+
+def data_root() -> Path | None:
+    """$RESNETKIT_DATA when it holds the IDX files the time-to-accuracy and throughput runs read."""
+    root = os.environ.get("RESNETKIT_DATA")
+    if root and all((Path(root) / name / "raw").is_dir() for name in ("FashionMNIST", "MNIST")):
+        return Path(root)
+    return None
+
+
+def resnetkit_exe() -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m resnetkit``."""
+    exe = Path(sys.executable).with_name("resnetkit")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "resnetkit"]
+
+
+def spread(values: Sequence[float], fmt: str, unit: str = "") -> str:
+    """Median (min-max)."""
+    med, lo, hi = (format(v, fmt) for v in (statistics.median(values), min(values), max(values)))
+    return f"{med}{unit} ({lo}-{hi}{unit})"
+
+
+# ------------------------------------------------------------------ a. time to accuracy
+def train_args(dataset: str, seed: int | str, out: str, quick: bool) -> list[str]:
+    args = ["train", "--dataset", dataset, "--recipe", "fast", "--seed", str(seed), "--out", out]
+    return args + (["--epochs", "1", "--subset", "512"] if quick else [])
+
+
+def final_accuracy(run_dir: Path) -> float:
+    """The last evaluated epoch's test accuracy (metrics.jsonl), else report.json's top-1."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        evaluated = [r["test_acc"] for r in records if r.get("test_acc") is not None]
+        if evaluated:
+            return float(evaluated[-1])
+    return float(json.loads((run_dir / "report.json").read_text())["top1"])
+
+
+def timed_train(dataset: str, seed: int, tmp: Path, quick: bool) -> tuple[float, float]:
+    """(wall seconds from process start to exit, final test accuracy) of one training run."""
+    out = tmp / f"{dataset}-seed{seed}"
+    log = tmp / f"{dataset}-seed{seed}.log"
+    with log.open("w") as f:
+        start = time.perf_counter()
+        rc = subprocess.run(resnetkit_exe() + train_args(dataset, seed, str(out), quick),
+                            stdout=f, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - start
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"resnetkit train --dataset {dataset} --seed {seed} exited {rc}:\n{tail}")
+    return wall, final_accuracy(out)
+
+
+def tta_row(dataset: str, runs: list[tuple[int, float, float]], quick: bool) -> str:
+    acc_target, s_target = TARGETS[dataset]
+    walls, accs = [w for _, w, _ in runs], [a for _, _, a in runs]
+    met = sum(a >= acc_target and w <= s_target for _, w, a in runs)
+    seeds = " ".join(str(s) for s, _, _ in runs)
+    args = " ".join(train_args(dataset, "$S", f"<tmp>/{dataset}-seed$S", quick))
+    cmd = f"for S in {seeds}; do resnetkit {args}; done"
+    each = "; ".join(f"{s}: {w:.1f} s, {100 * a:.2f}%" for s, w, a in runs)
+    return (f"| {dataset} | >= {100 * acc_target:.1f}% within {s_target:.0f} s | "
+            f"{spread(walls, '.1f')} | {spread([100 * a for a in accs], '.2f', '%')} | "
+            f"{met}/{len(runs)} | {each} | `{cmd}` |")
+
+
+def section_tta(seeds: int, quick: bool, cmd: str) -> str:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="resnetkit-tta-") as tmp:
+        for dataset in TARGETS:
+            runs = []
+            for seed in range(seeds):
+                print(f"  tta: {dataset} seed {seed} ...", file=sys.stderr, flush=True)
+                wall, acc = timed_train(dataset, seed, Path(tmp), quick)
+                runs.append((seed, wall, acc))
+            rows.append(tta_row(dataset, runs, quick))
+    return "\n".join([
+        "### Time to accuracy: `resnetkit train --recipe fast`", "", provenance(cmd),
+        *([QUICK_NOTE] if quick else []),
+        "Each run is a new process, with RESNETKIT_DATA pointing at the IDX files, timed from start "
+        "to exit (imports, reading the data from disk, "
+        "training, final evaluation and report). Accuracy: test accuracy of the last evaluated epoch "
+        "(metrics.jsonl). Median over seeds, (min-max).", "",
+        "| dataset | target | wall s | final test accuracy | runs meeting target | per seed | command |",
+        "|---|---|---:|---:|---:|---|---|", *rows])
+
+
+# ------------------------------------------------------------------ b. throughput ratio
+def fast_config(data_dir: Path, device: torch.device) -> Any:
+    """The fast recipe's Fashion-MNIST config, resolved now (it follows the recipe)."""
+    from resnetkit.config import RunConfig
+    from resnetkit.train.recipes import resolve_config  # fills the fields from recipe_values()
+
+    return resolve_config(RunConfig(dataset="fashion-mnist", recipe="fast", data_dir=str(data_dir),
+                                    device=str(device)))
+
+
+def endless(loader: Any) -> Iterator[Any]:
+    epoch = 0
+    while True:
+        epoch += 1
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yield from loader
+
+
+def timed_steps(batches: Iterator[Any], step: Callable[[Any], int], steps: int, warmup: int,
+                device: torch.device) -> float:
+    """Images/s over ``steps`` steps after ``warmup`` untimed ones; fetching batches is timed."""
+    from resnetkit.bench import sync
+
+    for _ in range(warmup):
+        step(next(batches))
+    sync(device)
+    images, start = 0, time.perf_counter()
+    for _ in range(steps):
+        images += step(next(batches))
+    sync(device)
+    return images / (time.perf_counter() - start)
+
+
+def build_net(cfg: Any, device: torch.device, *, channels_last: bool) -> tuple[Any, Any]:
+    """The recipe's model (same initial weights every time) and its optimizer, without schedule."""
+    from resnetkit.models import create_model
+    from resnetkit.train.optim import build_optimizer, param_groups
+
+    from resnetkit.data import dataset_spec
+
+    spec = dataset_spec(cfg)
+    torch.manual_seed(0)
+    model = create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                         **cfg.model_args).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, build_optimizer(param_groups(model, cfg.weight_decay), cfg)
+
+
+def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int) -> float:
+    from resnetkit.data import build_loaders
+    from resnetkit.train.runtime import resolve_precision
+    from resnetkit.train.steps import train_step
+
+    loaders = build_loaders(cfg, device)
+    model, optimizer = build_net(cfg, device, channels_last=cfg.channels_last)
+    precision = resolve_precision(cfg.precision, device)
+    autocast, scaler = precision.autocast(), precision.grad_scaler()
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def step(batch: Any) -> int:
+        x, y = batch
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
+        return y.shape[0]
+    return timed_steps(endless(loaders.train), step, steps, warmup, device)
+
+
+def tutorial_path(cfg: Any, device: torch.device, steps: int, warmup: int, workers: int) -> float:
+    """The loop of the PyTorch beginner tutorials: PIL images through ToTensor + Normalize."""
+    import torchvision
+    from torchvision import transforms
+
+    from resnetkit.data import dataset_spec
+
+    spec = dataset_spec(cfg)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+    data = torchvision.datasets.FashionMNIST(cfg.data_dir, train=True, download=False, transform=tf)
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, shuffle=True, num_workers=workers)
+    model, optimizer = build_net(cfg, device, channels_last=False)
+    model.train()
+    loss_fn, running = torch.nn.CrossEntropyLoss(), [0.0]
+
+    def step(batch: Any) -> int:
+        x, y = batch[0].to(device), batch[1].to(device)
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        running[0] += loss.item()  # the tutorial's running loss: one host sync per step
+        return y.shape[0]
+    return timed_steps(endless(loader), step, steps, warmup, device)
+
+
+def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup: int, repeats: int,
+                       workers: int, quick: bool, cmd: str) -> str:
+    from resnetkit.train.runtime import cpu_threads
+
+    cfg = fast_config(data_dir, device)
+    speeds: dict[str, list[float]] = {"tutorial": [], "fast": []}
+    with cpu_threads(cfg.threads, device):
+        for r in range(repeats):  # alternated, so a slow spell of a shared machine hits both
+            print(f"  throughput: repeat {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
+            speeds["tutorial"].append(tutorial_path(cfg, device, steps, warmup, workers))
+            speeds["fast"].append(fast_path(cfg, device, steps, warmup))
+    tut, fast = (statistics.median(speeds[k]) for k in ("tutorial", "fast"))
+    net = f"{cfg.model} {json.dumps(cfg.model_args, separators=(',', ':'))}"
+    fast_how = (f"in-memory loader with the recipe's augmentation ({cfg.augment}), {cfg.precision} "
+                f"autocast{', channels_last' if cfg.channels_last else ''}, no host read per step")
+    return "\n".join([
+        "### Training throughput: resnetkit's fast path vs a plain PyTorch loop", "", provenance(cmd),
+        *([QUICK_NOTE] if quick else []),
+        f"Fashion-MNIST train split, the fast recipe's network {net}, batch {cfg.batch_size}, "
+        f"SGD lr {cfg.lr:g} (momentum 0.9, Nesterov, wd {cfg.weight_decay:g}) in both, device {device}. "
+        f"{steps} timed steps after {warmup} warm-up steps, fetching the batches included, building "
+        f"the dataset and loader not; median of {repeats} alternated repeats (min-max).", "",
+        "| loop | what it does | images/s | ratio |", "|---|---|---:|---:|",
+        f"| tutorial | torchvision FashionMNIST + DataLoader(shuffle, num_workers={workers}) with PIL "
+        f"ToTensor + Normalize, fp32, `loss.item()` every step | {spread(speeds['tutorial'], ',.0f')} "
+        f"| 1.00x |",
+        f"| resnetkit fast path | {fast_how} | {spread(speeds['fast'], ',.0f')} | "
+        f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |"])
+
+
+# ------------------------------------------------------------------ c. resnetkit bench
+def bench_args(cfg: Any, spec: Any, quick: bool) -> list[str]:
+    args = ["bench", "--model", cfg.model]
+    for key, value in cfg.model_args.items():
+        args += ["--model-arg", f"{key}={json.dumps(value, separators=(',', ':'))}"]
+    args += ["--input-size", f"{spec.in_chans},{spec.img_size},{spec.img_size}",
+             "--batch-size", str(16 if quick else cfg.batch_size)]
+    return args + (["--steps", "2", "--warmup", "1", "--no-compile"] if quick else ["--steps", "30"])
+
+
+def bench_table(rows: list[dict[str, Any]]) -> list[str]:
+    from resnetkit.bench import fastest, fastest_line
+
+    best = {id(fastest(rows, m)) for m in ("train", "infer")}
+    out = ["| mode | precision | channels_last | compile | images/s | vs fp32 eager |",
+           "|---|---|---|---|---:|---:|"]
+    for r in rows:
+        speed = f"{r['images_per_s']:,.0f}" if r["images_per_s"] else r["error"]
+        speed = f"**{speed}**" if id(r) in best else speed
+        ratio = f"{r['speedup']:.2f}x" if r.get("speedup") else ""
+        out.append(f"| {r['mode']} | {r['precision']} | {'yes' if r['channels_last'] else 'no'} | "
+                   f"{'yes' if r['compile'] else 'no'} | {speed} | {ratio} |")
+    return out + [""] + [fastest_line(rows, m) + "." for m in dict.fromkeys(r["mode"] for r in rows)]
+
+
+def bench_json(args: list[str]) -> dict[str, Any]:
+    """``resnetkit ARGS --json`` in a new process: torch.compile's caches start empty."""
+    proc = subprocess.run(resnetkit_exe() + args + ["--json"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"resnetkit bench exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def section_bench(device: torch.device, quick: bool) -> str:
+    from resnetkit.config import RunConfig
+    from resnetkit.data import dataset_spec
+    from resnetkit.train.recipes import resolve_config
+
+    cfg = resolve_config(RunConfig(dataset="fashion-mnist", recipe="fast"))
+    args = bench_args(cfg, dataset_spec(cfg), quick) + ["--device", str(device)]
+    print(f"  bench: resnetkit {' '.join(args)} ...", file=sys.stderr, flush=True)
+    result = bench_json(args)
+    cmd = "resnetkit " + " ".join(shlex.quote(a) for a in args)
+    return "\n".join([
+        "### `resnetkit bench`: the fast recipe's network", "", provenance(cmd),
+        *([QUICK_NOTE] if quick else []),
+        f"Random inputs, {result['steps']} timed steps after {result['warmup']} warm-up steps per "
+        f"setting; train = forward, backward and SGD update. **Bold**: the fastest setting of each mode.",
+        "", *bench_table(result["rows"])])
+
+
+# ------------------------------------------------------------------ d. inference
+def run_inference(out: Path | None, quick: bool) -> None:
+    import bench_inference
+
+    argv = ["--model", "resnet8", "--input-size", "8", "--skip", "compile", "--skip", "onnx"] if quick else []
+    bench_inference.main(argv + (["--write", str(out)] if out else []))
+
+
+# ------------------------------------------------------------------ main
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per dataset for tta (default 3; --quick 1)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per loop for throughput (default 200)")
+    p.add_argument("--repeats", type=int, default=None, help="alternated repeats for throughput (default 3)")
+    p.add_argument("--workers", type=int, default=0, choices=(0, 2),
+                   help="DataLoader workers of the tutorial loop (default 0, as the PyTorch quickstart)")
+    p.add_argument("--device", default="auto", help="device for throughput and bench (default auto)")
+    p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
+    p.add_argument("--out", type=Path, default=None,
+                   help="markdown file to rewrite (default BENCHMARKS.md; with --quick: none, print only)")
+    args = p.parse_args(argv)
+    args.only = [s.strip().lower() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(args.only) - set(SECTIONS))
+    if unknown:
+        p.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if args.seeds is not None and args.seeds < (1 if args.quick else 3):
+        p.error("--seeds must be at least 3 (a median and a spread need them); 1 with --quick")
+    if any(v is not None and v < 1 for v in (args.steps, args.repeats)):
+        p.error("--steps and --repeats must be positive")
+    if args.out is None and not args.quick:
+        args.out = HERE.parent / "BENCHMARKS.md"
+    return args
+
+
+def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]:
+    from resnetkit.train.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    q = args.quick
+    seeds = args.seeds or (1 if q else 3)
+    steps, repeats = args.steps or (5 if q else 200), args.repeats or (1 if q else 3)
+    root = data_root()
+    return {
+        "tta": lambda: section_tta(seeds, q, cmd),
+        "throughput": lambda: section_throughput(root or Path("."), device, steps, 2 if q else 10,
+                                                 repeats, args.workers, q, cmd),
+        "bench": lambda: section_bench(device, q),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    writers = sections(args, this_command(argv))
+    for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
+        if name == "inference":
+            run_inference(args.out, args.quick)
+            continue
+        if name in ("tta", "throughput") and data_root() is None:
+            print(f"{name}: skipped: set RESNETKIT_DATA to a folder holding FashionMNIST/raw and "
+                  f"MNIST/raw (nothing is downloaded)", file=sys.stderr)
+            continue
+        text = writers[name]()
+        print(text, flush=True)
+        if args.out:
+            write_section(args.out, name, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+"""resnetkit.bench, `resnetkit bench` and the section writer of benchmarks/run.py: tiny models,
+two timed steps, no numbers checked beyond "positive" (timing is never asserted)."""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetkit.bench import add_speedups, fastest, format_table, measure_throughput, settings
+from resnetkit.cli import main
+from resnetkit.errors import UserError
+from resnetkit.models import create_model
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TINY = ["--model", "resnet8", "--input-size", "1,8,8", "--batch-size", "8", "--steps", "2",
+        "--warmup", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> torch.nn.Module:
+    return create_model("resnet8", num_classes=10, in_chans=1)
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+@pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", False), ("fp32", True)])
+def test_measure_throughput_rows(tiny: torch.nn.Module, mode: str, precision: str, channels_last: bool) -> None:
+    row = measure_throughput(tiny, (1, 8, 8), 8, mode, precision, channels_last, False, 2, "cpu")
+    assert row["error"] is None
+    assert row["images_per_s"] > 0 and row["seconds"] > 0
+    assert (row["mode"], row["precision"], row["channels_last"], row["compile"]) == \
+        (mode, precision, channels_last, False)
+
+
+def test_measure_throughput_leaves_the_model_alone(tiny: torch.nn.Module) -> None:
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    measure_throughput(tiny, (1, 8, 8), 8, "train", "fp32", True, False, 2, "cpu")
+    after = tiny.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # timed on a copy
+    assert tiny.conv1.weight.is_contiguous()  # channels_last went to the copy
+
+
+@pytest.mark.parametrize("kwargs", [dict(input_size=(1, 8)), dict(batch_size=0), dict(mode="eval"),
+                                    dict(precision="fp16"), dict(steps=0)])
+def test_measure_throughput_bad_arguments(tiny: torch.nn.Module, kwargs: dict) -> None:
+    args = {**dict(model=tiny, input_size=(1, 8, 8), batch_size=8, mode="train", precision="fp32",
+                   channels_last=False, compile=False, steps=2, device="cpu"), **kwargs}
+    with pytest.raises(UserError):
+        measure_throughput(**args)
+
+
+def test_settings_grid_starts_with_fp32_eager() -> None:
+    grid = settings(torch.device("cpu"))
+    assert grid[0] == {"precision": "fp32", "channels_last": False, "compile": False}
+    assert len(grid) == 8 and {g["precision"] for g in grid} == {"fp32", "bf16"}
+    assert not any(g["compile"] for g in settings(torch.device("cpu"), compile=False))
+
+
+def test_fastest_and_speedup_skip_failed_rows() -> None:
+    base = dict(mode="train", channels_last=False, compile=False, error=None)
+    rows = add_speedups([{**base, "precision": "fp32", "images_per_s": 100.0},
+                         {**base, "precision": "bf16", "images_per_s": 250.0},
+                         {**base, "precision": "bf16", "compile": True, "images_per_s": None,
+                          "error": "failed: RuntimeError: no compiler"}])
+    assert rows[1]["speedup"] == pytest.approx(2.5) and rows[2]["speedup"] is None
+    assert fastest(rows, "train") is rows[1]
+    text = format_table(rows)
+    assert "failed: RuntimeError: no compiler" in text
+    assert "fastest train: bf16 eager at 250 images/s, 2.50x fp32 eager" in text
+
+
+def test_cli_prints_table_and_fastest(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *TINY, "--train", "--no-compile"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("train ")]
+    assert len(lines) == 4 and all("failed" not in line for line in lines)  # fp32/bf16 x channels_last
+    assert "compile" in out and "infer " not in out
+    assert "fastest train:" in out and "x fp32 eager" in out
+
+
+def test_cli_json_has_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *TINY, "--no-compile", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {r["mode"] for r in result["rows"]} == {"train", "infer"}
+    assert all(r["images_per_s"] > 0 for r in result["rows"])
+    assert set(result["fastest"]) == {"train", "infer"} and result["input_size"] == [1, 8, 8]
+
+
+def test_cli_reports_compile_failure_as_a_row(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no C++ compiler found\nlong traceback text")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert main(["bench", *TINY, "--infer"]) == 0
+    out = capsys.readouterr().out
+    failed = [line for line in out.splitlines() if "failed: RuntimeError: no C++ compiler found" in line]
+    assert len(failed) == 4  # every compile row, one line each
+    assert "long traceback" not in out and "fastest infer:" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "resnet9000"], "unknown model"),
+    (["--model", "resnet8", "--input-size", "1,8"], "--input-size"),
+    (["--model", "resnet8", "--batch-size", "0"], "--batch-size"),
+    (["--model", "resnet8", "--model-arg", "nope=1"], "nope"),
+])
+def test_cli_bad_input_is_a_user_error(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *argv, "--no-compile"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetkit: error:") and message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ benchmarks/run.py
+@pytest.fixture
+def run_py(monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module("run")
+
+
+def test_replace_section_keeps_the_rest() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _md import replace_section
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    doc = "# Title\n\n<!-- a:start -->\nold a\n<!-- a:end -->\n\nprose\n<!-- b:start -->\nold b\n<!-- b:end -->\n"
+    new = replace_section(doc, "a", "new a")
+    assert new == doc.replace("old a", "new a")
+    assert replace_section(new, "a", "new a") == new  # idempotent
+    added = replace_section(doc, "c", "c text")
+    assert added.startswith(doc.rstrip("\n")) and added.endswith("<!-- c:start -->\nc text\n<!-- c:end -->\n")
+    assert replace_section("", "a", "x") == "<!-- a:start -->\nx\n<!-- a:end -->\n"
+
+
+def test_run_quick_bench_section_writes_between_markers(run_py: object, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit import cli
+
+    def in_process(args: list[str]) -> dict:
+        assert cli.main([*args, "--json"]) == 0  # the same arguments, without a new interpreter
+        return json.loads(capsys.readouterr().out)
+
+    monkeypatch.setattr(run_py, "bench_json", in_process)
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n<!-- bench:start -->\nstale\n<!-- bench:end -->\n\nkept prose\n")
+    assert run_py.main(["--quick", "--only", "bench", "--out", str(md)]) == 0  # type: ignore[attr-defined]
+    text = md.read_text()
+    assert "stale" not in text and text.startswith("# Benchmarks\n") and text.endswith("kept prose\n")
+    section = text.split("<!-- bench:start -->", 1)[1].split("<!-- bench:end -->", 1)[0]
+    assert "resnetkit bench --model" in section and "--no-compile" in section
+    assert "torch " in section and "cores" in section and "--quick smoke run" in section
+    assert section.count("| train |") == 4 and section.count("| infer |") == 4
+    assert "fastest train:" in section
+
+
+def test_run_rejects_unknown_sections_and_too_few_seeds(run_py: object) -> None:
+    with pytest.raises(SystemExit):
+        run_py.parse(["--only", "tta,nope"])  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        run_py.parse(["--seeds", "2"])  # type: ignore[attr-defined]
+    args = run_py.parse(["--only", "ttA,bench", "--quick"])  # type: ignore[attr-defined]
+    assert args.only == ["tta", "bench"] and args.out is None
