@@ -56,7 +56,7 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {
         "mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 7, "batch_size": 256,
                   "lr": 0.2, **FAST_HW},
-        "fashion-mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 16, "batch_size": 256,
+        "fashion-mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 15, "batch_size": 256,
                           "lr": 0.2, "tta": True, "eval_every": 4, **FAST_HW},
     },
 }
