@@ -14,7 +14,6 @@ Prints markdown table rows; --write FILE puts them between the markers
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import logging
 import os
@@ -34,7 +33,6 @@ from torch import nn
 from resnetkit import export as E
 from resnetkit.data.specs import DatasetSpec
 
-START, END = "<!-- inference:start -->", "<!-- inference:end -->"
 DEFAULT_MODELS = (("resnet18", 224), ("resnet20", 32))  # ImageNet-size net; the CIFAR recipe's net
 HEADER = ("| model | input | path | batch 1 (img/s) | batch 64 (img/s) | top-1 agreement vs eager fp32 |\n"
           "|---|---|---|---:|---:|---:|")
@@ -188,16 +186,10 @@ def bench_model(model: nn.Module, spec: DatasetSpec, x: torch.Tensor, label: str
 
 
 # ------------------------------------------------------------------ report
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int) -> str:
     import onnxruntime
+
+    from _md import cpu_model  # benchmarks/_md.py, shared with run.py
 
     cmd = "python benchmarks/bench_inference.py" + "".join(f" {shlex.quote(a)}" for a in argv)
     lines = [

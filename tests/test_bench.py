@@ -6,18 +6,27 @@ import importlib
 import json
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
 
-from resnetkit.bench import add_speedups, fastest, format_table, measure_throughput, settings
+from resnetkit.bench import add_speedups, bench_grid, fastest, format_table, measure_throughput, settings
 from resnetkit.cli import main
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TINY = ["--model", "resnet8", "--input-size", "1,8,8", "--batch-size", "8", "--steps", "2",
+TINY = ["--model", "resnet8", "--input-size", "1,8,8", "--batch-size", "4", "--steps", "2",
         "--warmup", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; a second thread only fights the rest of the machine
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -25,31 +34,50 @@ def tiny() -> torch.nn.Module:
     return create_model("resnet8", num_classes=10, in_chans=1)
 
 
+SETTING = dict(batch_size=4, steps=2, warmup=1, compile=False, device="cpu")
+
+
 @pytest.mark.parametrize("mode", ["train", "infer"])
 @pytest.mark.parametrize("precision,channels_last", [("fp32", False), ("bf16", False), ("fp32", True)])
-def test_measure_throughput_rows(tiny: torch.nn.Module, mode: str, precision: str, channels_last: bool) -> None:
-    row = measure_throughput(tiny, (1, 8, 8), 8, mode, precision, channels_last, False, 2, "cpu")
+def test_measure_throughput_rows(mode: str, precision: str, channels_last: bool) -> None:
+    row = measure_throughput("resnet8", (1, 8, 8), mode=mode, precision=precision,
+                             channels_last=channels_last, **SETTING)
     assert row["error"] is None
     assert row["images_per_s"] > 0 and row["seconds"] > 0
-    assert (row["mode"], row["precision"], row["channels_last"], row["compile"]) == \
-        (mode, precision, channels_last, False)
+    assert (row["mode"], row["precision"], row["channels_last"], row["compile"], row["batch_size"]) == \
+        (mode, precision, channels_last, False, 4)
 
 
-def test_measure_throughput_leaves_the_model_alone(tiny: torch.nn.Module) -> None:
+def test_measure_throughput_takes_model_args() -> None:
+    row = measure_throughput("resnet8", (1, 8, 8), mode="train", precision="bf16", channels_last=True,
+                             model_args={"widths": [8, 16, 32], "stem_stride": 2}, **SETTING)
+    assert row["error"] is None and row["images_per_s"] > 0
+
+
+def test_measure_throughput_leaves_a_module_alone(tiny: torch.nn.Module) -> None:
     before = {k: v.clone() for k, v in tiny.state_dict().items()}
-    measure_throughput(tiny, (1, 8, 8), 8, "train", "fp32", True, False, 2, "cpu")
+    measure_throughput(tiny, (1, 8, 8), mode="train", precision="fp32", channels_last=True, **SETTING)
     after = tiny.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # timed on a copy
     assert tiny.conv1.weight.is_contiguous()  # channels_last went to the copy
 
 
-@pytest.mark.parametrize("kwargs", [dict(input_size=(1, 8)), dict(batch_size=0), dict(mode="eval"),
-                                    dict(precision="fp16"), dict(steps=0)])
-def test_measure_throughput_bad_arguments(tiny: torch.nn.Module, kwargs: dict) -> None:
-    args = {**dict(model=tiny, input_size=(1, 8, 8), batch_size=8, mode="train", precision="fp32",
-                   channels_last=False, compile=False, steps=2, device="cpu"), **kwargs}
+@pytest.mark.parametrize("kwargs", [dict(input_size=(1, 8)), dict(input_size=(0, 8, 8)), dict(batch_size=0),
+                                    dict(mode="eval"), dict(precision="fp16"), dict(steps=0),
+                                    dict(model="resnet9000"), dict(model_args={"nope": 1})])
+def test_measure_throughput_bad_arguments(kwargs: dict) -> None:
+    args = {**SETTING, **dict(model="resnet8", input_size=(1, 8, 8), mode="train", precision="fp32",
+                              channels_last=False), **kwargs}
     with pytest.raises(UserError):
         measure_throughput(**args)
+
+
+def test_bench_grid_rows_and_speedups() -> None:
+    rows = bench_grid("resnet8", (1, 8, 8), batch_size=4, modes=["infer"], steps=1, warmup=1,
+                      compile=False)
+    assert [(r["precision"], r["channels_last"]) for r in rows] == \
+        [("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)]
+    assert rows[0]["speedup"] == 1.0 and all(r["speedup"] > 0 for r in rows)
 
 
 def test_settings_grid_starts_with_fp32_eager() -> None:
@@ -136,23 +164,16 @@ def test_replace_section_keeps_the_rest() -> None:
     assert replace_section("", "a", "x") == "<!-- a:start -->\nx\n<!-- a:end -->\n"
 
 
-def test_run_quick_bench_section_writes_between_markers(run_py: object, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from resnetkit import cli
-
-    def in_process(args: list[str]) -> dict:
-        assert cli.main([*args, "--json"]) == 0  # the same arguments, without a new interpreter
-        return json.loads(capsys.readouterr().out)
-
-    monkeypatch.setattr(run_py, "bench_json", in_process)
+def test_run_quick_bench_section_writes_between_markers(run_py: object, tmp_path: Path) -> None:
     md = tmp_path / "BENCHMARKS.md"
     md.write_text("# Benchmarks\n\n<!-- bench:start -->\nstale\n<!-- bench:end -->\n\nkept prose\n")
-    assert run_py.main(["--quick", "--only", "bench", "--out", str(md)]) == 0  # type: ignore[attr-defined]
+    assert run_py.main(["--quick", "--only", "bench", "--write", str(md)]) == 0  # type: ignore[attr-defined]
     text = md.read_text()
     assert "stale" not in text and text.startswith("# Benchmarks\n") and text.endswith("kept prose\n")
     section = text.split("<!-- bench:start -->", 1)[1].split("<!-- bench:end -->", 1)[0]
-    assert "resnetkit bench --model" in section and "--no-compile" in section
+    assert "`python benchmarks/run.py --quick --only bench --write" in section  # the exact command
+    assert "resnetkit bench --model resnet8 --model-arg" in section and "--no-compile" in section
+    assert "--input-size 1,28,28" in section
     assert "torch " in section and "cores" in section and "--quick smoke run" in section
     assert section.count("| train |") == 4 and section.count("| infer |") == 4
     assert "fastest train:" in section
@@ -164,4 +185,27 @@ def test_run_rejects_unknown_sections_and_too_few_seeds(run_py: object) -> None:
     with pytest.raises(SystemExit):
         run_py.parse(["--seeds", "2"])  # type: ignore[attr-defined]
     args = run_py.parse(["--only", "ttA,bench", "--quick"])  # type: ignore[attr-defined]
-    assert args.only == ["tta", "bench"] and args.out is None
+    assert args.only == ["tta", "bench"] and args.write is None  # a smoke run writes nothing
+    assert run_py.parse([]).write.name == "BENCHMARKS.md"  # type: ignore[attr-defined]
+    assert run_py.parse(["--quick", "--write"]).write.name == "BENCHMARKS.md"  # type: ignore[attr-defined]
+
+
+def test_run_without_data_is_an_error_line(run_py: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("RESNETKIT_DATA", raising=False)
+    md = tmp_path / "B.md"
+    assert run_py.main(["--only", "tta,throughput", "--write", str(md)]) == 1  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and "RESNETKIT_DATA" in err
+    assert not md.exists()  # nothing measured, nothing written
+
+
+def test_tta_row_reports_medians_spread_and_target(run_py: object, tmp_path: Path) -> None:
+    runs = [(0, 80.0, 0.996), (1, 95.0, 0.994), (2, 85.0, 0.9955)]  # seed 1: too slow and too low
+    row = run_py.tta_row("mnist", runs, False)  # type: ignore[attr-defined]
+    assert "| 85.0 (80.0-95.0) | 99.55% (99.40-99.60%) | yes | 2/3 |" in row
+    assert "resnetkit train --dataset mnist --recipe fast --seed $S" in row and "--epochs" not in row
+    slow = run_py.tta_row("mnist", [(s, w + 10, a) for s, w, a in runs], False)  # type: ignore[attr-defined]
+    assert "| no | 1/3 |" in slow  # median 95 s > 90 s
+    (tmp_path / "report.json").write_text(json.dumps({"top1": 0.9312, "top5": 0.999}))
+    assert run_py.final_accuracy(tmp_path) == pytest.approx(0.9312)  # type: ignore[attr-defined]

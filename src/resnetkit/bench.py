@@ -89,22 +89,38 @@ def _step_fn(model: nn.Module, mode: str, precision: Precision) -> Any:
     return train
 
 
-def measure_throughput(model: nn.Module, input_size: Sequence[int], batch_size: int, mode: str,
-                       precision: str, channels_last: bool, compile: bool, steps: int,
-                       device: torch.device | str, *, warmup: int = WARMUP_STEPS) -> dict[str, Any]:
-    """Images/s of ``steps`` timed train or inference steps on a copy of ``model``.
+def _build(model: str | nn.Module, input_size: Sequence[int], model_args: dict[str, Any] | None
+           ) -> nn.Module:
+    """A registry name becomes a fresh 10-class network taking ``input_size[0]`` channels."""
+    if isinstance(model, nn.Module):
+        return model
+    from .models import create_model
 
-    Returns the setting with ``images_per_s`` and ``seconds``; a setting that fails here (no C++
-    compiler for torch.compile, an unsupported kernel) returns ``images_per_s`` None and
-    ``error`` "failed: <one line>" instead of raising. Bad arguments raise UserError.
+    if len(input_size) != 3 or min(input_size) < 1:
+        raise UserError(f"input size must be three positive integers C,H,W, got {tuple(input_size)}")
+    return create_model(model, num_classes=10, in_chans=int(input_size[0]), **(model_args or {}))
+
+
+def measure_throughput(model: str | nn.Module, input_size: Sequence[int], *, batch_size: int,
+                       mode: str, precision: str, channels_last: bool, compile: bool, steps: int,
+                       warmup: int = WARMUP_STEPS, device: torch.device | str = "cpu",
+                       model_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Images/s of ``steps`` timed train or inference steps of one setting.
+
+    ``model`` is a registry name (built with ``num_classes=10``, ``in_chans=C`` and
+    ``model_args``) or a module, which is copied and left untouched. Returns the setting with
+    ``images_per_s`` and ``seconds``; a setting that fails here (no C++ compiler for
+    torch.compile, an unsupported kernel) returns ``images_per_s`` None and ``error``
+    "failed: <one line>" instead of raising. Bad arguments or an unknown model raise UserError.
     """
     device = torch.device(device)
     _check(input_size, batch_size, mode, precision, steps, device)
+    net = _build(model, input_size, model_args)
     row: dict[str, Any] = {"mode": mode, "precision": precision, "channels_last": channels_last,
                            "compile": compile, "batch_size": batch_size, "steps": steps,
                            "images_per_s": None, "seconds": None, "error": None}
     try:
-        seconds = _timed(model, tuple(input_size), batch_size, mode, Precision(precision, device.type),
+        seconds = _timed(net, tuple(input_size), batch_size, mode, Precision(precision, device.type),
                          channels_last, compile, steps, device, warmup)
     except Exception as e:  # noqa: BLE001 - a setting this machine cannot run is a result, not a crash
         first = (str(e).strip().splitlines() or [""])[0][:160]
@@ -138,17 +154,19 @@ def _timed(model: nn.Module, input_size: tuple[int, ...], batch_size: int, mode:
     return time.perf_counter() - start
 
 
-def run_settings(model: nn.Module, input_size: Sequence[int], batch_size: int, *,
-                 modes: Sequence[str] = MODES, steps: int = 20, device: torch.device | str = "cpu",
-                 compile: bool = True, warmup: int = WARMUP_STEPS,
-                 progress: Any = None) -> list[dict[str, Any]]:
-    """measure_throughput for every mode x setting; ``progress(row)`` is called after each."""
+def bench_grid(model: str | nn.Module, input_size: Sequence[int], *, batch_size: int,
+               modes: Sequence[str] = MODES, steps: int = 20, warmup: int = WARMUP_STEPS,
+               device: torch.device | str = "cpu", compile: bool = True,
+               model_args: dict[str, Any] | None = None, progress: Any = None) -> list[dict[str, Any]]:
+    """measure_throughput for every mode x setting, each row with its ``speedup`` over fp32
+    eager; ``progress(row)`` is called after each measurement."""
     device = torch.device(device)
+    net = _build(model, input_size, model_args)  # an unknown name fails once, before any timing
     rows = []
     for mode in modes:
         for s in settings(device, compile=compile):
-            row = measure_throughput(model, input_size, batch_size, mode, s["precision"],
-                                     s["channels_last"], s["compile"], steps, device, warmup=warmup)
+            row = measure_throughput(net, input_size, batch_size=batch_size, mode=mode, steps=steps,
+                                     warmup=warmup, device=device, **s)
             rows.append(row)
             if progress is not None:
                 progress(row)

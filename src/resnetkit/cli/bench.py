@@ -41,9 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import environment, fastest, format_table, run_settings, setting_name
+    from ..bench import bench_grid, environment, fastest, format_table, setting_name
     from ..errors import UserError
-    from ..models import create_model, model_info
+    from ..models import model_info
     from ..train.runtime import resolve_device
     from .summary import parse_input_size
     from .train import parse_model_args
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
         raise UserError("--batch-size and --steps must be positive and --warmup not negative")
     device = resolve_device(args.device)
-    model = create_model(args.model, num_classes=10, in_chans=size[0], **parse_model_args(args.model_arg))
+    model_args = parse_model_args(args.model_arg)
     modes = args.modes or ["train", "infer"]
     # its "No CUDA runtime is found" warning on CPU-only machines says nothing about the result
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -65,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
               f"{row['error'] or format(row['images_per_s'], ',.0f') + ' images/s'}",
               file=sys.stderr, flush=True)
 
-    rows = run_settings(model, size, args.batch_size, modes=modes, steps=args.steps, device=device,
-                        compile=args.compile, warmup=args.warmup, progress=progress)
+    rows = bench_grid(args.model, size, batch_size=args.batch_size, modes=modes, steps=args.steps,
+                      warmup=args.warmup, device=device, compile=args.compile, model_args=model_args,
+                      progress=progress)
     if args.json:
         best = {m: (setting_name(b) if (b := fastest(rows, m)) else None) for m in modes}
-        print(json.dumps({"model": args.model, "model_args": parse_model_args(args.model_arg),
+        print(json.dumps({"model": args.model, "model_args": model_args,
                           "input_size": list(size), "batch_size": args.batch_size,
                           "steps": args.steps, "warmup": args.warmup, "environment": environment(device),
                           "rows": rows, "fastest": best}, indent=2))
