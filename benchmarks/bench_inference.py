@@ -186,12 +186,12 @@ def bench_model(model: nn.Module, spec: DatasetSpec, x: torch.Tensor, label: str
 
 
 # ------------------------------------------------------------------ report
-def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int) -> str:
+def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int, command: str | None = None) -> str:
     import onnxruntime
 
     from _md import cpu_model  # benchmarks/_md.py, shared with run.py
 
-    cmd = "python benchmarks/bench_inference.py" + "".join(f" {shlex.quote(a)}" for a in argv)
+    cmd = command or "python benchmarks/bench_inference.py" + "".join(f" {shlex.quote(a)}" for a in argv)
     lines = [
         "### Inference speed (CPU)",
         "",
@@ -240,6 +240,16 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
+    text = run(argv, args)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+    return 0
+
+
+def run(argv: Sequence[str], args: argparse.Namespace | None = None, command: str | None = None) -> str:
+    """The section's markdown; ``command``: the command line to record (default: this script's)."""
+    args = args or parse(argv)
     if args.runs < 3:
         raise SystemExit("bench_inference.py: --runs must be at least 3 (the median of 3 or more runs)")
     warnings.filterwarnings("ignore")
@@ -256,11 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for ckpt in args.checkpoint:
         model, spec, x, calib, label, arch = checkpoint_setup(ckpt)
         rows += bench_model(model, spec, x, label, f"{arch} (trained)", args.runs, args.skip, calib)
-    text = section(rows, argv, args.runs)
-    print(text)
-    if args.write:
-        write_section(args.write, text)
-    return 0
+    return section(rows, argv, args.runs, command)
 
 
 if __name__ == "__main__":
