@@ -56,3 +56,19 @@ def test_cli_errors(run, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(run.run_dir), "--dataset", "cifar10", "--data-dir", "/nonexistent"]) == 2
     assert main(["evaluate", str(run.run_dir / "nothing.safetensors")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_a_run_finds_its_data_again_without_the_environment(tiny_mnist_root: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETKIT_DATA", str(tiny_mnist_root))
+    res = train(dataset="mnist", model="resnet8", epochs=1, batch_size=32, out=str(tmp_path / "m"),
+                verbose=False)
+    saved = json.loads((res.run_dir / "config.json").read_text())
+    assert saved["data_dir"] == str(tiny_mnist_root.resolve())
+    monkeypatch.delenv("RESNETKIT_DATA")
+    assert resnetkit.evaluate(res.run_dir)["top1"] == res.report["top1"]
+    # moved to a machine where that folder does not exist: the usual default applies, clearly
+    cfg = json.loads((res.run_dir / "config.json").read_text())
+    from resnetkit.evaluate import run_config
+
+    assert run_config({**cfg, "data_dir": str(tmp_path / "gone")}).data_dir is None

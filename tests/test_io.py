@@ -18,6 +18,25 @@ def test_written_files_get_the_umask_mode_not_mkstemp_0600(tmp_path):
     assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644
 
 
+def test_a_writer_that_recreates_the_file_still_gets_the_umask_mode(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        def recreate(path):  # what a library may do: remove the file and create a private one
+            path.unlink()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+
+        write_atomic(tmp_path / "a.bin", recreate)
+        write_atomic(tmp_path / "w.safetensors", lambda p: save_file({"w": torch.zeros(2)}, str(p)))
+    finally:
+        os.umask(old)
+    for name in ("a.bin", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
 def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     target = tmp_path / "m.json"
     write_json_atomic(target, {"v": 1})

@@ -275,3 +275,37 @@ def test_cifar_net_widths_and_stride2_stem_give_the_fast_shape():
     assert sum(p.numel() for p in model.parameters()) == 297_450
     with pytest.raises(UserError, match="stem_stride"):
         create_model("resnet8", widths=[16, 32], stem_stride=2)
+
+
+@pytest.mark.parametrize("name, size", [("resnet20", 16), ("resnet18", 32), ("plain20", 16)])
+def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    ref = create_model(name, num_classes=5)
+    cl = create_model(name, num_classes=5)
+    cl.load_state_dict(ref.state_dict())
+    cl = cl.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, size, size)
+    y = torch.tensor([0, 1, 2, 3])
+    formats = []
+
+    def record(module, inputs, out):  # the gradient each ReLU's backward receives
+        if out.requires_grad:
+            out.register_hook(lambda g: formats.append(g.is_contiguous(memory_format=torch.channels_last)))
+
+    for m in cl.modules():
+        if isinstance(m, nn.ReLU):
+            m.register_forward_hook(record)
+    for model, inp in ((ref, x), (cl, x.contiguous(memory_format=torch.channels_last))):
+        F.cross_entropy(model(inp), y).backward()
+    assert formats and all(formats)  # no NCHW gradient meets an NHWC activation
+    for (n, p), q in zip(ref.named_parameters(), cl.parameters()):
+        # NHWC and NCHW kernels sum in different orders: 1.5e-4 of the largest entry here
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-3 * float(p.grad.abs().max()), msg=n)
+    x.requires_grad_(True)  # a gradient for the input too, through the option-A shortcut
+    xc = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    ref.eval(), cl.eval()
+    ref(x).sum().backward()
+    cl(xc).sum().backward()
+    torch.testing.assert_close(xc.grad, x.grad, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # inference takes the plain operations: the same values
+        torch.testing.assert_close(cl(xc), ref(x), rtol=1e-4, atol=1e-5)

@@ -2,7 +2,9 @@
 that add up, FLOPs equal to FlopCounterMode's count of the torchvision reference."""
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -124,3 +126,13 @@ def test_unknown_model_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> N
 def test_bad_input_size_is_a_clear_error(size: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["summary", "resnet8", "--input-size", size]) == 2
     assert "--input-size takes three positive integers C,H,W" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys) -> None:
+    class ClosedPipe(io.StringIO):  # `resnetkit models | head -1` once head has exited
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["models"]) == 141
+    assert "Traceback" not in capsys.readouterr().err

@@ -19,11 +19,14 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the umask)
-    os.fchmod(fd, 0o666 & ~_umask())
+    mode = 0o666 & ~_umask()
+    os.fchmod(fd, mode)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # a writer may have replaced the file (safetensors' save_file does): set the mode again
+        os.chmod(tmp_path, mode)
         with open(tmp_path, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())

@@ -440,10 +440,9 @@ def batches(x: torch.Tensor, size: int) -> Sequence[torch.Tensor]:
 
 # ------------------------------------------------------------------ from a checkpoint
 def _eval_config(config: Mapping[str, Any], data_dir: str | os.PathLike[str] | None) -> Any:
-    from .config import RunConfig, field_names
+    from .evaluate import run_config
 
-    names = set(field_names())
-    cfg = RunConfig.from_dict({k: v for k, v in config.items() if k in names})
+    cfg = run_config(dict(config))
     # Exporting reads data only to check; never download, and stay on the CPU beside onnxruntime.
     cfg = cfg.replace(device="cpu", download=False, workers=0)
     return cfg.replace(data_dir=str(data_dir)) if data_dir is not None else cfg

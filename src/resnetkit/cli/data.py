@@ -46,11 +46,15 @@ def run_check(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     from ..data.presets import PRESETS
 
+    rows = [("dataset", "size", "channels", "augmentation", "")]
     for p in PRESETS.values():
         aug = ["pad %d crop" % p.pad if p.pad else "", "flip" if p.flip else "",
                "random resized crop" if p.rrc_scale else ""]
-        print(f"{p.name:14s} {p.img_size:3d}px  {p.in_chans}ch  aug: {', '.join(a for a in aug if a) or '-'}"
-              f"   {p.description}")
+        rows.append((p.name, f"{p.img_size}px", str(p.in_chans), ", ".join(a for a in aug if a) or "-",
+                     p.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
     return 0
 
 

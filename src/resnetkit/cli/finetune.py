@@ -60,11 +60,10 @@ def plan_lines(values: dict[str, Any]) -> list[str]:
     source = pretrained.check_source(cfg.pretrained, cfg.model) if cfg.pretrained else None
     spec = dataset_spec(cfg)
     origin = f"from {source.label}" if source else "from scratch (no --pretrained)"
-    lines = [f"fine-tune plan: {cfg.model} {origin}",
-             f"  data: {cfg.data_dir}, {spec.num_classes} classes; {cfg.epochs} epochs, "
-             f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule}",
-             f"  {pretrained.describe_spec(spec)}"]
-    return lines + [f"  {line}" for line in finetune.describe_plan(cfg)]
+    # The preprocessing and the freeze schedule follow from the trainer, once the weights are in.
+    return [f"fine-tune plan: {cfg.model} {origin}",
+            f"  data: {cfg.data_dir}, {spec.num_classes} classes; {cfg.epochs} epochs, "
+            f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule}"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                                 "cifar10, cifar100, imagefolder")),
         ("--data-dir", dict(metavar="DIR", help="where datasets live (default $RESNETKIT_DATA, else "
                                                 "~/.cache/resnetkit/data); the folder for imagefolder")),
-        ("--download", dict(action=BOOL, help="download a missing dataset (CIFAR)")),
+        ("--download", dict(action=BOOL, help="let torchvision download a missing MNIST, Fashion-MNIST "
+                                              "or CIFAR dataset")),
         ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
         ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
         ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
@@ -41,7 +42,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--workers", dict(type=int, metavar="N", help="loader processes for image folders")),
     ],
     "optimisation": [
-        ("--recipe", dict(metavar="NAME", help="preset of the values below: default, fast")),
+        ("--recipe", dict(metavar="NAME", help="preset of the values below: default, fast (MNIST, "
+                                               "Fashion-MNIST), finetune (a pretrained ResNet-18)")),
         ("--epochs", dict(type=int, metavar="N")),
         ("--batch-size", dict(type=int, metavar="N", help="global batch size")),
         ("--lr", dict(type=float, metavar="LR", help="peak learning rate")),
@@ -80,7 +82,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser(
         "train", help="train a model (no arguments: a small ResNet on the bundled digits)",
         description="Train a residual network. With no arguments: a small ResNet on scikit-learn's "
-                    "8x8 digits, about 98%% test accuracy in well under a minute on a laptop CPU. "
+                    "8x8 digits, about 98% test accuracy in well under a minute on a laptop CPU. "
                     "Flags win over --config, which wins over the recipe.")
     p.add_argument("--config", metavar="FILE", default=S,
                    help="YAML or JSON file of the same keys (batch_size or batch-size)")

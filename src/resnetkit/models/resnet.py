@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ._registry import CIFAR_INPUT, register_model
-from .blocks import BasicBlock, Bottleneck, SimpleBlock, conv3x3, make_shortcut, residual_blocks
+from .blocks import (BasicBlock, Bottleneck, GlobalAvgPool, SimpleBlock, conv3x3, make_shortcut,
+                     residual_blocks)
 
 if sys.version_info >= (3, 11):
     from typing import Unpack
@@ -78,7 +79,7 @@ class ResNet(_Net):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.init_weights(zero_init_residual)
 
@@ -136,7 +137,7 @@ class CifarResNet(_Net):
         self.layer1 = self._make_layer(w1, n)
         self.layer2 = self._make_layer(w2, n, stride=2)
         self.layer3 = self._make_layer(w3, n, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(w3, num_classes)
         self.init_weights(zero_init_residual)
 
@@ -173,7 +174,7 @@ class SimpleResNet(_Net):
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = nn.Sequential(*(SimpleBlock(planes=width, shortcut=shortcut) for _ in range(depth)))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.avgpool = GlobalAvgPool()
         self.fc = nn.Linear(width, num_classes)
         self.init_weights()
 

@@ -102,6 +102,11 @@ def resolve_config(cfg: RunConfig, explicit: Iterable[str] | None = None) -> Run
         # the recipe's model arguments belong to the recipe's model; the user's are added on top
         changes["model_args"] = {**values.get("model_args", {}), **cfg.model_args}
     cfg = cfg.replace(recipe=cfg.recipe or "default", **changes)
+    if ("warmup_epochs" not in explicit and cfg.warmup_epochs is not None
+            and isinstance(cfg.epochs, int) and cfg.warmup_epochs >= cfg.epochs):
+        # the recipe's warmup is for its own length; a shorter run (--epochs 1) warms up for
+        # half of it instead of failing on a value the user never gave
+        cfg = cfg.replace(warmup_epochs=cfg.epochs / 2)
     return check_config(cfg)
 
 

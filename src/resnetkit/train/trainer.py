@@ -33,6 +33,7 @@ from torch import nn
 from .. import report as reports
 from .._io import append_jsonl, write_json_atomic, write_text_atomic
 from ..config import RunConfig
+from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import distributed, finetune
@@ -264,7 +265,10 @@ class Trainer:
     def saved_config(self) -> dict[str, Any]:
         """The config as config.json and the checkpoints record it: where the run lives, not how
         this process was started (a resumed run records the same config as an uninterrupted one)."""
-        return self.cfg.replace(out=str(self.run_dir), resume=None).to_dict()
+        cfg = self.cfg.replace(out=str(self.run_dir), resume=None)
+        if cfg.dataset != "digits":  # where the data was: evaluate and export find it again
+            cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
+        return cfg.to_dict()
 
     def state(self, epoch: int, wall: float) -> dict[str, Any]:
         return {"epoch": epoch, "model": ckpt.model_tensors(self.model),
@@ -296,7 +300,9 @@ class Trainer:
         t0 = time.perf_counter()
         self.setup()
         self.start_run_dir()
-        self.log(f"run {self.run_dir}  ({self.device}, {self.precision.name}"
+        where = (f"{self.world_size} processes on {torch.device(self.device).type}"
+                 if self.world_size > 1 else str(self.device))
+        self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
                  f"{', resumed after epoch %d' % self.start_epoch if self.start_epoch else ''})")
         self.log(describe(self.cfg))
         for line in self.transfer_notes:
