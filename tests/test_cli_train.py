@@ -142,9 +142,9 @@ def test_nproc_checks_the_global_batch_before_launching(tmp_path: Path, capsys: 
 
 
 def test_a_recipe_warmup_longer_than_a_short_run_is_shortened_not_an_error() -> None:
-    cfg = resolve_config(RunConfig(dataset="imagefolder", recipe="finetune", epochs=1), explicit={"epochs"})
-    assert recipe_values("finetune", "imagefolder")["warmup_epochs"] == 1
+    cfg = resolve_config(RunConfig(dataset="imagefolder", epochs=1), explicit={"epochs"})
+    assert recipe_values("default", "imagefolder")["warmup_epochs"] == 1
     assert cfg.warmup_epochs == 0.5
     with pytest.raises(UserError, match="--warmup-epochs"):  # the user's own value stays checked
-        resolve_config(RunConfig(recipe="finetune", epochs=1, warmup_epochs=1.0),
+        resolve_config(RunConfig(dataset="imagefolder", epochs=1, warmup_epochs=1.0),
                        explicit={"epochs", "warmup_epochs"})

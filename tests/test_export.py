@@ -158,7 +158,9 @@ def test_int8_quantization_writes_qdq_file_with_metadata(tmp_path: Path) -> None
     assert parity.top1_agreement >= 0.7 and parity.max_abs_diff < 0.25 * scale
 
 
-def test_sample_inputs_fall_back_to_random_when_data_is_missing(tmp_path: Path) -> None:
+def test_sample_inputs_fall_back_to_random_when_data_is_missing(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNETKIT_DATA", str(tmp_path / "empty"))  # where a missing run folder leads
     spec = DatasetSpec("mnist", tuple(str(i) for i in range(10)), 1, 28, (0.1307,), (0.3081,))
     x, source = E.sample_inputs({"dataset": "mnist", "data_dir": str(tmp_path / "nowhere")}, spec, 6)
     assert x.shape == (6, 1, 28, 28) and source.startswith("random")
