@@ -20,8 +20,8 @@ from torch import Tensor, nn
 # Under channels_last every activation is NHWC, but the backward of a strided slice and of
 # average pooling returns NCHW gradients. Each one then meets NHWC tensors (the ReLU that
 # produced the activation, the other branch of the residual sum) and the elementwise kernels
-# fall back to a strided path 5-15x slower than their NHWC one: about a tenth of a training step
-# of a small CIFAR net on a CPU. The two functions below give the same forward values and
+# fall back to a strided path 5-15x slower than their NHWC one: 6-20% of a training step of a
+# small CIFAR net on a CPU. The two functions below give the same forward values and
 # gradients in the input's memory format.
 def _memory_format(x: Tensor) -> torch.memory_format:
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():

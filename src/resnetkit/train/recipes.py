@@ -53,9 +53,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # widths 16/32/64 at full resolution and trains 1.5x faster per image (5,700 against 3,750
     # images/s), and reached 93.1-93.2% where resnet8 reached 92.5% in the same wall time;
     # torch.compile gained ~5% per step and cost 13 s of compilation; batch 512 no faster than 256.
-    # NHWC gradients through the option-A shortcut and the pooling (models/blocks.py) then took
-    # the net from ~5,150 to ~7,350 images/s over whole epochs, which pays for a 16th epoch on
-    # Fashion-MNIST (15 epochs: 93.04-93.22% over 3 seeds; 16: 93.24% and 93.28% on seeds 0, 1).
+    # NHWC gradients through the option-A shortcut and the pooling (models/blocks.py) then made
+    # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
+    # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
+    # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md).
     "fast": {
         "mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 7, "batch_size": 256,
                   "lr": 0.2, **FAST_HW},
