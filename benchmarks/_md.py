@@ -2,7 +2,6 @@
 ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``, and the provenance line every section starts with."""
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import platform
@@ -30,18 +29,11 @@ def write_section(path: Path, name: str, text: str) -> None:
     write_text_atomic(path, replace_section(old, name, text))
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (/proc/cpuinfo on Linux, else what platform knows)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def provenance(cmd: str) -> str:
     """What a number belongs to: the exact command, the date, the CPU, its cores, torch, Python."""
     import torch
+
+    from resnetkit.bench import cpu_model
 
     return (f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()}, {os.cpu_count()} cores, "
             f"torch {torch.__version__.split('+')[0]}, Python {platform.python_version()}.")

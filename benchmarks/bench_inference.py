@@ -189,7 +189,7 @@ def bench_model(model: nn.Module, spec: DatasetSpec, x: torch.Tensor, label: str
 def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int, command: str | None = None) -> str:
     import onnxruntime
 
-    from _md import cpu_model  # benchmarks/_md.py, shared with run.py
+    from resnetkit.bench import cpu_model
 
     cmd = command or "python benchmarks/bench_inference.py" + "".join(f" {shlex.quote(a)}" for a in argv)
     lines = [

@@ -277,11 +277,15 @@ def test_cifar_net_widths_and_stride2_stem_give_the_fast_shape():
         create_model("resnet8", widths=[16, 32], stem_stride=2)
 
 
-@pytest.mark.parametrize("name, size", [("resnet20", 16), ("resnet18", 32), ("plain20", 16)])
-def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: str, size: int) -> None:
+@pytest.mark.parametrize("name, size, kwargs", [
+    ("resnet20", 16, {}), ("resnet18", 32, {}), ("plain20", 16, {}),
+    ("resnet8", 28, {"widths": [8, 16, 32], "stem_stride": 2}),  # odd sizes: 14 -> 7 -> 4
+])
+def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: str, size: int,
+                                                                        kwargs: dict) -> None:
     torch.manual_seed(0)
-    ref = create_model(name, num_classes=5)
-    cl = create_model(name, num_classes=5)
+    ref = create_model(name, num_classes=5, **kwargs)
+    cl = create_model(name, num_classes=5, **kwargs)
     cl.load_state_dict(ref.state_dict())
     cl = cl.to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, size, size)
@@ -309,3 +313,19 @@ def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: st
     torch.testing.assert_close(xc.grad, x.grad, rtol=1e-4, atol=1e-5)
     with torch.no_grad():  # inference takes the plain operations: the same values
         torch.testing.assert_close(cl(xc), ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_compile_and_tracing_take_the_plain_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.models import blocks
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the eager-only autograd function ran")
+
+    model = create_model("resnet8", num_classes=3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(blocks._SubsamplePad, "apply", refuse)
+    monkeypatch.setattr(blocks._GlobalAvgPool, "apply", refuse)
+    torch.compile(model, backend="eager")(x).sum().backward()
+    torch.jit.trace(model.eval(), x)
+    with pytest.raises(AssertionError, match="eager-only"):  # and eager training does use them
+        model.train()(x).sum().backward()

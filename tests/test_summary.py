@@ -133,6 +133,9 @@ def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys) -> None:
         def write(self, s: str) -> int:
             raise BrokenPipeError(32, "Broken pipe")
 
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["models"]) == 141
     assert "Traceback" not in capsys.readouterr().err

@@ -106,3 +106,16 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
     RunConfig.from_dict(out)  # validates the keys
     return out
+
+
+def recorded_config(saved: Mapping[str, Any]) -> RunConfig:
+    """The config a run folder or checkpoint recorded, as this version reads it: keys it does not
+    know are dropped, and a recorded data folder that is not on this machine (the run was moved
+    or copied) is dropped too, so that $RESNETKIT_DATA and then the cache apply. An image
+    folder's path is kept: it is the data itself, and its absence is the error to report."""
+    known = set(field_names())
+    values = {k: v for k, v in saved.items() if k in known}
+    folder = values.get("data_dir")
+    if folder and values.get("dataset") != "imagefolder" and not Path(folder).expanduser().exists():
+        values["data_dir"] = None
+    return RunConfig.from_dict(values)

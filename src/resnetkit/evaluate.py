@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import RunConfig, field_names
+from .config import RunConfig, recorded_config
 from .errors import UserError
 
 
@@ -62,13 +62,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
 
 def run_config(saved: dict[str, Any], **changes: Any) -> RunConfig:
     """The run's config (keys this version does not know are dropped), with the given changes."""
-    known = set(field_names())
-    saved = {k: v for k, v in saved.items() if k in known}
-    # The run records the folder its data came from; on another machine (or after a move) it may
-    # not exist, and then the usual default ($RESNETKIT_DATA, else the cache) applies.
-    if saved.get("data_dir") and not Path(saved["data_dir"]).expanduser().exists():
-        saved["data_dir"] = None
-    cfg = RunConfig.from_dict(saved)
+    cfg = recorded_config(saved)
     return cfg.replace(**{k: v for k, v in changes.items() if v is not None})
 
 

@@ -52,10 +52,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as e:
+        if _stdout_is_closed():
+            # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
+            _silence_stdout()
+            return 141
+        print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
+        return 1
+
+
+def _stdout_is_closed() -> bool:
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
-        _silence_stdout()
-        return 141
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _silence_stdout() -> None:

@@ -30,21 +30,21 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 
 
 def _needs_grad(x: Tensor) -> bool:
-    """Training in eager mode: exporters and tracers get the plain operations."""
-    return (x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_scripting()
-            and not torch.jit.is_tracing() and not torch.compiler.is_exporting())
+    """Training in eager mode: torch.compile, torch.export and tracers get the plain operations
+    (is_compiling is true under both compile and export)."""
+    return (x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling())
 
 
 def _subsample_pad(x: Tensor, stride: int, extra: int) -> Tensor:
-    out = F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra))
-    return out.contiguous(memory_format=_memory_format(x))
+    return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra))
 
 
 class _SubsamplePad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, stride: int, extra: int) -> Tensor:  # type: ignore[override]
         ctx.shape, ctx.stride, ctx.fmt = x.shape, stride, _memory_format(x)
-        return _subsample_pad(x, stride, extra)
+        return _subsample_pad(x, stride, extra).contiguous(memory_format=ctx.fmt)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import report as reports
 from .._io import append_jsonl, write_json_atomic, write_text_atomic
-from ..config import RunConfig
+from ..config import RunConfig, recorded_config
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from . import checkpoint as ckpt
@@ -124,7 +124,7 @@ def resume_config(cfg: RunConfig, explicit: set[str] | None) -> tuple[RunConfig,
     path = run_dir / "config.json"
     if not path.is_file():
         raise UserError(f"--resume {run_dir}: no config.json there; pass the folder of an earlier run")
-    saved = RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    saved = recorded_config(json.loads(path.read_text(encoding="utf-8")))
     explicit = explicit if explicit is not None else set()
     changed = sorted(k for k in explicit - set(RESUME_MAY_CHANGE)
                      if getattr(cfg, k) != getattr(saved, k))
