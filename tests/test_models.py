@@ -315,6 +315,7 @@ def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: st
         torch.testing.assert_close(cl(xc), ref(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
 def test_compile_and_tracing_take_the_plain_operations(monkeypatch: pytest.MonkeyPatch) -> None:
     from resnetkit.models import blocks
 
