@@ -51,10 +51,14 @@ def sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _check(input_size: Sequence[int], batch_size: int, mode: str, precision: str, steps: int,
-           device: torch.device) -> None:
+def _check_size(input_size: Sequence[int]) -> None:
     if len(input_size) != 3 or min(input_size) < 1:
         raise UserError(f"input size must be three positive integers C,H,W, got {tuple(input_size)}")
+
+
+def _check(input_size: Sequence[int], batch_size: int, mode: str, precision: str, steps: int,
+           device: torch.device) -> None:
+    _check_size(input_size)
     if batch_size < 1 or steps < 1:
         raise UserError(f"batch size and steps must be positive, got {batch_size} and {steps}")
     if mode not in MODES:
@@ -96,8 +100,7 @@ def _build(model: str | nn.Module, input_size: Sequence[int], model_args: dict[s
         return model
     from .models import create_model
 
-    if len(input_size) != 3 or min(input_size) < 1:
-        raise UserError(f"input size must be three positive integers C,H,W, got {tuple(input_size)}")
+    _check_size(input_size)
     return create_model(model, num_classes=10, in_chans=int(input_size[0]), **(model_args or {}))
 
 
