@@ -29,11 +29,43 @@ def write_section(path: Path, name: str, text: str) -> None:
     write_text_atomic(path, replace_section(old, name, text))
 
 
+# The instruction sets that decide which precision is fast; "amx" is amx_tile or amx_bf16.
+FLAGS = {"avx2": ("avx2",), "avx512f": ("avx512f",), "avx512_bf16": ("avx512_bf16",),
+         "amx": ("amx_tile", "amx_bf16")}
+_PEAKS: dict[str, float] = {}
+
+
+def cpu_flags_text() -> str:
+    """``avx2, avx512f; no avx512_bf16, amx``."""
+    from resnetkit.probe import cpu_flags
+
+    have = cpu_flags() or frozenset()
+    yes = [name for name, alts in FLAGS.items() if any(a in have for a in alts)]
+    no = [name for name in FLAGS if name not in yes]
+    return ", ".join(yes) + (f"; no {', '.join(no)}" if no else "")
+
+
+def matmul_peaks() -> dict[str, float]:
+    """fp32 and bf16 matmul GFLOP/s of this machine, measured once per process."""
+    if not _PEAKS:
+        import torch
+
+        from resnetkit.probe import matmul_gflops
+
+        _PEAKS.update(fp32=matmul_gflops(torch.float32), bf16=matmul_gflops(torch.bfloat16))
+    return _PEAKS
+
+
 def provenance(cmd: str) -> str:
-    """What a number belongs to: the exact command, the date, the CPU, its cores, torch, Python."""
+    """What a number belongs to: the exact command, the date, the CPU with its flags and matmul
+    peaks, its cores, torch's threads, torch, Python."""
     import torch
 
-    from resnetkit.bench import cpu_model
+    from resnetkit.probe import cpu_model
 
-    return (f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()}, {os.cpu_count()} cores, "
-            f"torch {torch.__version__.split('+')[0]}, Python {platform.python_version()}.")
+    peaks = matmul_peaks()
+    return (f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()} ({cpu_flags_text()}), "
+            f"{os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), torch "
+            f"{torch.__version__.split('+')[0]}, Python {platform.python_version()}. Matmul peak "
+            f"(1024x1024, fastest of 1 s of products): fp32 {peaks['fp32']:,.1f} GFLOP/s, bf16 "
+            f"{peaks['bf16']:,.1f} GFLOP/s.")

@@ -189,13 +189,14 @@ def bench_model(model: nn.Module, spec: DatasetSpec, x: torch.Tensor, label: str
 def section(rows: list[tuple[Row, bool]], argv: Sequence[str], runs: int, command: str | None = None) -> str:
     import onnxruntime
 
+    from _md import cpu_flags_text
     from resnetkit.bench import cpu_model
 
     cmd = command or "python benchmarks/bench_inference.py" + "".join(f" {shlex.quote(a)}" for a in argv)
     lines = [
         "### Inference speed (CPU)",
         "",
-        f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()}, "
+        f"`{cmd}` on {datetime.date.today().isoformat()}: {cpu_model()} ({cpu_flags_text()}), "
         f"{os.cpu_count()} cores, torch {torch.__version__.split('+')[0]} "
         f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}, "
         f"Python {platform.python_version()}.",

@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))  # _md and bench_inference, whether run as a scrip
 
 import torch  # noqa: E402
 
-from _md import provenance, write_section  # noqa: E402
+from _md import matmul_peaks, provenance, write_section  # noqa: E402
 
 SECTIONS = ("tta", "throughput", "bench", "inference")
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
@@ -228,20 +228,52 @@ def build_net(cfg: Any, device: torch.device, *, channels_last: bool) -> tuple[A
     return model, build_optimizer(param_groups(model, cfg.weight_decay), cfg)
 
 
-def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int) -> float:
+def probe_choice(cfg: Any, device: torch.device, batch_size: int | None = None) -> Any:
+    """What `resnetkit train` with this config runs: the speed probe's choice (or its cache's)."""
+    from resnetkit.data import dataset_spec
+    from resnetkit.probe import choose
+    from resnetkit.train.steps import timing_step
+    from resnetkit.train.trainer import network_key
+
+    spec = dataset_spec(cfg)
+    model, _ = build_net(cfg, device, channels_last=False)
+    args = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, **cfg.model_args}
+    return choose(model, (spec.in_chans, spec.img_size, spec.img_size), batch_size or cfg.batch_size, device,
+                  precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
+                  network=network_key(cfg, args), make_step=timing_step)
+
+
+def train_flops_per_image(cfg: Any, device: torch.device) -> int:
+    """3 x forward FLOPs of the recipe's network on one image (resnetkit.flops)."""
+    from resnetkit.data import dataset_spec
+    from resnetkit.flops import TRAIN_MULTIPLIER, forward_flops
+
+    spec = dataset_spec(cfg)
+    model, _ = build_net(cfg, device, channels_last=False)
+    return TRAIN_MULTIPLIER * forward_flops(model, (spec.in_chans, spec.img_size, spec.img_size))
+
+
+def utilisation(images_per_s: float, flops_per_image: int, precision: str) -> str:
+    """Training FLOP/s over the matmul peak at that precision."""
+    peak = matmul_peaks()["bf16" if precision == "bf16" else "fp32"]
+    achieved = images_per_s * flops_per_image / 1e9
+    return f"{achieved:,.1f} GFLOP/s = {achieved / peak:.0%} of the {precision} matmul peak"
+
+
+def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int, choice: Any) -> float:
     from resnetkit.data import build_loaders
     from resnetkit.train.runtime import resolve_precision
     from resnetkit.train.steps import train_step
 
     loaders = build_loaders(cfg, device)
-    model, optimizer = build_net(cfg, device, channels_last=cfg.channels_last)
-    precision = resolve_precision(cfg.precision, device)
+    model, optimizer = build_net(cfg, device, channels_last=choice.channels_last)
+    precision = resolve_precision(choice.precision, device)
     autocast, scaler = precision.autocast(), precision.grad_scaler()
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def step(batch: Any) -> int:
         x, y = batch
-        if cfg.channels_last:
+        if choice.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
         return y.shape[0]
@@ -281,26 +313,32 @@ def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup:
     cfg = fast_config(data_dir, device)
     speeds: dict[str, list[float]] = {"tutorial": [], "fast": []}
     with cpu_threads(cfg.threads, device):
+        choice = probe_choice(cfg, device)
+        print(f"  throughput: the probe chose {choice.describe()}", file=sys.stderr, flush=True)
         for r in range(repeats):  # alternated, so a slow spell of a shared machine hits both
             print(f"  throughput: repeat {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
             speeds["tutorial"].append(tutorial_path(cfg, device, steps, warmup, workers))
-            speeds["fast"].append(fast_path(cfg, device, steps, warmup))
+            speeds["fast"].append(fast_path(cfg, device, steps, warmup, choice))
     tut, fast = (statistics.median(speeds[k]) for k in ("tutorial", "fast"))
+    per_image = train_flops_per_image(cfg, device)
     net = f"{cfg.model} {json.dumps(cfg.model_args, separators=(',', ':'))}"
-    fast_how = (f"in-memory loader with the recipe's augmentation ({cfg.augment}), {cfg.precision} "
-                f"autocast{', channels_last' if cfg.channels_last else ''}, no host read per step")
+    fast_how = (f"in-memory loader with the recipe's augmentation ({cfg.augment}), the setting "
+                f"`--precision auto` chose here: {choice.describe()}; no host read per step")
     return "\n".join([
         "### Training throughput: resnetkit's fast path vs a plain PyTorch loop", "", provenance(cmd),
         *([QUICK_NOTE] if quick else []),
         f"Fashion-MNIST train split, the fast recipe's network {net}, batch {cfg.batch_size}, "
         f"SGD lr {cfg.lr:g} (momentum 0.9, Nesterov, wd {cfg.weight_decay:g}) in both, device {device}. "
         f"{steps} timed steps after {warmup} warm-up steps, fetching the batches included, building "
-        f"the dataset and loader not; median of {repeats} alternated repeats (min-max).", "",
-        "| loop | what it does | images/s | ratio |", "|---|---|---:|---:|",
+        f"the dataset and loader not; median of {repeats} alternated repeats (min-max). "
+        f"Utilisation: training FLOP/s (3 x {per_image // 3 / 1e6:.1f} MFLOP forward per image, "
+        f"torch.utils.flop_counter) over the matmul peak above at the loop's precision.", "",
+        "| loop | what it does | images/s | utilisation | ratio |", "|---|---|---:|---|---:|",
         f"| tutorial | torchvision FashionMNIST + DataLoader(shuffle, num_workers={workers}) with PIL "
         f"ToTensor + Normalize, fp32, `loss.item()` every step | {spread(speeds['tutorial'], ',.0f')} "
-        f"| 1.00x |",
+        f"| {utilisation(tut, per_image, 'fp32')} | 1.00x |",
         f"| resnetkit fast path | {fast_how} | {spread(speeds['fast'], ',.0f')} | "
+        f"{utilisation(fast, per_image, choice.precision)} | "
         f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |"])
 
 
@@ -354,6 +392,14 @@ def section_bench(device: torch.device, quick: bool, cmd: str) -> str:
     rows = bench_grid(cfg.model, size, batch_size=how["batch_size"], modes=MODES, steps=how["steps"],
                       warmup=how["warmup"], device=device, compile=how["compile"],
                       model_args=cfg.model_args, progress=progress)
+    choice = probe_choice(cfg, device, how["batch_size"])
+    chosen = next((r for r in rows if r["mode"] == "train" and not r["compile"] and r["images_per_s"]
+                   and (r["precision"], r["channels_last"]) == (choice.precision, choice.channels_last)),
+                  None)
+    util = ""
+    if chosen:
+        rate = utilisation(chosen["images_per_s"], train_flops_per_image(cfg, device), choice.precision)
+        util = f"; in the table above that setting trains at {rate}"
     return "\n".join([
         "### `resnetkit bench`: the fast recipe's network", "", provenance(cmd),
         *([QUICK_NOTE] if quick else []),
@@ -361,7 +407,8 @@ def section_bench(device: torch.device, quick: bool, cmd: str) -> str:
         f"{how['batch_size']}, {how['steps']} timed steps after {how['warmup']} warm-up "
         f"step{'s' * (how['warmup'] != 1)} per setting; train = forward, backward and SGD update. "
         "**Bold**: the fastest setting of each mode.",
-        "", *bench_table(rows)])
+        "", *bench_table(rows), "",
+        f"`--precision auto` (the speed probe `resnetkit train` runs) chose {choice.describe()}{util}."])
 
 
 # ------------------------------------------------------------------ d. inference

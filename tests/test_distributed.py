@@ -42,8 +42,10 @@ WEIGHT_ATOL = 1e-4
 
 
 def tiny_cfg(data_root: Path, out: Path, **kw) -> dict:
+    # precision and memory format fixed: runs with one and two processes must use the same kernels
     return dict(dataset="mnist", data_dir=str(data_root), model="resnet8", batch_size=20, epochs=2,
-                lr=0.01, threads=1, sync_bn=True, out=str(out), verbose=False, **kw)
+                lr=0.01, threads=1, sync_bn=True, precision="fp32", channels_last=False, out=str(out),
+                verbose=False, **kw)
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -1,27 +1,26 @@
 """Training and inference throughput (images/s) of one network under each speed setting.
 
 A setting is a precision (fp32, or bf16/fp16 autocast) x channels_last on/off x torch.compile
-on/off. Each measurement runs on a fresh copy of the model with fixed random inputs, excludes its
-warm-up steps (compilation, allocator and cuDNN autotuning happen there) and synchronises the
-device before reading the clock, so queued GPU work is counted. No step reads a value back to
-the host, as in the trainer.
+on/off. The timing loop is the speed probe's (:mod:`resnetkit.probe`): ``resnetkit bench`` and
+``--precision auto`` time the same step. Each measurement runs on a fresh copy of the model with
+fixed random inputs, excludes its warm-up steps (compilation, allocator and cuDNN autotuning
+happen there) and synchronises the device before reading the clock, so queued GPU work is
+counted. No step reads a value back to the host, as in the trainer.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 import platform
-import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .errors import UserError
-from .train.runtime import Precision
-from .train.steps import train_step
+from .probe import cpu_model, sync  # noqa: F401 - re-exported for benchmarks/ and older imports
+from .probe import Setting, failure, prepare, time_steps
+from .train.steps import timing_step
+
 
 MODES = ("train", "infer")
 WARMUP_STEPS = 3  # compilation and one-off allocations land here, never in the timed steps
@@ -44,13 +43,6 @@ def settings(device: torch.device, *, compile: bool = True) -> list[dict[str, An
             for cl in (False, True)]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
 def _check_size(input_size: Sequence[int]) -> None:
     if len(input_size) != 3 or min(input_size) < 1:
         raise UserError(f"input size must be three positive integers C,H,W, got {tuple(input_size)}")
@@ -66,31 +58,6 @@ def _check(input_size: Sequence[int], batch_size: int, mode: str, precision: str
     if precision not in precisions_for(device):
         raise UserError(f"precision {precision!r} is not measured on {device.type}; "
                         f"choose one of {', '.join(precisions_for(device))}")
-
-
-def _num_classes(model: nn.Module) -> int:
-    fc = getattr(model, "fc", None)
-    return int(fc.out_features) if isinstance(fc, nn.Linear) else 10
-
-
-def _step_fn(model: nn.Module, mode: str, precision: Precision) -> Any:
-    """A closure running one train or inference step on (x, y); nothing is read back."""
-    autocast = precision.autocast()
-    if mode == "infer":
-        model.eval()
-
-        def infer(x: torch.Tensor, y: torch.Tensor) -> None:
-            with torch.inference_mode(), autocast:
-                model(x)
-        return infer
-    model.train()
-    # lr is irrelevant to speed; momentum keeps the optimizer's state and work realistic
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    loss_fn, scaler = nn.CrossEntropyLoss(), precision.grad_scaler()
-
-    def train(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
-    return train
 
 
 def _build(model: str | nn.Module, input_size: Sequence[int], model_args: dict[str, Any] | None
@@ -123,38 +90,22 @@ def measure_throughput(model: str | nn.Module, input_size: Sequence[int], *, bat
                            "compile": compile, "batch_size": batch_size, "steps": steps,
                            "images_per_s": None, "seconds": None, "error": None}
     try:
-        seconds = _timed(net, tuple(input_size), batch_size, mode, Precision(precision, device.type),
-                         channels_last, compile, steps, device, warmup)
+        seconds = _timed(net, tuple(input_size), batch_size, mode, precision, channels_last, compile,
+                         steps, device, warmup)
     except Exception as e:  # noqa: BLE001 - a setting this machine cannot run is a result, not a crash
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        row["error"] = f"failed: {type(e).__name__}: {first}".rstrip(": ")
+        row["error"] = failure(e)
         return row
     row.update(seconds=round(seconds, 4), images_per_s=steps * batch_size / seconds)
     return row
 
 
-def _timed(model: nn.Module, input_size: tuple[int, ...], batch_size: int, mode: str,
-           precision: Precision, channels_last: bool, compile: bool, steps: int,
-           device: torch.device, warmup: int) -> float:
-    net = copy.deepcopy(model).to(device)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((batch_size, *input_size), generator=generator).to(device)
-    y = torch.randint(0, _num_classes(net), (batch_size,), generator=generator).to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    if compile:
-        torch._dynamo.reset()  # each compiled setting starts from an empty cache
-        net = torch.compile(net)
-    step = _step_fn(net, mode, precision)
-    for _ in range(max(1, warmup)):
-        step(x, y)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    sync(device)
-    return time.perf_counter() - start
+def _timed(model: nn.Module, input_size: tuple[int, ...], batch_size: int, mode: str, precision: str,
+           channels_last: bool, compile: bool, steps: int, device: torch.device, warmup: int) -> float:
+    """The probe's timing loop (:func:`resnetkit.probe.time_steps`) on one setting."""
+    setting = Setting(precision, channels_last, compile)
+    step, x, y = prepare(model, input_size, batch_size, setting, mode, device, timing_step)
+    time_steps(step, x, y, max(1, warmup), device)
+    return time_steps(step, x, y, steps, device)
 
 
 def bench_grid(model: str | nn.Module, input_size: Sequence[int], *, batch_size: int,
@@ -220,15 +171,6 @@ def fastest_line(rows: Sequence[dict[str, Any]], mode: str) -> str:
         return f"fastest {mode}: none (every setting failed)"
     ratio = f", {best['speedup']:.2f}x fp32 eager" if best.get("speedup") else ""
     return f"fastest {mode}: {setting_name(best)} at {best['images_per_s']:,.0f} images/s{ratio}"
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name (/proc/cpuinfo on Linux, else what platform knows)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device | str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ class RunConfig:
     # -- optimisation
     recipe: str | None = None
     epochs: int | None = None
+    time_budget: float | str | None = None  # seconds (or "90s", "3m") for the whole process; fits epochs
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None  # sgd | adam | adamw
@@ -51,8 +52,8 @@ class RunConfig:
     # -- hardware and speed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = False
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16; auto on a CPU: measured (resnetkit.probe)
+    channels_last: bool | None = None  # None: auto, measured on a CPU (off on CUDA and MPS)
     compile: bool = False
     sync_bn: bool = False
     nproc: int = 1

@@ -14,8 +14,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Time training steps (forward, backward, SGD update) and/or inference steps of "
                     "a registered network on random inputs for fp32 and bf16 autocast (and fp16 "
                     "with loss scaling on CUDA) x channels_last on/off x torch.compile on/off. "
-                    "Warm-up steps are not timed. Prints a table and the fastest setting with its "
-                    "speed-up over fp32 eager. A setting that cannot run here (e.g. torch.compile "
+                    "Warm-up steps are not timed (the timing loop of the speed probe that "
+                    "`resnetkit train --precision auto` runs). Prints a table and the fastest setting "
+                    "with its speed-up over fp32 eager. A setting that cannot run here (e.g. torch.compile "
                     "without a C++ compiler) is reported as failed.")
     p.add_argument("--model", required=True, metavar="M", help="registry name (see `resnetkit models`)")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",

@@ -45,6 +45,10 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--recipe", dict(metavar="NAME", help="preset of the values below: default, fast (MNIST, "
                                                "Fashion-MNIST), finetune (a pretrained ResNet-18)")),
         ("--epochs", dict(type=int, metavar="N")),
+        ("--time-budget", dict(metavar="DURATION",
+                               help="wall time for the whole process (90, 90s, 3m): the run times "
+                                    "itself and fits --epochs, counting evaluation, TTA and the report; "
+                                    "the schedule is stretched to those epochs")),
         ("--batch-size", dict(type=int, metavar="N", help="global batch size")),
         ("--lr", dict(type=float, metavar="LR", help="peak learning rate")),
         ("--optimizer", dict(choices=("sgd", "adam", "adamw"), help="sgd: momentum 0.9, Nesterov")),
@@ -61,8 +65,12 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--seed", dict(type=int, metavar="N")),
         ("--device", dict(metavar="DEV", help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")),
         ("--precision", dict(choices=("auto", "fp32", "bf16", "fp16"),
-                             help="auto: bf16 (else fp16) on CUDA, fp32 on CPU")),
-        ("--channels-last", dict(action=BOOL, help="NHWC memory format")),
+                             help="auto (default): on a CPU the faster of fp32 and bf16 autocast, timed "
+                                  "on this machine (bf16 only where the CPU has it natively) and cached; "
+                                  "bf16 (else fp16) on CUDA")),
+        ("--channels-last", dict(action=BOOL, help="force the NHWC memory format on (or off with "
+                                                   "--no-channels-last); default: timed on a CPU with "
+                                                   "--precision auto, off on a GPU")),
         ("--compile", dict(action=BOOL, help="torch.compile the model")),
         ("--sync-bn", dict(action=BOOL, help="synchronise BatchNorm across processes")),
         ("--nproc", dict(type=int, metavar="N", help="data-parallel processes on this machine, started "
@@ -86,6 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "Flags win over --config, which wins over the recipe.")
     p.add_argument("--config", metavar="FILE", default=S,
                    help="YAML or JSON file of the same keys (batch_size or batch-size)")
+    p.add_argument("--dry-run", action="store_true", default=S,
+                   help="print the resolved plan (config, dataset sizes, epochs, train_flops = 3 x "
+                        "forward FLOPs x images trained) and train nothing")
+    p.add_argument("--json", action="store_true", default=S, help="with --dry-run: one JSON object on stdout")
     for group, flags in FLAGS.items():
         g = p.add_argument_group(group)
         for flag, kw in flags:
@@ -111,7 +123,8 @@ def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """The RunConfig fields set by --config and by flags (flags win); nothing else."""
     from ..config import load_config_file
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    given = {k: v for k, v in vars(args).items()
+             if k not in ("command", "func", "config", "dry_run", "json")}
     values = load_config_file(args.config) if hasattr(args, "config") else {}
     if "model_arg" in given:
         given["model_args"] = {**values.get("model_args", {}), **parse_model_args(given.pop("model_arg"))}
@@ -136,10 +149,23 @@ def train_argv(args: argparse.Namespace, drop: tuple[str, ...] = ("nproc",)) -> 
     return out
 
 
+def dry_run(values: dict[str, Any], *, as_json: bool) -> int:
+    from ..config import RunConfig
+    from ..train.plan import dry_run as plan_of, format_plan
+
+    plan = plan_of(RunConfig.from_dict(values), set(values))
+    print(json.dumps(plan) if as_json else format_plan(plan))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..train import distributed, train
 
     values = config_values(args)
+    if getattr(args, "dry_run", False):
+        return dry_run(values, as_json=getattr(args, "json", False))
+    if getattr(args, "json", False):
+        raise UserError("--json goes with --dry-run (a training run prints its log, not JSON)")
     nproc = distributed.requested_nproc(values)
     if nproc > 1 and distributed.launched_world_size() == 1:  # --nproc N: become torchrun
         distributed.precheck(values, nproc)

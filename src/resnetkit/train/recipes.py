@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from ..config import RunConfig
 from ..errors import UserError
+from .budget import parse_duration
 from .finetune import FINETUNE_RECIPE
 
 # What every recipe starts from; a dataset entry only lists what differs.
@@ -28,7 +29,6 @@ BASE: dict[str, Any] = {
 
 # The fast recipe's network: a CIFAR-style resnet8 with a stride-2 stem and wider stages.
 FAST_NET: dict[str, Any] = {"widths": [32, 64, 128], "stem_stride": 2}
-FAST_HW: dict[str, Any] = {"precision": "bf16", "channels_last": True}
 
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
@@ -57,11 +57,14 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
     # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
     # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md).
+    # The recipe names no precision or memory format: bf16 that gained 1.1-3x on that Xeon ran
+    # 6-8x slower on an AVX2-only EPYC, so --precision auto and channels_last auto measure them
+    # on the machine at hand (resnetkit.probe).
     "fast": {
         "mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 7, "batch_size": 256,
-                  "lr": 0.2, **FAST_HW},
+                  "lr": 0.2},
         "fashion-mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 16, "batch_size": 256,
-                          "lr": 0.2, "tta": True, "eval_every": 4, **FAST_HW},
+                          "lr": 0.2, "tta": True, "eval_every": 4},
     },
 }
 
@@ -144,6 +147,8 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
     if not isinstance(cfg.model_args, Mapping):
         raise UserError("model_args must be a mapping of builder keyword arguments")
+    if cfg.time_budget is not None:
+        cfg = cfg.replace(time_budget=parse_duration(cfg.time_budget))
     return cfg
 
 

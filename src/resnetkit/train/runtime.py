@@ -61,7 +61,7 @@ class Precision:
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
     """auto: bf16 on CUDA where supported (Ampere and later), else fp16 with loss scaling;
-    fp32 on CPU and MPS (bf16 autocast on CPU is slower than fp32 for small convolutions)."""
+    fp32 on CPU and MPS. Training resolves auto on a CPU by measurement first (resnetkit.probe)."""
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
@@ -72,16 +72,6 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
     return Precision(name, device.type)
-
-
-def precision_note(precision: Precision) -> str | None:
-    """A warning line when bf16 was asked for on a CPU that emulates it (no AVX512-BF16 or
-    AMX): there autocast runs several times slower than fp32."""
-    if precision.name != "bf16" or precision.device_type != "cpu":
-        return None
-    native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
-    return None if native else ("note: this CPU has no native bf16 (AVX512-BF16/AMX); "
-                                "--precision fp32 is likely faster here")
 
 
 @contextlib.contextmanager

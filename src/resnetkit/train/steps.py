@@ -11,6 +11,8 @@ from typing import Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
+from .runtime import Precision
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -39,6 +41,29 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: n
         scaler.step(optimizer)
         scaler.update()
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
+def timing_step(model: nn.Module, mode: str, precision: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One train_step (or an inference forward, ``mode="infer"``) of ``model`` on (x, y) under
+    ``precision``: what the speed probe and ``resnetkit bench`` time. Nothing is read back."""
+    device_type = next(model.parameters()).device.type
+    prec = Precision(precision, device_type)
+    autocast = prec.autocast()
+    if mode == "infer":
+        model.eval()
+
+        def infer(x: torch.Tensor, y: torch.Tensor) -> None:
+            with torch.inference_mode(), autocast:
+                model(x)
+        return infer
+    model.train()
+    # lr is irrelevant to speed; momentum keeps the optimizer's state and work realistic
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    loss_fn, scaler = nn.CrossEntropyLoss(), prec.grad_scaler()
+
+    def train(x: torch.Tensor, y: torch.Tensor) -> None:
+        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
+    return train
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import probe
 from .. import report as reports
 from .._io import append_jsonl, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
@@ -37,15 +39,18 @@ from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import distributed, finetune
+from .budget import Budget, Costs, format_duration
 from .optim import build_optimizer, build_scheduler, current_lr
 from .recipes import describe, resolve_config
-from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
-from .steps import EvalOutput, evaluate_batches, train_step
+from .runtime import cpu_threads, resolve_device, resolve_precision
+from .steps import EvalOutput, evaluate_batches, timing_step, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
+FIRST_STEPS = 30  # --time-budget refits the epochs after this many steps of epoch 1
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
-RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume")
+# Precision and memory format too: a run probed on one CPU may continue on another.
+RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
 
 
 class TrainingDiverged(UserError):
@@ -193,7 +198,12 @@ class Trainer:
         self.device = resolve_device(self.cfg.device)
         if world_size > 1:  # cuda -> this process's GPU
             self.device = distributed.rank_device(self.device)
-        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.precision = resolve_precision(self.cfg.precision, self.device)  # checked now; auto: setup
+        self.choice: probe.Choice | None = None  # precision and memory format in use, and why
+        # --time-budget fits the epochs of a new run; a resumed run keeps the epochs it recorded
+        self.budget = Budget(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
+        self.notes: list[str] = []  # printed under the run's header
+        self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
@@ -218,13 +228,17 @@ class Trainer:
             model = distributed.convert_sync_batchnorm(model, self.device)
         model = prepare_model(model, cfg, self.spec)
         self.transfer_notes: list[str] = list(getattr(model, "pretrained_notes", []))
-        self.transfer_notes += [n for n in (precision_note(self.precision),) if n]
         model.to(self.device)
-        if cfg.channels_last:
+        self.choose_runtime(model)
+        self.transfer_notes += [n for n in (probe.precision_note(self.precision.name, self.device),) if n]
+        if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = build_optimizer(finetune.param_groups(model, cfg), cfg)  # + head/backbone
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a schedule moves them
+        if self.budget is not None:
+            self.fit_budget(model)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, len(self.loaders.train))
         self.scaler = self.precision.grad_scaler()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
@@ -233,6 +247,106 @@ class Trainer:
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
         self.exit_at = distributed.test_exit_step(self.rank)
+
+    def choose_runtime(self, model: nn.Module) -> None:
+        """--precision and channels_last: forced by flags, else measured on this machine (or read
+        from the probe's cache). Rank 0 measures and every rank uses its choice."""
+        cfg, spec = self.cfg, self.spec
+        choice = None
+        if self.is_main:
+            choice = probe.choose(model, (spec.in_chans, spec.img_size, spec.img_size),
+                                  self.loaders.train.batch_size, self.device, precision=cfg.precision,
+                                  channels_last=cfg.channels_last, compile=cfg.compile,
+                                  network=network_key(cfg, self.model_args),
+                                  make_step=timing_step,
+                                  run_steps=cfg.epochs * len(self.loaders.train))
+        self.choice = distributed.broadcast_object(choice)
+        self.precision = resolve_precision(self.choice.precision, self.device)
+
+    # ------------------------------------------------------------------ --time-budget
+    def fit_budget(self, model: nn.Module) -> None:
+        """The first fit of --time-budget, from the probe's images/s (measured now if flags
+        decided the setting and nothing was timed)."""
+        speed = self.choice.images_per_s if self.choice and self.choice.images_per_s else None
+        if speed is None and self.is_main:
+            spec = self.spec
+            setting = probe.Setting(self.precision.name, self.channels_last, self.cfg.compile)
+            rows = probe.probe(model, (spec.in_chans, spec.img_size, spec.img_size),
+                               self.loaders.train.batch_size, [setting], self.device, timing_step)
+            speed = rows[0]["images_per_s"] or 1.0
+        speed = distributed.broadcast_object(speed)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        epochs = distributed.broadcast_object(self.budget.first_fit(costs, self.cfg.eval_every))
+        self.set_epochs(epochs)
+        self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {epochs} epoch"
+                          f"{'s' * (epochs != 1)} at ~{speed:,.0f} img/s")
+
+    def eval_images(self) -> int:
+        return self.loaders.test.num_samples * (2 if self.cfg.tta else 1)
+
+    def set_epochs(self, epochs: int) -> None:
+        """Change the run's length; a warmup the new length cannot hold becomes half of it."""
+        warmup = self.cfg.warmup_epochs
+        if warmup is not None and warmup >= epochs:
+            warmup = epochs / 2
+        self.cfg = self.cfg.replace(epochs=epochs, warmup_epochs=warmup)
+
+    def refit_budget(self, done: float, costs: Costs, why: str) -> None:
+        """Refit the epochs to what is left of the budget; a new count rebuilds the schedule for
+        the new length at the current step (so it still ends annealed) and rewrites config.json."""
+        epochs = distributed.broadcast_object(
+            self.budget.refit(self.cfg.epochs, done, costs, self.cfg.eval_every))
+        if epochs == self.cfg.epochs:
+            return
+        self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {epochs} epochs "
+                 f"(was {self.cfg.epochs})")
+        steps_done = self.scheduler.last_epoch
+        self.set_epochs(epochs)
+        for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = lr
+            group.pop("initial_lr", None)  # so the new schedule starts from the peak values
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, len(self.loaders.train))
+        with warnings.catch_warnings():  # "scheduler stepped before optimizer": a replay, not a bug
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps_done):
+                self.scheduler.step()
+        if self.is_main:
+            write_json_atomic(self.run_dir / "config.json", self.saved_config())
+
+    def first_steps_check(self, step: int, since: float, images: int) -> None:
+        """After the first steps of epoch 1: refit from the loop's own images/s."""
+        probe.sync(self.device)
+        speed = images / max(time.perf_counter() - since, 1e-9)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        self.refit_budget(step / len(self.loaders.train), costs,
+                          f"first steps at ~{speed:,.0f} img/s")
+
+    def epoch_end_check(self, epoch: int, train_seconds: float) -> None:
+        """After each epoch: refit from its measured seconds and the last evaluation's."""
+        if epoch >= self.cfg.epochs:
+            return
+        speed = self.loaders.train.num_samples / max(train_seconds, 1e-9)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        if self.eval_seconds:
+            costs.eval_s = self.eval_seconds[-1]
+        self.refit_budget(epoch, costs, f"epoch {epoch} at ~{speed:,.0f} img/s")
+
+    @property
+    def channels_last(self) -> bool:
+        return bool(self.choice.channels_last) if self.choice else bool(self.cfg.channels_last)
+
+    def runtime(self) -> dict[str, Any]:
+        """report.json's "runtime": what this run computed with, and how that was chosen."""
+        c = self.choice
+        speeds = [h["images_per_s"] for h in self.history if h.get("images_per_s")]
+        return {"device": str(self.device), "precision": self.precision.name,
+                "channels_last": self.channels_last, "compile": self.cfg.compile,
+                "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                "images_per_s": c.images_per_s if c and c.images_per_s else
+                (float(np.median(speeds)) if speeds else None),
+                "train_images_per_s": float(np.median(speeds)) if speeds else None,
+                "chosen_by": c.chosen_by if c else "flag", "reason": c.reason if c else "",
+                "probe": c.measured if c else [], "probe_seconds": c.probe_seconds if c else None}
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
@@ -264,8 +378,11 @@ class Trainer:
 
     def saved_config(self) -> dict[str, Any]:
         """The config as config.json and the checkpoints record it: where the run lives, not how
-        this process was started (a resumed run records the same config as an uninterrupted one)."""
-        cfg = self.cfg.replace(out=str(self.run_dir), resume=None)
+        this process was started (a resumed run records the same config as an uninterrupted one).
+        Precision and memory format are recorded as resolved: evaluate and resume compute as this
+        run did."""
+        cfg = self.cfg.replace(out=str(self.run_dir), resume=None, precision=self.precision.name,
+                               channels_last=self.channels_last)
         if cfg.dataset != "digits":  # where the data was: evaluate and export find it again
             cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
         return cfg.to_dict()
@@ -305,6 +422,10 @@ class Trainer:
         self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
                  f"{', resumed after epoch %d' % self.start_epoch if self.start_epoch else ''})")
         self.log(describe(self.cfg))
+        if self.choice is not None:
+            self.log(f"speed: {self.choice.describe()}")
+        for line in self.notes:
+            self.log(line)
         for line in self.transfer_notes:
             self.log(line)
         epoch = self.start_epoch
@@ -335,8 +456,9 @@ class Trainer:
     def run_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
         start = time.perf_counter()
         train = self.train_epoch(epoch)
+        train_seconds = time.perf_counter() - start
         do_eval = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
-        test = self.evaluate().summary() if do_eval else {"loss": None, "acc": None}
+        test = self.timed_evaluate().summary() if do_eval else {"loss": None, "acc": None}
         record = {"epoch": epoch, "train_loss": train.pop("train_loss"), "train_acc": train.pop("train_acc"),
                   "test_loss": test["loss"], "test_acc": test["acc"], "lr": current_lr(self.optimizer),
                   "seconds": round(time.perf_counter() - start, 3), **train}
@@ -347,6 +469,8 @@ class Trainer:
         if improved:
             self.best.metrics = dict(record)
         self.log(format_epoch(record, self.cfg.epochs, improved))
+        if self.budget is not None:  # before saving: state.pt then holds the refitted schedule
+            self.epoch_end_check(epoch, train_seconds)
         self.save(epoch, record, improved, self.wall_before + time.perf_counter() - t0)
         for callback in self.callbacks:
             callback(self, record)
@@ -368,8 +492,12 @@ class Trainer:
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
         autocast = self.precision.autocast()
+        # --time-budget: the loop's own speed, from the end of step 2 (kernels built) to step
+        # check_at (tiny epochs: the epoch's end decides instead)
+        check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
+        since = start
         for step, (x, y) in enumerate(loader, 1):
-            if self.cfg.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     autocast=autocast, scaler=self.scaler,
@@ -382,6 +510,11 @@ class Trainer:
             seen += y.shape[0]
             if step % every == 0 or step == len(loader):
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+            if step == 2 and check_at:
+                probe.sync(self.device)
+                since, seen_before = time.perf_counter(), seen
+            elif step == check_at and step > 2:
+                self.first_steps_check(step, since, seen - seen_before)
         if bar is not None:
             bar.close()
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
@@ -419,10 +552,17 @@ class Trainer:
         return (f"the training loss became {loss} at epoch {epoch}, batch {step}; {kept}; "
                 f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
 
+    def timed_evaluate(self) -> EvalOutput:
+        start = time.perf_counter()
+        out = self.evaluate()
+        out.summary()  # waits for the device: the time is the evaluation's
+        self.eval_seconds.append(time.perf_counter() - start)
+        return out
+
     def evaluate(self, tta: bool | None = None) -> EvalOutput:
         distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
         out = evaluate_batches(self.eval_net, self.loaders.test, autocast=self.precision.autocast(),
-                               channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
+                               channels_last=self.channels_last, label_smoothing=self.cfg.label_smoothing,
                                tta=self.cfg.tta if tta is None else tta)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
 
@@ -464,7 +604,7 @@ class Trainer:
         rep = reports.classification_report(out.top5, out.targets, self.spec.classes)
         rep = {"dataset": self.cfg.dataset, "split": "test", "model": self.cfg.model,
                "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"), **rep,
-               "transfer": self.transfer_notes,
+               "transfer": self.transfer_notes, "runtime": self.runtime(),
                "best_metrics": self.best.metrics, "data": self.loaders.info,
                "evidence": reports.evidence(device=self.device, seed=self.cfg.seed, wall_time_s=wall,
                                             precision=self.precision.name)}
@@ -498,6 +638,12 @@ class GradNormLog:
     def means(self) -> dict[str, float]:
         values = (self.sums / max(self.steps, 1)).tolist()
         return dict(zip(self.names, values))
+
+
+def network_key(cfg: RunConfig, model_args: Mapping[str, Any]) -> str:
+    """The network as the speed probe's cache knows it: a frozen backbone trains less."""
+    return json.dumps({"model": cfg.model, "args": dict(model_args), "freeze": cfg.freeze},
+                      sort_keys=True, default=str)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:

@@ -1,0 +1,128 @@
+"""``--time-budget``: how many epochs fit in a wall-clock budget for the whole process.
+
+The budget counts everything from the process start: imports, data loading, the speed probe,
+training, every evaluation (with TTA), the final report and its figures. The trainer fits the
+epochs three times, each with a better measurement: before training from the probe's images/s,
+after the first steps of epoch 1 from the loop's own images/s, and after each epoch from its
+measured seconds. The schedule (one-cycle, cosine, step) is rebuilt for the new epoch count at
+the current step, so the run still ends annealed instead of being cut off.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from ..errors import UserError
+
+TARGET = 0.97  # plan to end at 97% of the budget: estimates from a shared machine are noisy
+EVAL_SPEEDUP = 3.0  # an inference image costs a third of a training image (1 forward of 3)
+TAIL_S = 3.0  # the final report's fixed part: loading the best weights, two figures, report.json
+GROW_UNTIL = 0.25  # more epochs only while this share of the planned run is done (the lr still rises)
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+_START = time.monotonic()  # fallback process start where /proc is unavailable
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds in a duration: ``90``, ``90s``, ``3m``, ``1.5h``, ``2m30s``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        parts = re.findall(r"(\d+(?:\.\d+)?)([hms]?)", text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            raise UserError(f"--time-budget takes a duration such as 90, 90s, 3m or 1h30m, got {value!r}")
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserError(f"--time-budget must be a positive duration, got {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``3m``, ``90s``, ``1m30s``: as a user would type it."""
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes and secs:
+        return f"{minutes}m{secs}s"
+    return f"{minutes}m" if minutes else f"{secs}s"
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: its start time in /proc; else since this
+    module was imported, which misses the interpreter's own start-up)."""
+    try:
+        fields = open("/proc/self/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+        start = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, clock ticks since boot
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - start)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _START
+
+
+@dataclass
+class Costs:
+    """Seconds per unit of work, as last measured."""
+
+    train_epoch_s: float  # one epoch of training steps
+    eval_s: float  # one evaluation of the test split (TTA included)
+    tail_s: float = TAIL_S  # the final report past its evaluation
+
+    @classmethod
+    def from_speed(cls, train_images: int, eval_images: int, images_per_s: float) -> "Costs":
+        """From a training throughput: evaluation images at EVAL_SPEEDUP times that rate."""
+        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s))
+
+
+def evaluations(first: int, last: int, eval_every: int) -> int:
+    """Evaluations in epochs first..last when the run ends at ``last`` (it always evaluates there)."""
+    if last < first:
+        return 0
+    return sum(1 for e in range(first, last + 1) if e % eval_every == 0 or e == last)
+
+
+def remaining_seconds(epochs: int, done: float, costs: Costs, eval_every: int) -> float:
+    """Seconds from now to the end of the process for a run of ``epochs`` epochs of which
+    ``done`` (possibly fractional: the first steps) are trained."""
+    return ((epochs - done) * costs.train_epoch_s
+            + evaluations(math.floor(done) + 1, epochs, eval_every) * costs.eval_s
+            + costs.eval_s + costs.tail_s)  # the final report evaluates the best checkpoint again
+
+
+def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, minimum: int = 1,
+               limit: int = 100_000) -> int:
+    """The most epochs whose remaining work fits in ``left_s`` seconds, at least ``minimum``."""
+    epochs = max(minimum, math.floor(done) + 1)
+    while epochs < limit and remaining_seconds(epochs + 1, done, costs, eval_every) <= left_s:
+        epochs += 1
+    return epochs
+
+
+@dataclass
+class Budget:
+    """A run's budget: ``seconds`` for the whole process."""
+
+    seconds: float
+
+    def left(self) -> float:
+        """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
+        return TARGET * self.seconds - process_age()
+
+    def first_fit(self, costs: Costs, eval_every: int) -> int:
+        """Epochs for a run that has trained nothing yet; a budget too short for one is an error."""
+        left = self.left()
+        one = remaining_seconds(1, 0, costs, eval_every)
+        if one > left:
+            need = format_duration(math.ceil((self.seconds - left + one) / TARGET))
+            raise UserError(f"--time-budget {format_duration(self.seconds)} is too short: one epoch with "
+                            f"its evaluation takes about {one:.0f} s here on top of "
+                            f"{self.seconds * TARGET - left:.0f} s spent so far; give at least {need}, or "
+                            f"train on fewer images with --subset")
+        return fit_epochs(left, 0, costs, eval_every)
+
+    def refit(self, planned: int, done: float, costs: Costs, eval_every: int) -> int:
+        """Epochs after ``done`` of ``planned`` are trained: fewer if the rest no longer fits,
+        more only early in the run (while one-cycle's rise barely changes with the length)."""
+        fitted = fit_epochs(self.left(), done, costs, eval_every, minimum=math.floor(done) + 1)
+        if fitted > planned and done > GROW_UNTIL * planned:
+            return planned
+        return fitted

@@ -1,0 +1,94 @@
+"""``resnetkit train --dry-run``: the resolved plan of a run and its training compute, trained nothing.
+
+The plan is the config as the trainer would resolve it, the dataset's sizes, and per epoch the
+images trained and their input shape; ``train_flops`` sums 3 x forward FLOPs x images over it
+(:mod:`resnetkit.flops`). :func:`epoch_plan` is the one place that says what each epoch trains,
+so a schedule that changes the input size per epoch changes the count with it.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .. import flops, probe
+from ..config import RunConfig
+from ..data import build_loaders
+from ..models import create_model
+from .budget import Budget, Costs, format_duration
+from .recipes import describe, resolve_config
+from .runtime import cpu_threads, resolve_device
+from .steps import timing_step
+from .trainer import network_key
+
+
+def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int]) -> list[flops.EpochPlan]:
+    """(images, input shape) of each epoch of ``cfg``: today every epoch trains the whole
+    training split at the dataset's input size."""
+    return flops.uniform_plan(cfg.epochs, images, input_shape)
+
+
+def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, Any]:
+    """The plan of ``train(cfg)``: resolved config, dataset sizes, epochs and training FLOPs.
+    With --time-budget the epochs are fitted from the speed probe (cached, or timed now)."""
+    cfg = resolve_config(cfg, explicit)
+    device = resolve_device(cfg.device)
+    with cpu_threads(cfg.threads, device):
+        loaders = build_loaders(cfg, device)
+        spec = loaders.spec
+        model = create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
+                             **cfg.model_args).to(device)
+        shape = (spec.in_chans, spec.img_size, spec.img_size)
+        images = loaders.train.num_samples
+        speed = None
+        if cfg.time_budget:
+            cfg, speed = budget_epochs(cfg, model, loaders, shape, device)
+    plan = epoch_plan(cfg, images, shape)
+    forward = flops.forward_flops(model, shape)
+    total = flops.train_flops(model, plan)
+    return {"config": cfg.to_dict(), "dataset": {k: loaders.info[k] for k in ("dataset", "train_size",
+                                                                              "test_size")},
+            "images_per_epoch": images, "epochs": cfg.epochs,
+            "time_budget_images_per_s": speed,
+            "model": {"name": cfg.model, "params": sum(p.numel() for p in model.parameters()),
+                      "forward_flops_per_image": forward},
+            "plan": [{"epoch": i, "images": n, "input_shape": list(s)} for i, (n, s) in enumerate(plan, 1)],
+            "train_flops": total}
+
+
+def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: tuple[int, int, int],
+                  device: torch.device) -> tuple[RunConfig, float]:
+    """The epochs --time-budget would fit now, from the probe's speed (as the trainer's first fit)."""
+    model_args = {"num_classes": loaders.spec.num_classes, "in_chans": loaders.spec.in_chans,
+                  **cfg.model_args}
+    choice = probe.choose(model, shape, loaders.train.batch_size, device, precision=cfg.precision,
+                          channels_last=cfg.channels_last, compile=cfg.compile,
+                          network=network_key(cfg, model_args), make_step=timing_step,
+                          run_steps=cfg.epochs * len(loaders.train))
+    speed = choice.images_per_s
+    if speed is None:
+        setting = probe.Setting(choice.precision, choice.channels_last, cfg.compile)
+        speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
+            "images_per_s"] or 1.0
+    test = loaders.test.num_samples * (2 if cfg.tta else 1)
+    epochs = Budget(cfg.time_budget).first_fit(Costs.from_speed(loaders.train.num_samples, test, speed),
+                                               cfg.eval_every)
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
+    return cfg.replace(epochs=epochs, warmup_epochs=warmup), speed
+
+
+def format_plan(plan: Mapping[str, Any]) -> str:
+    """The plan as a few lines for a terminal."""
+    cfg = RunConfig.from_dict(plan["config"])
+    data, model = plan["dataset"], plan["model"]
+    lines = [describe(cfg),
+             f"data: {data['train_size']:,} training and {data['test_size']:,} test images; "
+             f"{plan['images_per_epoch']:,} trained per epoch",
+             f"model: {model['params']:,} parameters, {model['forward_flops_per_image'] / 1e6:,.1f} MFLOP "
+             f"per image forward"]
+    if cfg.time_budget:
+        lines.append(f"budget {format_duration(cfg.time_budget)} -> {plan['epochs']} epochs at "
+                     f"~{plan['time_budget_images_per_s']:,.0f} img/s")
+    lines.append(f"train_flops: {plan['train_flops']:,} ({plan['train_flops'] / 1e12:.2f} TFLOP = 3 x "
+                 f"forward FLOPs x images, over {plan['epochs']} epochs); nothing trained (--dry-run)")
+    return "\n".join(lines)

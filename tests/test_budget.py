@@ -1,0 +1,119 @@
+"""--time-budget: durations, the epoch fit (hand counts) and a run that follows its fit. The
+throughput and the clock are injected; nothing is timed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from resnetkit import probe, train
+from resnetkit.errors import UserError
+from resnetkit.train import budget
+from resnetkit.train.budget import Budget, Costs, fit_epochs, parse_duration
+from resnetkit.train.optim import build_scheduler
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("3m", 180), ("1m30s", 90),
+                                          ("1.5h", 5400), (45, 45), (2.5, 2.5)])
+def test_parse_duration(text: Any, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "abc", "0", "-5", "3x", "m", "1m-2s", True])
+def test_parse_duration_rejects(text: Any) -> None:
+    with pytest.raises(UserError, match="--time-budget"):
+        parse_duration(text)
+
+
+def test_costs_from_a_given_throughput() -> None:
+    costs = Costs.from_speed(60_000, 10_000, 6_000)
+    assert costs.train_epoch_s == 10 and costs.eval_s == pytest.approx(10_000 / 18_000)
+
+
+def test_fit_epochs_hand_count() -> None:
+    costs = Costs(train_epoch_s=10, eval_s=1, tail_s=3)
+    # every 4th epoch and the last evaluate, the report evaluates once more, then 3 s of tail:
+    # 9 epochs = 90 + 3 evaluations (4, 8, 9) + 1 + 3 = 97 s; 10 epochs = 100 + 3 + 4 = 107 s
+    assert fit_epochs(100, 0, costs, eval_every=4) == 9
+    assert fit_epochs(96, 0, costs, eval_every=4) == 8
+    assert fit_epochs(1, 0, costs, eval_every=4) == 1  # never below one epoch
+    assert fit_epochs(1, 3, costs, eval_every=4) == 4  # nor below the epoch under way
+
+
+def test_first_fit_counts_the_time_already_spent(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "process_age", lambda: 10.0)
+    costs = Costs(train_epoch_s=10, eval_s=1, tail_s=3)
+    # 0.97 x 120 - 10 = 106.4 s left; E epochs with an evaluation each cost 11 E + 4
+    assert Budget(120).first_fit(costs, eval_every=1) == 9
+    with pytest.raises(UserError, match="too short"):
+        Budget(10).first_fit(costs, eval_every=1)
+
+
+def test_refit_shrinks_late_but_grows_only_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    costs = Costs(train_epoch_s=10, eval_s=0, tail_s=0)
+    b = Budget(100)  # 97 s of plan: 9 more epochs after the first
+    assert b.refit(planned=5, done=1, costs=costs, eval_every=1) == 10  # early: grows
+    assert b.refit(planned=5, done=3, costs=costs, eval_every=1) == 5  # late: keeps
+    monkeypatch.setattr(budget, "process_age", lambda: 60.0)  # 37 s left
+    assert b.refit(planned=9, done=5, costs=costs, eval_every=1) == 8
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, images_per_s: float) -> None:
+    """The probe 'measured' images_per_s; the process has just started."""
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    monkeypatch.setattr(probe, "choose", lambda *a, **k: probe.Choice("fp32", False, False, "probe",
+                                                                       images_per_s))
+
+
+def run_cfg(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    return {**dict(dataset="digits", subset=64, batch_size=16, time_budget="20s",
+                   out=str(tmp_path / "run"), verbose=True), **kw}
+
+
+def test_time_budget_sets_epochs_from_the_given_throughput(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    inject(monkeypatch, 64.0)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)  # keep the first fit
+    run = train(**run_cfg(tmp_path))
+    # 64 images at 64 img/s: 1 s per epoch; 360 test images at 3 x 64 img/s: 1.875 s per
+    # evaluation; 0.97 x 20 s = 19.4 s hold E (1 + 1.875) + 1.875 + 3 s: E = 5
+    assert run.config.epochs == 5 and len(run.history) == 5
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 5 and saved["time_budget"] == 20.0
+    assert "budget 20s -> 5 epochs at ~64 img/s" in capsys.readouterr().out
+
+
+def test_a_refit_stretches_the_schedule_to_the_new_length(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, done, *a, **k: 2 if done >= 1 else planned)
+    run = train(**run_cfg(tmp_path, verbose=False))
+    assert [h["epoch"] for h in run.history] == [1, 2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2
+    # the last lr is where a run planned at 2 epochs from the start ends: annealed, not cut off
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.lr)
+    sched = build_scheduler(opt, run.config, steps_per_epoch=4)
+    for _ in range(8):
+        opt.step()
+        sched.step()
+    assert run.history[-1]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+    assert run.history[-1]["lr"] < 0.1 * run.config.lr < run.history[0]["lr"]
+
+
+def test_a_budget_too_short_for_one_epoch_is_a_user_error(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 1.0)  # 64 s per epoch
+    with pytest.raises(UserError, match="too short"):
+        train(**run_cfg(tmp_path, verbose=False))

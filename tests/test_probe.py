@@ -1,0 +1,158 @@
+"""resnetkit.probe: which settings are tried, the cache, and what a run records. No speed is
+asserted: the machine's capabilities are mocked and the timing function is counted, not timed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from resnetkit import probe
+from resnetkit.models import create_model
+from resnetkit.train.steps import timing_step
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors; a second thread only fights the rest of the machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def tiny() -> torch.nn.Module:
+    return create_model("resnet8", num_classes=10, in_chans=1, widths=[4, 8, 8])
+
+
+def choose(model: torch.nn.Module, **kw: Any) -> probe.Choice:
+    args = dict(precision="auto", channels_last=None, compile=False, network="resnet8-tiny",
+                make_step=timing_step)
+    return probe.choose(model, (1, 8, 8), 4, CPU, **{**args, **kw})
+
+
+@pytest.fixture()
+def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+
+
+@pytest.fixture()
+def native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+
+
+@pytest.fixture()
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[list[probe.Setting]]:
+    """Each call of probe.probe records the settings it was asked to time."""
+    calls: list[list[probe.Setting]] = []
+    real = probe.probe
+
+    def wrapper(model: Any, input_size: Any, batch_size: int, settings: Any, *a: Any, **kw: Any) -> Any:
+        calls.append(list(settings))
+        return real(model, input_size, batch_size, settings, *a, **kw)
+    monkeypatch.setattr(probe, "probe", wrapper)
+    return calls
+
+
+def test_bf16_native_reads_the_cpu_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not probe.bf16_native()  # AVX-512 alone emulates bf16
+    monkeypatch.setattr(probe, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert probe.bf16_native()
+    monkeypatch.setattr(probe, "cpu_flags", lambda: None)  # no /proc/cpuinfo: oneDNN decides
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert not probe.bf16_native()
+
+
+def test_auto_falls_back_to_fp32_where_bf16_is_not_native(tiny: torch.nn.Module, no_native_bf16: None,
+                                                          counted: list) -> None:
+    choice = choose(tiny)
+    assert [s.precision for s in counted[0]] == ["fp32", "fp32"]  # bf16 never timed
+    assert {s.channels_last for s in counted[0]} == {False, True}
+    assert choice.precision == "fp32" and choice.chosen_by == "probe"
+    assert "bf16 not native here" in choice.describe()
+    assert choice.images_per_s and choice.images_per_s > 0
+
+
+def test_auto_tries_bf16_where_it_is_native(tiny: torch.nn.Module, native_bf16: None, counted: list) -> None:
+    choice = choose(tiny)
+    assert sorted((s.precision, s.channels_last) for s in counted[0]) == \
+        [("bf16", False), ("bf16", True), ("fp32", False), ("fp32", True)]
+    assert choice.precision in ("fp32", "bf16") and "not native" not in choice.describe()
+
+
+def test_the_cache_answers_the_second_run(tiny: torch.nn.Module, counted: list) -> None:
+    first = choose(tiny)
+    second = choose(tiny)
+    assert len(counted) == 1  # the probe ran once
+    assert second.chosen_by == "cache" and "cached probe" in second.describe()
+    assert (second.precision, second.channels_last, second.images_per_s) == \
+        (first.precision, first.channels_last, first.images_per_s)
+    assert probe.cache_file().is_file()
+    choose(tiny, network="another net")  # a different network is probed again
+    assert len(counted) == 2
+
+
+def test_forced_flags_are_not_probed(tiny: torch.nn.Module, counted: list) -> None:
+    choice = choose(tiny, precision="fp32", channels_last=True)
+    assert counted == [] and choice.chosen_by == "flag"
+    assert (choice.precision, choice.channels_last) == ("fp32", True)
+    choose(tiny, precision="fp32")  # one axis forced: the other is timed
+    assert [(s.precision, s.channels_last) for s in counted[0]] == [("fp32", False), ("fp32", True)]
+
+
+def test_a_failing_setting_is_skipped(tiny: torch.nn.Module, no_native_bf16: None) -> None:
+    def make_step(model: torch.nn.Module, mode: str, precision: str) -> Any:
+        step = timing_step(model, mode, precision)
+        if any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()):  # NHWC
+            raise RuntimeError("no NHWC kernel here")
+        return step
+    choice = choose(tiny, make_step=make_step)
+    assert choice.channels_last is False
+    assert any(r["error"] and "no NHWC kernel" in r["error"] for r in choice.measured)
+
+
+def test_a_broken_cache_file_is_ignored(tiny: torch.nn.Module) -> None:
+    probe.cache_file().parent.mkdir(parents=True, exist_ok=True)
+    probe.cache_file().write_text("not json")
+    assert choose(tiny).chosen_by == "probe"
+    assert len(json.loads(probe.cache_file().read_text())) == 1
+
+
+def test_the_probe_leaves_the_model_and_the_random_stream_alone(tiny: torch.nn.Module) -> None:
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    torch.manual_seed(3)
+    choose(tiny)
+    after_probe = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(after_probe, torch.rand(3))
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+
+
+def test_cuda_keeps_its_rule(tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch, counted: list) -> None:
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    choice = probe.choose(tiny, (1, 8, 8), 4, torch.device("cuda"), precision="auto", channels_last=None,
+                          compile=False, network="n", make_step=timing_step)
+    assert (choice.precision, choice.channels_last, choice.chosen_by) == ("fp16", False, "rule")
+    assert counted == []
+
+
+def test_a_run_records_its_runtime(tmp_path: Path, no_native_bf16: None) -> None:
+    from resnetkit import train
+
+    run = train(dataset="digits", epochs=1, subset=64, out=str(tmp_path / "run"), verbose=False)
+    rt = run.report["runtime"]
+    assert {"device", "precision", "channels_last", "compile", "threads", "images_per_s",
+            "chosen_by"} <= set(rt)
+    assert rt["precision"] == "fp32" and rt["chosen_by"] == "probe" and rt["images_per_s"] > 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["precision"] == "fp32" and saved["channels_last"] == rt["channels_last"]
+    again = train(dataset="digits", epochs=1, subset=64, out=str(tmp_path / "again"), verbose=False)
+    assert again.report["runtime"]["chosen_by"] == "cache"
+    forced = train(dataset="digits", epochs=1, subset=64, precision="fp32", channels_last=False,
+                   out=str(tmp_path / "forced"), verbose=False)
+    assert forced.report["runtime"]["chosen_by"] == "flag"
