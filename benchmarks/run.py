@@ -343,10 +343,10 @@ def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup:
 
 
 # ------------------------------------------------------------------ c. resnetkit bench
-def bench_settings(cfg: Any, quick: bool) -> dict[str, Any]:
+def bench_settings(cfg: Any, quick: bool, steps: int | None = None, compile: bool = True) -> dict[str, Any]:
     if quick:
         return {"batch_size": 16, "steps": 2, "warmup": 1, "compile": False}
-    return {"batch_size": cfg.batch_size, "steps": 30, "warmup": 3, "compile": True}
+    return {"batch_size": cfg.batch_size, "steps": steps or 30, "warmup": 3, "compile": compile}
 
 
 def bench_args(cfg: Any, size: Sequence[int], how: dict[str, Any], device: torch.device) -> list[str]:
@@ -374,7 +374,8 @@ def bench_table(rows: list[dict[str, Any]]) -> list[str]:
     return out + [""] + [fastest_line(rows, m) + "." for m in dict.fromkeys(r["mode"] for r in rows)]
 
 
-def section_bench(device: torch.device, quick: bool, cmd: str) -> str:
+def section_bench(device: torch.device, quick: bool, cmd: str, steps: int | None = None,
+                  compile: bool = True) -> str:
     from resnetkit.bench import MODES, bench_grid, setting_name
     from resnetkit.config import RunConfig
     from resnetkit.data import dataset_spec
@@ -382,7 +383,7 @@ def section_bench(device: torch.device, quick: bool, cmd: str) -> str:
 
     cfg = resolve_config(RunConfig(dataset="fashion-mnist", recipe="fast"))
     spec = dataset_spec(cfg)
-    size, how = (spec.in_chans, spec.img_size, spec.img_size), bench_settings(cfg, quick)
+    size, how = (spec.in_chans, spec.img_size, spec.img_size), bench_settings(cfg, quick, steps, compile)
     same = "resnetkit " + " ".join(shlex.quote(a) for a in bench_args(cfg, size, how, device))
 
     def progress(row: dict[str, Any]) -> None:
@@ -467,7 +468,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                    help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per dataset for tta (default 3; --quick 1)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per loop for throughput, after 5 warm-up steps (default 60)")
+                   help="timed steps per loop for throughput, after 5 warm-up steps (default 60), "
+                        "and per setting for bench (default 30)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="bench: skip the torch.compile settings (each compiles for a while on a CPU)")
     p.add_argument("--repeats", type=int, default=None, help="alternated repeats for throughput (default 3)")
     p.add_argument("--workers", type=int, default=0, choices=(0, 2),
                    help="DataLoader workers of the tutorial loop (default 0, as the PyTorch quickstart)")
@@ -502,7 +506,7 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
         "tta": lambda: section_tta(seeds, q, cmd),
         "throughput": lambda: section_throughput(root or Path("."), device, steps, 2 if q else 5,
                                                  repeats, args.workers, q, cmd),
-        "bench": lambda: section_bench(device, q, cmd),
+        "bench": lambda: section_bench(device, q, cmd, args.steps, args.compile),
         "inference": lambda: section_inference(q, cmd),
     }
 

@@ -141,8 +141,20 @@ def test_cuda_keeps_its_rule(tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPa
     assert counted == []
 
 
-def test_a_run_records_its_runtime(tmp_path: Path, no_native_bf16: None) -> None:
+def test_a_short_run_is_not_probed(tiny: torch.nn.Module, counted: list) -> None:
+    least = 4 * (probe.WARMUP_STEPS + probe.MIN_ROUNDS)  # four candidates where bf16 is native
+    choice = choose(tiny, run_steps=10)
+    assert counted == [] and choice.chosen_by == "rule" and "too short to probe" in choice.reason
+    assert (choice.precision, choice.channels_last) == ("fp32", False)
+    choose(tiny, run_steps=int(least / probe.MAX_SHARE) + 1)
+    assert len(counted) == 1
+
+
+def test_a_run_records_its_runtime(tmp_path: Path, no_native_bf16: None,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from resnetkit import train
+
+    monkeypatch.setattr(probe, "MAX_SHARE", 1e9)  # probe however short the run
 
     run = train(dataset="digits", epochs=1, subset=64, out=str(tmp_path / "run"), verbose=False)
     rt = run.report["runtime"]

@@ -42,6 +42,9 @@ MIN_ROUNDS, MAX_ROUNDS = 2, 7  # timed rounds, one step of every candidate per r
 # on the Xeon of BENCHMARKS.md, so 5% of it is 3.8 s; warm-up and the first rounds fit in that.
 TIME_CAP_S = 2.5
 RUN_SHARE = 0.03  # and once it has cost this share of the run it is choosing for (run_steps)
+# A run shorter than its probe's least cost (candidates x (warm-up + MIN_ROUNDS) steps) over this
+# share is not probed: it takes fp32 and the contiguous layout, which are never far off.
+MAX_SHARE = 0.05
 DROP_SLOWER = 3.0  # a candidate this many times slower than the best after one round is dropped
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Sapphire Rapids)
 REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -178,8 +181,12 @@ class Choice:
         """``fp32 + channels_last (probe: 671 img/s; bf16 not native here)``."""
         head = Setting(self.precision, self.channels_last, self.compile).name()
         why = {"probe": "probe", "cache": "cached probe"}.get(self.chosen_by)
-        parts = [f"{why}: {self.images_per_s:,.0f} img/s" if why and self.images_per_s else
-                 {"flag": "forced by flags", "rule": "this device's rule"}.get(self.chosen_by, self.chosen_by)]
+        if why and self.images_per_s:
+            parts = [f"{why}: {self.images_per_s:,.0f} img/s"]
+        elif self.chosen_by == "flag":
+            parts = ["forced by flags"]
+        else:
+            parts = [] if self.reason else ["this device's rule"]
         parts += [self.reason] if self.reason else []
         return f"{head} ({'; '.join(parts)})"
 
@@ -256,6 +263,12 @@ def choose(model: nn.Module, input_size: Sequence[int], batch_size: int, device:
     cached = read_cache().get(key)
     if cached:
         return Choice(**{**cached, "chosen_by": "cache", "reason": reason})
+    least = len(settings) * (WARMUP_STEPS + MIN_ROUNDS)
+    if run_steps is not None and run_steps * MAX_SHARE < least:
+        s = next((s for s in settings if s.precision == "fp32" and not s.channels_last), settings[0])
+        short = f"a run of {run_steps} steps is too short to probe"
+        return Choice(s.precision, s.channels_last, compile, "rule",
+                      reason="; ".join(r for r in (short, reason) if r))
     start = time.perf_counter()
     rows = probe(model, input_size, batch_size, settings, device, make_step, run_steps=run_steps)
     ok = [r for r in rows if r["images_per_s"]]
