@@ -3,37 +3,34 @@
 Each sub-command lives in its own module of this package with two functions,
 ``add_parser(subparsers)`` and ``run(args) -> int``; this module only parses and dispatches.
 A :class:`~resnetkit.errors.UserError` becomes one line on stderr and exit status 2.
+
+The command modules import nothing heavy at module level, so ``--version`` and every ``--help``
+answer without torch; each ``run`` imports its job's module when the command runs (lazy dispatch).
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
 import sys
 from typing import Sequence
 
+from .._version import __version__
 from ..errors import UserError
+from . import bench, data, evaluate, experiment, export, finetune, models, predict, summary, train
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
-COMMANDS = ("train", "evaluate", "predict", "finetune", "models", "summary", "data",
-            "export", "bench", "experiment")
+_MODULES = (train, evaluate, predict, finetune, models, summary, data, export, bench, experiment)
+COMMANDS = tuple(m.__name__.rsplit(".", 1)[1] for m in _MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="resnetkit",
         description="Residual networks: build, train, evaluate, predict, export.",
     )
     parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue  # command not built yet
-            raise
+    for module in _MODULES:
         module.add_parser(sub)
     return parser
 
@@ -73,8 +70,6 @@ def _stdout_is_closed() -> bool:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
