@@ -19,3 +19,8 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     inner = re.search(r"WeightsUnpickler error: ?\s*(\S.*)", text)
     line = (inner.group(1) if inner else text.strip().split("\n")[0] if text.strip() else "").strip()
     return (line[:limit] if line else type(e).__name__).rstrip(".")
+
+
+class DataWarning(UserWarning):
+    """Something about the data the user should know: skipped files, a class order. The CLI
+    shows it as one line, without the source line that raised it."""

@@ -10,12 +10,14 @@ answer without torch; each ``run`` imports its job's module when the command run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from typing import Sequence
+import warnings
+from typing import Iterator, Sequence
 
 from .._version import __version__
-from ..errors import UserError
+from ..errors import DataWarning, UserError
 from . import bench, data, evaluate, experiment, export, finetune, models, predict, summary, train
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
@@ -42,10 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings():
+            return int(args.func(args) or 0)
     except UserError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
+        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
+        if e.errno is None or isinstance(e, BrokenPipeError):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
@@ -56,6 +67,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 141
         print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
         return 1
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show resnetkit's own warnings (skipped images, class order) as one line each, without
+    the file, line and source text of the code that raised them."""
+    show = warnings.showwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, DataWarning):
+            print(f"resnetkit: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
 
 def _stdout_is_closed() -> bool:
