@@ -99,6 +99,7 @@ def test_frozen_batchnorm_stays_in_eval_mode() -> None:
     finetune.apply_freeze(m, "none")
     m.train()
     assert m.bn1.training and m.layer1[0].bn1.training
+    assert not any("train" in vars(module) for module in m.modules())  # the class's train(), not a patch
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

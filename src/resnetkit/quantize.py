@@ -5,6 +5,7 @@ int8 per output channel, activations uint8 with ranges calibrated (MinMax) on re
 Conv + BatchNorm are folded before calibration (``quant_pre_process``), so the int8 graph has
 one quantized conv per residual conv. If static quantization fails, dynamic quantization
 (weights only, activations quantized on the fly) is the fallback, and the report says so.
+:func:`int8_copy` is ``resnetkit export --int8``: quantize, then compare with fp32 and PyTorch.
 """
 from __future__ import annotations
 

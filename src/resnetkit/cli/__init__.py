@@ -49,17 +49,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
-        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
-        if e.errno is None or isinstance(e, BrokenPipeError):
-            raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("resnetkit: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError as e:
         if _stdout_is_closed():
             # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
@@ -67,6 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 141
         print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
         return 1
+    except OSError as e:
+        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
+        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
+        if e.errno is None:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resnetkit: interrupted", file=sys.stderr)
+        return 130
 
 
 @contextlib.contextmanager
