@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .probe import cpu_model, sync  # noqa: F401 - re-exported for benchmarks/ and older imports
-from .probe import Setting, failure, prepare, time_steps
+from .models import create_model
+from .probe import Setting, cpu_model, failure, prepare, time_steps
 from .train.steps import timing_step
 
 
@@ -65,8 +65,6 @@ def _build(model: str | nn.Module, input_size: Sequence[int], model_args: dict[s
     """A registry name becomes a fresh 10-class network taking ``input_size[0]`` channels."""
     if isinstance(model, nn.Module):
         return model
-    from .models import create_model
-
     _check_size(input_size)
     return create_model(model, num_classes=10, in_chans=int(input_size[0]), **(model_args or {}))
 

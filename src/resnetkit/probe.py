@@ -30,6 +30,7 @@ from torch import nn
 
 from ._io import write_json_atomic
 from .errors import UserError
+from .runtime import timed
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 # make_step(model, mode, precision name) -> one train ("train") or inference ("infer") step on (x, y)
@@ -111,23 +112,12 @@ def matmul_gflops(dtype: torch.dtype = torch.float32, *, n: int = 1024, seconds:
     return 2 * n**3 / best / 1e9
 
 
-# ------------------------------------------------------------------ the one timing loop
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
+# ------------------------------------------------------------------ timing
 def time_steps(step: Step, x: torch.Tensor, y: torch.Tensor, steps: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step(x, y)``, the device synchronised before and after,
-    so queued GPU work is counted. Steps never read a value back to the host, as in the trainer."""
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    sync(device)
-    return time.perf_counter() - start
+    """Seconds for ``steps`` calls of ``step(x, y)`` by the one timing loop (runtime.timed: the
+    device synchronised before each read of the clock). Steps never read a value back to the
+    host, as in the trainer."""
+    return timed(lambda: step(x, y), steps=steps, device=device)[1]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from .. import flops, probe
 from ..config import RunConfig
 from ..data import build_loaders
 from ..models import create_model
+from ..runtime import cpu_threads, resolve_device
 from .budget import Budget, Costs, format_duration
 from .recipes import describe, resolve_config
-from .runtime import cpu_threads, resolve_device
 from .steps import timing_step
 from .trainer import network_key
 

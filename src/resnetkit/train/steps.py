@@ -11,7 +11,7 @@ from typing import Callable, ContextManager, Iterable
 import torch
 from torch import nn
 
-from .runtime import Precision
+from ..runtime import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
