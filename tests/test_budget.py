@@ -53,6 +53,7 @@ def test_fit_epochs_hand_count() -> None:
 
 def test_first_fit_counts_the_time_already_spent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget, "process_age", lambda: 10.0)
+    assert Budget.start(120).tail_s == pytest.approx(0.75 * 10)  # the end scales with the start-up
     costs = Costs(train_epoch_s=10, eval_s=1, tail_s=3)
     # 0.97 x 120 - 10 = 106.4 s left; E epochs with an evaluation each cost 11 E + 4
     assert Budget(120).first_fit(costs, eval_every=1) == 9
@@ -66,6 +67,8 @@ def test_refit_shrinks_late_but_grows_only_early(monkeypatch: pytest.MonkeyPatch
     b = Budget(100)  # 97 s of plan: 9 more epochs after the first
     assert b.refit(planned=5, done=1, costs=costs, eval_every=1) == 10  # early: grows
     assert b.refit(planned=5, done=3, costs=costs, eval_every=1) == 5  # late: keeps
+    assert Budget(418).refit(planned=40, done=1, costs=costs, eval_every=1) == 40  # 41 fit: noise
+    assert Budget(440).refit(planned=40, done=1, costs=costs, eval_every=1) == 43
     monkeypatch.setattr(budget, "process_age", lambda: 60.0)  # 37 s left
     assert b.refit(planned=9, done=5, costs=costs, eval_every=1) == 8
 
@@ -88,7 +91,7 @@ def test_time_budget_sets_epochs_from_the_given_throughput(tmp_path: Path, monke
     monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)  # keep the first fit
     run = train(**run_cfg(tmp_path))
     # 64 images at 64 img/s: 1 s per epoch; 360 test images at 3 x 64 img/s: 1.875 s per
-    # evaluation; 0.97 x 20 s = 19.4 s hold E (1 + 1.875) + 1.875 + 3 s: E = 5
+    # evaluation; 0.97 x 20 s = 19.4 s hold E (1 + 1.875) + 1.875 + 1 s (the least tail): E = 5
     assert run.config.epochs == 5 and len(run.history) == 5
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["epochs"] == 5 and saved["time_budget"] == 20.0

@@ -19,8 +19,14 @@ from ..errors import UserError
 
 TARGET = 0.97  # plan to end at 97% of the budget: estimates from a shared machine are noisy
 EVAL_SPEEDUP = 3.0  # an inference image costs a third of a training image (1 forward of 3)
-TAIL_S = 3.0  # the final report's fixed part: loading the best weights, two figures, report.json
+# The end of a run past its last evaluation (the curves, the final report's figures and files,
+# the interpreter's exit) scales with how fast this machine runs Python, as the start-up does:
+# 1.5 s after 2.5 s of start-up on a quiet 2-core machine, 24.5 s after 35 s under heavy load.
+TAIL_PER_STARTUP = 0.75
+TAIL_MIN_S = 1.0
 GROW_UNTIL = 0.25  # more epochs only while this share of the planned run is done (the lr still rises)
+GROW_BY = 0.05  # and only by this share of the plan or more (one epoch at least): not on noise
+RECENT = 3  # epochs whose mean seconds predict the next ones
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _START = time.monotonic()  # fallback process start where /proc is unavailable
 
@@ -65,12 +71,13 @@ class Costs:
 
     train_epoch_s: float  # one epoch of training steps
     eval_s: float  # one evaluation of the test split (TTA included)
-    tail_s: float = TAIL_S  # the final report past its evaluation
+    tail_s: float = TAIL_MIN_S  # the end past the final report's evaluation
 
     @classmethod
-    def from_speed(cls, train_images: int, eval_images: int, images_per_s: float) -> "Costs":
+    def from_speed(cls, train_images: int, eval_images: int, images_per_s: float,
+                   tail_s: float = TAIL_MIN_S) -> "Costs":
         """From a training throughput: evaluation images at EVAL_SPEEDUP times that rate."""
-        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s))
+        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s), tail_s)
 
 
 def evaluations(first: int, last: int, eval_every: int) -> int:
@@ -99,9 +106,19 @@ def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, min
 
 @dataclass
 class Budget:
-    """A run's budget: ``seconds`` for the whole process."""
+    """A run's budget: ``seconds`` for the whole process, which had run ``startup_s`` when the
+    trainer started (imports)."""
 
     seconds: float
+    startup_s: float = 0.0
+
+    @classmethod
+    def start(cls, seconds: float) -> "Budget":
+        return cls(seconds, process_age())
+
+    @property
+    def tail_s(self) -> float:
+        return max(TAIL_MIN_S, TAIL_PER_STARTUP * self.startup_s)
 
     def left(self) -> float:
         """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
@@ -123,6 +140,7 @@ class Budget:
         """Epochs after ``done`` of ``planned`` are trained: fewer if the rest no longer fits,
         more only early in the run (while one-cycle's rise barely changes with the length)."""
         fitted = fit_epochs(self.left(), done, costs, eval_every, minimum=math.floor(done) + 1)
-        if fitted > planned and done > GROW_UNTIL * planned:
+        if fitted > planned and (done > GROW_UNTIL * planned
+                                 or fitted < planned + max(1, round(GROW_BY * planned))):
             return planned
         return fitted

@@ -38,7 +38,7 @@ from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from .. import checkpoint as ckpt
 from . import distributed, finetune
-from .budget import Budget, Costs, format_duration
+from .budget import RECENT, Budget, Costs, format_duration
 from .optim import build_optimizer, build_scheduler, current_lr, param_groups
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
@@ -191,9 +191,10 @@ class Trainer:
         self.precision = resolve_precision(self.cfg.precision, self.device)  # checked now; auto: setup
         self.choice: probe.Choice | None = None  # precision and memory format in use, and why
         # --time-budget fits the epochs of a new run; a resumed run keeps the epochs it recorded
-        self.budget = Budget(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
+        self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
         self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
+        self.train_seconds: list[float] = []  # each epoch's training time (--time-budget's costs)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
@@ -265,7 +266,7 @@ class Trainer:
                                self.loaders.train.batch_size, [setting], self.device, timing_step)
             speed = rows[0]["images_per_s"] or 1.0
         speed = distributed.broadcast_object(speed)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
         epochs = distributed.broadcast_object(self.budget.first_fit(costs, self.cfg.eval_every))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {epochs} epoch"
@@ -307,16 +308,19 @@ class Trainer:
         """After the first steps of epoch 1: refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
         self.refit_budget(step / len(self.loaders.train), costs,
                           f"first steps at ~{speed:,.0f} img/s")
 
     def epoch_end_check(self, epoch: int, train_seconds: float) -> None:
-        """After each epoch: refit from its measured seconds and the last evaluation's."""
+        """After each epoch: refit from the mean seconds of the last RECENT epochs and the last
+        evaluation's."""
+        self.train_seconds.append(train_seconds)
         if epoch >= self.cfg.epochs:
             return
-        speed = self.loaders.train.num_samples / max(train_seconds, 1e-9)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed)
+        recent = self.train_seconds[-RECENT:]
+        speed = self.loaders.train.num_samples * len(recent) / max(sum(recent), 1e-9)
+        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
         if self.eval_seconds:
             costs.eval_s = self.eval_seconds[-1]
         self.refit_budget(epoch, costs, f"epoch {epoch} at ~{speed:,.0f} img/s")
