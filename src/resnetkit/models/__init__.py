@@ -10,8 +10,9 @@ from __future__ import annotations
 from ._registry import ModelInfo, create_model, list_models, model_info, register_model
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
 from .resnet import CifarResNet, ResNet, SimpleResNet
+from .resnet9 import ResNet9
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
+    "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ResNet9", "ShortcutA", "SimpleBlock",
     "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
 ]
