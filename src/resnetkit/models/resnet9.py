@@ -47,6 +47,11 @@ class ResNet9(nn.Module):
         # which his runs found worth about as much as a smaller final-layer init.
         self.logit_scale = logit_scale
 
+    @property
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """``[("layer1", module), ...]``, as the other nets: per-stage grad norms, freezing."""
+        return [(name, m) for name, m in self.named_children() if name.startswith("layer")]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
         return self.fc(self.pool(x).flatten(1)) * self.logit_scale
