@@ -284,7 +284,7 @@ def step_export(ctx: Context, cap: float) -> dict[str, Any]:
 def _cuda_parity(folder: Path, cap: float) -> str:
     code = f"""
 import numpy as np, onnxruntime as ort, torch, json
-from resnetkit.train.checkpoint import load_checkpoint
+from resnetkit.checkpoint import load_checkpoint
 ck = load_checkpoint({str(folder)!r}, map_location="cuda")
 x = torch.randn(32, ck.spec.in_chans, ck.spec.img_size, ck.spec.img_size)
 with torch.no_grad():
