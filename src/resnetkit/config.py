@@ -30,7 +30,10 @@ class RunConfig:
     data_dir: str | None = None  # None: $RESNETKIT_DATA, else ~/.cache/resnetkit/data
     download: bool = False
     img_size: int | None = None
-    augment: str | None = None  # none | basic | strong
+    augment: str | None = field(default=None, metadata={
+        "help": "training augmentation: none | basic (crop, flip) | strong (basic + cutout) | "
+                "randaugment | trivialaugment (basic + that policy, per image)",
+        "choices": ("none", "basic", "strong", "randaugment", "trivialaugment")})
     val_fraction: float = 0.2  # image folders with no val/ or test/ split
     subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
     strict: bool = False  # unreadable image files are an error instead of a warning
@@ -42,9 +45,31 @@ class RunConfig:
     lr: float | None = None
     optimizer: str | None = None  # sgd | adam | adamw
     weight_decay: float | None = None
-    schedule: str | None = None  # onecycle | cosine | step | constant
+    schedule: str | None = None  # onecycle | cosine | step | constant | plateau
     warmup_epochs: float | None = None
     label_smoothing: float | None = None
+    mixup: float = field(default=0.0, metadata={
+        "help": "mixup alpha (Beta(alpha, alpha) mixing weights, Zhang et al. 2017); 0: off; "
+                "torchvision's references use 0.2", "metavar": "ALPHA"})
+    cutmix: float = field(default=0.0, metadata={
+        "help": "cutmix alpha (Yun et al. 2019); 0: off; torchvision's references use 1.0",
+        "metavar": "ALPHA"})
+    mix_prob: float = field(default=1.0, metadata={
+        "help": "probability that a batch is mixed (with --mixup or --cutmix)", "metavar": "P"})
+    mix_switch_prob: float = field(default=0.5, metadata={
+        "help": "with both --mixup and --cutmix: probability of cutmix for a mixed batch", "metavar": "P"})
+    class_weights: str = field(default="none", metadata={
+        "help": "loss weights per class: balanced = n / (classes * count), as scikit-learn",
+        "choices": ("none", "balanced")})
+    sampler: str = field(default="shuffle", metadata={
+        "help": "training order: shuffle (each sample once per epoch) | balanced (classes drawn "
+                "equally often, with replacement, seeded by --seed and the epoch)",
+        "choices": ("shuffle", "balanced")})
+    accum_steps: int = field(default=1, metadata={
+        "help": "gradient accumulation: one optimizer step per N batches (an effective batch of "
+                "N x --batch-size)", "metavar": "N"})
+    clip_grad: float | None = field(default=None, metadata={
+        "help": "clip the global gradient L2 norm to NORM before each update", "metavar": "NORM"})
     early_stop: int | None = None  # patience in evaluations
     eval_every: int = 1
     tta: bool = False  # test-time horizontal-flip augmentation at evaluation
@@ -61,6 +86,8 @@ class RunConfig:
     out: str | None = None  # run folder; None: runs/<dataset>-<model>-<timestamp>
     resume: str | None = None
     log_grad_norms: bool = False
+    tensorboard: bool = field(default=False, metadata={
+        "help": "write TensorBoard event files to RUN/tb/ (pip install 'resnetkit[tensorboard]')"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

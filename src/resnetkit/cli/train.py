@@ -34,7 +34,17 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--download", dict(action=BOOL, help="let torchvision download a missing MNIST, Fashion-MNIST "
                                               "or CIFAR dataset")),
         ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
-        ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
+        ("--augment", dict(choices=("none", "basic", "strong", "randaugment", "trivialaugment"),
+                           help="training augmentation: basic = crop and flip; strong = basic + "
+                                "cutout; randaugment, trivialaugment = basic + that policy per image")),
+        ("--mixup", dict(type=float, metavar="ALPHA", help="mixup alpha (0: off; torchvision's "
+                                                          "references use 0.2)")),
+        ("--cutmix", dict(type=float, metavar="ALPHA", help="cutmix alpha (0: off; references use 1.0)")),
+        ("--mix-prob", dict(type=float, metavar="P", help="probability that a batch is mixed (default 1)")),
+        ("--mix-switch-prob", dict(type=float, metavar="P", help="with --mixup and --cutmix: probability "
+                                                                 "of cutmix (default 0.5)")),
+        ("--sampler", dict(choices=("shuffle", "balanced"), help="balanced: classes drawn equally often "
+                                                                 "(with replacement, seeded)")),
         ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
                                                               "without val/ or test/ (default 0.2)")),
         ("--subset", dict(type=int, metavar="N", help="train on N samples (stratified, seeded)")),
@@ -49,9 +59,15 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--lr", dict(type=float, metavar="LR", help="peak learning rate")),
         ("--optimizer", dict(choices=("sgd", "adam", "adamw"), help="sgd: momentum 0.9, Nesterov")),
         ("--weight-decay", dict(type=float, metavar="WD", help="on conv and linear weights only")),
-        ("--schedule", dict(choices=("onecycle", "cosine", "step", "constant"), help="per-batch lr schedule")),
+        ("--schedule", dict(choices=("onecycle", "cosine", "step", "constant", "plateau"),
+                                help="lr schedule, per batch; plateau: x0.1 after 3 evaluations "
+                                     "without a lower validation loss")),
         ("--warmup-epochs", dict(type=float, metavar="E", help="linear warmup (one-cycle: the rise)")),
         ("--label-smoothing", dict(type=float, metavar="EPS")),
+        ("--class-weights", dict(choices=("none", "balanced"), help="balanced: loss weight "
+                                                                    "n / (classes * count) per class")),
+        ("--accum-steps", dict(type=int, metavar="N", help="one optimizer step per N batches")),
+        ("--clip-grad", dict(type=float, metavar="NORM", help="clip the gradient's global L2 norm")),
         ("--early-stop", dict(type=int, metavar="PATIENCE", help="stop after PATIENCE evaluations "
                                                                  "without a better test accuracy")),
         ("--eval-every", dict(type=int, metavar="N", help="evaluate every N epochs (and the last)")),
@@ -74,6 +90,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--out", dict(metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<time>)")),
         ("--resume", dict(metavar="RUN_DIR", help="continue an interrupted run with its saved config")),
         ("--log-grad-norms", dict(action=BOOL, help="record per-stage gradient norms in metrics.jsonl")),
+        ("--tensorboard", dict(action=BOOL, help="TensorBoard event files in RUN_DIR/tb/ (needs "
+                                                 "pip install 'resnetkit[tensorboard]')")),
     ],
 }
 

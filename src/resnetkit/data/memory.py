@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 
 from .augment import BatchAugment
-from .sampling import eval_batches, positions, seeded_generator, train_batches
+from .sampling import Sampler, epoch_order, eval_batches, positions, seeded_generator, train_batches
 from .transforms import Normalizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -52,6 +52,7 @@ class MemoryLoader:
         self.prepare = prepare
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.sampler: Sampler | None = None  # the epoch's order; None: a permutation
         n = int(labels.shape[0])
         self.dataset_size = n  # samples in the split, all ranks together
         if train:
@@ -66,11 +67,15 @@ class MemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def targets(self) -> torch.Tensor:
+        """Every training label of the split (all ranks), on the CPU."""
+        return self.labels.cpu()
+
     def epoch_plan(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This rank's sample indices for the epoch, in order, and their augmentation parameters
         (CPU tensors; a pure function of seed, epoch, rank and world size)."""
         g = seeded_generator(self.seed, self.epoch, "train")
-        perm = torch.randperm(self.dataset_size, generator=g)
+        perm = epoch_order(self.dataset_size, g, self.sampler)
         params = self.augment.sample(self.dataset_size, g) if self.augment else {}
         pos = positions(self._batches)
         return perm[pos], {k: v[pos] for k, v in params.items()}
