@@ -15,7 +15,9 @@ from resnetkit.train import train
 from resnetkit.train.optim import Plateau, build_scheduler, step_on_metric
 from resnetkit.train.recipes import resolve_config
 
-TOOLBOX = dict(accum_steps=2, clip_grad=1.0, class_weights="balanced", sampler="balanced", schedule="plateau")
+TOOLBOX = dict(accum_steps=2, clip_grad=1.0, class_weights="balanced", sampler="balanced", schedule="plateau",
+               mixup=0.2, cutmix=1.0, mix_prob=0.8, mix_switch_prob=0.5, augment="trivialaugment",
+               tensorboard=True)
 
 
 def comparable(history: list[dict]) -> list[dict]:
@@ -71,3 +73,4 @@ def test_resume_with_the_toolbox_flags_equals_an_uninterrupted_run(tmp_path: Pat
     assert comparable(history) == comparable(whole.history)
     a, b = load_file(str(whole.run_dir / "last.safetensors")), load_file(str(cut / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list((cut / "tb").glob("events.out.tfevents.*"))

@@ -14,7 +14,7 @@ from typing import Sequence
 from ..errors import UserError
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
-COMMANDS = ("train", "evaluate", "predict", "finetune", "models", "summary", "data",
+COMMANDS = ("train", "lr-find", "evaluate", "predict", "finetune", "models", "summary", "data",
             "export", "bench", "experiment")
 
 
@@ -29,9 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f".{name}", __name__)
+            module = importlib.import_module(f".{name.replace('-', '_')}", __name__)
         except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
+            if e.name == f"{__name__}.{name.replace('-', '_')}":
                 continue  # command not built yet
             raise
         module.add_parser(sub)

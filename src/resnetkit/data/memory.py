@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 
 from .augment import BatchAugment
+from .policy import BatchPolicy
 from .sampling import Sampler, epoch_order, eval_batches, positions, seeded_generator, train_batches
 from .transforms import Normalizer
 
@@ -41,7 +42,7 @@ class MemoryLoader:
                  normalizer: Normalizer, train: bool, seed: int = 0,
                  augment: BatchAugment | None = None,
                  prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 policy: BatchPolicy | None = None, rank: int = 0, world_size: int = 1) -> None:
         self.images, self.labels = images, labels
         self.device = images.device
         self.batch_size = batch_size
@@ -50,6 +51,7 @@ class MemoryLoader:
         self.seed = seed
         self.augment = augment if augment is not None and augment.active else None
         self.prepare = prepare
+        self.policy = policy  # --augment randaugment | trivialaugment, after the crop and flip
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.sampler: Sampler | None = None  # the epoch's order; None: a permutation
@@ -88,17 +90,19 @@ class MemoryLoader:
         order = to_device(order, self.device)
         params = {k: to_device(v, self.device) for k, v in params.items()}
         offset = 0
-        for a, b in self._batches:
+        for i, (a, b) in enumerate(self._batches):
             sl = slice(offset, offset + b - a)
             offset += b - a
             idx = order[sl]
             x = self.images[idx]
+            p = {k: v[sl] for k, v in params.items()}
             if self.augment is not None:
-                p = {k: v[sl] for k, v in params.items()}
-                x = self._finish(self.augment.geometry(x, p))
+                x = self.augment.geometry(x, p)
+            if self.policy is not None:
+                x = self.policy(x, self.seed, self.epoch, self.rank, i)
+            x = self._finish(x)
+            if self.augment is not None:
                 x = self.augment.erase(x, p)
-            else:
-                x = self._finish(x)
             yield x, self.labels[idx]
 
     def _iter_eval(self) -> Iterator[Batch]:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from ..errors import UserError
 
-AUGMENT_LEVELS = ("none", "basic", "strong")
+# randaugment and trivialaugment: basic plus that policy, per image (no cutout)
+AUGMENT_LEVELS = ("none", "basic", "strong", "randaugment", "trivialaugment")
 
 # ImageNet statistics: the customary choice for photos, and what pretrained torchvision weights expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

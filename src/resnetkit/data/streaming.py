@@ -31,6 +31,7 @@ from ..errors import UserError
 from ._util import warn
 from .decode import cache_dir, default_workers
 from .folders import FolderSplit
+from .policy import POLICIES, policy_transform
 from .presets import Preset
 from .sampling import Sampler, epoch_order, eval_batches, seeded_generator, train_batches
 from .transforms import (Geometry, ImageReadError, Normalizer, interpolation_mode, load_image,
@@ -74,6 +75,8 @@ def train_transform(preset: Preset, img_size: int, resize: int | None, interpola
         ops.append(v2.RandomHorizontalFlip())
     if augment == "strong" and preset.photo:
         ops.append(v2.TrivialAugmentWide(interpolation=mode))  # Mueller & Hutter 2021
+    if augment in POLICIES:
+        ops.append(policy_transform(augment, mode))
     ops.append(v2.PILToTensor())
     if augment == "strong":
         ops.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.25), value=[round(255 * m) for m in mean]))

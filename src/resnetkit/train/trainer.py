@@ -37,7 +37,8 @@ from ..config import RunConfig, recorded_config
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from . import checkpoint as ckpt
-from . import distributed, finetune, sampler
+from . import distributed, finetune, sampler, tb
+from .mix import Mixer
 from .optim import build_optimizer, build_scheduler, current_lr, step_on_metric
 from .recipes import describe, resolve_config
 from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
@@ -230,6 +231,7 @@ class Trainer:
         self.scaler = self.precision.grad_scaler()
         weight = sampler.setup_imbalance(cfg, self.loaders.train, self.spec.num_classes, self.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of test samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
@@ -303,6 +305,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.setup()
         self.start_run_dir()
+        if self.cfg.tensorboard and self.is_main:  # after a resume's restore: it purges later epochs
+            self.callbacks.insert(0, tb.TensorBoardLog(self.run_dir, self.start_epoch))
         where = (f"{self.world_size} processes on {torch.device(self.device).type}"
                  if self.world_size > 1 else str(self.device))
         self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
@@ -373,10 +377,11 @@ class Trainer:
         start = time.perf_counter()
         autocast = self.precision.autocast()
         for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
+            x, target = self.mix(x, y)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with sync_context(self.net, last):  # --accum-steps: all-reduce once per update
-                loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                loss, hits = train_step(self.net, x, target, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                         autocast=autocast, scaler=self.scaler,
                                         before_update=grad_norms.add if grad_norms else None,
                                         clip_grad=self.cfg.clip_grad, loss_scale=share, zero_grad=first,
