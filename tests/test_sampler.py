@@ -51,3 +51,20 @@ def test_memory_loader_uses_the_sampler_per_epoch_reproducibly() -> None:
     first, again, second = epoch(1), epoch(1), epoch(2)
     assert torch.equal(first, again) and not torch.equal(first, second)
     assert (first == 2).sum() > 10  # the single sample of class 2 is drawn about a third of the time
+
+
+def test_streaming_loader_uses_the_sampler_too(tmp_path) -> None:
+    from resnetkit.data.streaming import FolderDataset, FolderLoader
+
+    labels = LABELS.tolist()
+    ds = FolderDataset([tmp_path / f"{i}.png" for i in range(100)], labels, transform=None, in_chans=3,
+                       strict=False)
+    loader = FolderLoader(ds, batch_size=25, train=True, seed=0, device=torch.device("cpu"),
+                          normalizer=Normalizer((0.5,), (0.5,)), workers=0)
+    assert torch.equal(loader.targets(), LABELS)
+    loader.sampler = balanced_sampler(loader.targets(), 3)
+    loader.set_epoch(1)
+    drawn = torch.tensor([i for batch in loader.batch_indices() for i in batch])
+    loader.set_epoch(1)
+    assert drawn.tolist() == [i for batch in loader.batch_indices() for i in batch]
+    assert (LABELS[drawn] == 2).sum() > 10 and len(set(drawn.tolist())) < 100  # with replacement
