@@ -49,6 +49,7 @@ def test_plateau_divides_the_lr_after_the_patience_and_resumes() -> None:
 @pytest.mark.parametrize("bad, message", [
     ({"accum_steps": 0}, "--accum-steps"), ({"clip_grad": -1.0}, "--clip-grad"),
     ({"sampler": "weighted"}, "--sampler"), ({"class_weights": "auto"}, "--class-weights"),
+    ({"mixup": float("nan")}, "--mixup must be a finite"), ({"mix_prob": 1.5}, "--mix-prob"),
 ])
 def test_bad_toolbox_values_are_user_errors(bad: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -158,6 +158,10 @@ def check_toolbox(cfg: RunConfig) -> RunConfig:
         if getattr(cfg, key) not in allowed:
             raise UserError(f"unknown --{key.replace('_', '-')} {getattr(cfg, key)!r}; choose one of "
                             f"{', '.join(allowed)}")
+    for key in ("mixup", "cutmix", "mix_prob", "mix_switch_prob", "clip_grad"):
+        value = getattr(cfg, key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
     if cfg.mixup < 0 or cfg.cutmix < 0:
         raise UserError(f"--mixup and --cutmix are Beta(alpha, alpha) parameters: 0 (off) or positive, "
                         f"got {cfg.mixup} and {cfg.cutmix}")
