@@ -23,7 +23,7 @@ from .._io import write_atomic, write_json_atomic
 from ..config import RunConfig
 from ..errors import UserError
 from . import finetune
-from .runtime import cpu_threads
+from ..runtime import cpu_threads
 from .steps import Batch, micro_batches, train_step
 from .trainer import Trainer, as_config
 
@@ -84,7 +84,7 @@ def range_test(trainer: Trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0
     gamma = (end_lr / start_lr) ** (1 / (num_iter - 1))
     result, avg, best = RangeTest(), 0.0, math.inf
     try:
-        finetune.set_epoch(model, trainer.cfg, 1)
+        finetune.set_epoch(model, trainer.cfg, 1, trainer.fresh_modules)
         trainer.net.train()
         steps = updates(trainer, batches(trainer.loaders.train))
         for i in range(num_iter):
