@@ -36,6 +36,10 @@ def test_steepest_descent_finds_the_fastest_fall() -> None:
     losses = [2.0 - math.tanh((math.log10(lr) + 2) * 2) for lr in lrs]
     assert steepest(lrs, losses) == pytest.approx(lrs[30])
     assert steepest(lrs[:10], losses[:10]) is None  # too short to judge
+    # a one-point dip at tiny lrs (steeper from point to point) is not the descent over a decade
+    wobbly = [v - (0.5 if i == 13 else 0.0) for i, v in enumerate(losses)]
+    assert steepest(lrs, wobbly) == pytest.approx(lrs[30])
+    assert steepest(lrs, losses[:40] + [float("nan")]) == pytest.approx(lrs[30])  # up to the blow-up
 
 
 def test_cli_prints_the_suggestion_and_writes_the_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
