@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -37,12 +38,13 @@ from ..data import build_loaders
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from .. import checkpoint as ckpt
-from . import distributed, finetune
+from . import distributed, finetune, sampler, tb
 from .budget import RECENT, Budget, Costs, format_duration
-from .optim import build_optimizer, build_scheduler, current_lr, param_groups
+from .mix import Mixer
+from .optim import build_optimizer, build_scheduler, current_lr, param_groups, step_on_metric
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
-from .steps import EvalOutput, evaluate_batches, timing_step, train_step
+from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
@@ -228,11 +230,15 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a schedule moves them
+        # optimizer steps per epoch (--accum-steps: one per accumulated batch)
+        self.sched_steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)
         if self.budget is not None:
             self.fit_budget(model)
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, len(self.loaders.train))
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.sched_steps)
         self.scaler = self.precision.grad_scaler()
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weight = sampler.setup_imbalance(cfg, self.loaders.train, self.spec.num_classes, self.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of test samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
@@ -296,7 +302,7 @@ class Trainer:
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr
             group.pop("initial_lr", None)  # so the new schedule starts from the peak values
-        self.scheduler = build_scheduler(self.optimizer, self.cfg, len(self.loaders.train))
+        self.scheduler = build_scheduler(self.optimizer, self.cfg, self.sched_steps)
         with warnings.catch_warnings():  # "scheduler stepped before optimizer": a replay, not a bug
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(steps_done):
@@ -414,6 +420,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.setup()
         self.start_run_dir()
+        if self.cfg.tensorboard and self.is_main:  # after a resume's restore: it purges later epochs
+            self.callbacks.insert(0, tb.TensorBoardLog(self.run_dir, self.start_epoch))
         where = (f"{self.world_size} processes on {torch.device(self.device).type}"
                  if self.world_size > 1 else str(self.device))
         self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
@@ -460,6 +468,7 @@ class Trainer:
                   "test_loss": test["loss"], "test_acc": test["acc"], "lr": current_lr(self.optimizer),
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
+        step_on_metric(self.scheduler, record)  # --schedule plateau
         improved = do_eval and self.best.improves(record)
         if do_eval:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
@@ -493,13 +502,18 @@ class Trainer:
         # check_at (tiny epochs: the epoch's end decides instead)
         check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
         since = start
-        for step, (x, y) in enumerate(loader, 1):
+        for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
+            x, target = self.mix(x, y)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
-                                    autocast=autocast, scaler=self.scaler,
-                                    before_update=grad_norms.add if grad_norms else None)
-            self.scheduler.step()
+            with sync_context(self.net, last):  # --accum-steps: all-reduce once per update
+                loss, hits = train_step(self.net, x, target, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                        autocast=autocast, scaler=self.scaler,
+                                        before_update=grad_norms.add if grad_norms else None,
+                                        clip_grad=self.cfg.clip_grad, loss_scale=share, zero_grad=first,
+                                        update=last)
+            if last:
+                self.scheduler.step()
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
