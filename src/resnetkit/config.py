@@ -31,7 +31,15 @@ class RunConfig:
     download: bool = False
     img_size: int | None = None
     augment: str | None = None  # none | basic | strong
-    val_fraction: float = 0.2  # image folders with no val/ or test/ split
+    val_size: int | None = field(default=None, metadata={
+        "help": "images held out of the training split to choose the checkpoint (stratified, seeded "
+                "by --seed); 0: train on all, keep the last epoch. Default: 5000 for MNIST, "
+                "Fashion-MNIST and CIFAR, else a tenth of the training images",
+        "metavar": "N", "type": int})
+    val_fraction: float | None = field(default=None, metadata={
+        "help": "the validation split as a share of the training images instead of --val-size "
+                "(image folders without val/: default 0.2)",
+        "metavar": "F", "type": float})
     subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
     strict: bool = False  # unreadable image files are an error instead of a warning
     workers: int | None = None  # DataLoader workers for image folders
@@ -61,6 +69,11 @@ class RunConfig:
     out: str | None = None  # run folder; None: runs/<dataset>-<model>-<timestamp>
     resume: str | None = None
     log_grad_norms: bool = False
+
+    @classmethod
+    def help(cls, name: str) -> str:
+        """A field's help text from its metadata (the train command's flag help)."""
+        return next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("help", "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

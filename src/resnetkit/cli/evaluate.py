@@ -15,8 +15,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dataset", metavar="NAME", help="another dataset with the same classes "
                                                      "(default: the one it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (default: as trained)")
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="test: the held-out split (default)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="test (default): the split read once at the end of training; val: the "
+                        "split that chose the checkpoint; train: the images it trained on. All "
+                        "three are rebuilt from the checkpoint's config and seed")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the logits of each image and its horizontal flip (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
@@ -43,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(format_report(result, title=title))
-    print(f"loss {result['loss']:.4f}; confusion matrix: {png}")
+    print(f"{result['source']}; loss {result['loss']:.4f}; confusion matrix: {png}")
     return 0

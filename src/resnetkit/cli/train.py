@@ -9,6 +9,7 @@ import argparse
 import json
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import UserError
 
 S = argparse.SUPPRESS
@@ -35,8 +36,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                                               "or CIFAR dataset")),
         ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
         ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
-        ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
-                                                              "without val/ or test/ (default 0.2)")),
+        ("--val-size", dict(type=int, metavar="N", help=RunConfig.help("val_size"))),
+        ("--val-fraction", dict(type=float, metavar="F", help=RunConfig.help("val_fraction"))),
         ("--subset", dict(type=int, metavar="N", help="train on N samples (stratified, seeded)")),
         ("--strict", dict(action=BOOL, help="unreadable image files are an error, not a warning")),
         ("--workers", dict(type=int, metavar="N", help="loader processes for image folders")),
@@ -53,8 +54,10 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--warmup-epochs", dict(type=float, metavar="E", help="linear warmup (one-cycle: the rise)")),
         ("--label-smoothing", dict(type=float, metavar="EPS")),
         ("--early-stop", dict(type=int, metavar="PATIENCE", help="stop after PATIENCE evaluations "
-                                                                 "without a better test accuracy")),
-        ("--eval-every", dict(type=int, metavar="N", help="evaluate every N epochs (and the last)")),
+                                                                 "without a better val accuracy")),
+        ("--eval-every", dict(type=int, metavar="N", help="evaluate the val split every N epochs "
+                                                            "(and the last); the test split is read "
+                                                            "once, at the end")),
         ("--tta", dict(action=BOOL, help="evaluate on each image and its horizontal flip")),
     ],
     "hardware": [
@@ -83,6 +86,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "train", help="train a model (no arguments: a small ResNet on the bundled digits)",
         description="Train a residual network. With no arguments: a small ResNet on scikit-learn's "
                     "8x8 digits, about 98% test accuracy in well under a minute on a laptop CPU. "
+                    "A validation split held out of the training images chooses the checkpoint; "
+                    "the test split is evaluated once, at the end. "
                     "Flags win over --config, which wins over the recipe.")
     p.add_argument("--config", metavar="FILE", default=S,
                    help="YAML or JSON file of the same keys (batch_size or batch-size)")
