@@ -40,7 +40,7 @@ class RunConfig:
         "help": "the validation split as a share of the training images instead of --val-size "
                 "(image folders without val/: default 0.2)",
         "metavar": "F", "type": float})
-    subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
+    subset: int | None = None  # N training samples, stratified, the same for every seed; val comes out of them
     strict: bool = False  # unreadable image files are an error instead of a warning
     workers: int | None = None  # DataLoader workers for image folders
     # -- optimisation

@@ -38,7 +38,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
         ("--val-size", dict(type=int, metavar="N", help=RunConfig.help("val_size"))),
         ("--val-fraction", dict(type=float, metavar="F", help=RunConfig.help("val_fraction"))),
-        ("--subset", dict(type=int, metavar="N", help="train on N samples (stratified, seeded)")),
+        ("--subset", dict(type=int, metavar="N", help="use N samples of the training split "
+                                                     "(stratified); the val split is held out of them")),
         ("--strict", dict(action=BOOL, help="unreadable image files are an error, not a warning")),
         ("--workers", dict(type=int, metavar="N", help="loader processes for image folders")),
     ],
