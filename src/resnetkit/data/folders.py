@@ -43,6 +43,7 @@ class FolderSplit:
     labels: list[int]
     stats: list[tuple[int, int]]
     ignored: list[str] = field(default_factory=list)  # non-image files in class folders
+    skipped_links: list[str] = field(default_factory=list)  # links to a folder or file already listed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -98,10 +99,22 @@ def detect_layout(root: Path) -> tuple[Path, dict[str, Path]]:
     return root, {}
 
 
-def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
-    """Append the image files under one class folder (recursively, sorted); return how many."""
+def _walk_class(folder: Path, label: int, out: FolderSplit, seen: set[str]) -> int:
+    """Append the image files under one class folder (recursively, sorted); return how many.
+
+    Links are followed (a class folder may gather photos from elsewhere), but a folder or file
+    whose real path was already visited is skipped: a link back into the tree would otherwise
+    repeat it forever (os.walk stops only at the OS's path-length limit), count its images many
+    times and put copies of held-out images into training. ``seen`` holds real paths across the
+    whole scan."""
     found = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = os.path.realpath(dirpath)
+        if real_dir in seen:
+            dirnames[:] = []
+            out.skipped_links.append(os.path.relpath(dirpath, out.root).replace(os.sep, "/"))
+            continue
+        seen.add(real_dir)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -111,6 +124,11 @@ def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
             if not is_image_file(name):
                 out.ignored.append(rel)
                 continue
+            real = os.path.realpath(full)
+            if real in seen:
+                out.skipped_links.append(rel)
+                continue
+            seen.add(real)
             st = os.stat(full)
             out.files.append(rel)
             out.labels.append(label)
@@ -119,19 +137,25 @@ def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
     return found
 
 
-def scan_tree(tree: Path, classes: Sequence[str], problems: list[str] | None = None) -> FolderSplit:
+def scan_tree(tree: Path, classes: Sequence[str], problems: list[str] | None = None,
+              seen: set[str] | None = None) -> FolderSplit:
     """List the images of ``classes`` under ``tree``; a class folder with no image is an error
-    (or, with a ``problems`` list, recorded there)."""
+    (or, with a ``problems`` list, recorded there). ``seen`` (real paths) is shared between the
+    trees of one dataset, so a file reached from two splits is listed once, in the first."""
     split = FolderSplit(tree, [], [], [])
+    seen = set() if seen is None else seen
     for label, name in enumerate(classes):
         folder = tree / name
         if not folder.is_dir():
             continue  # a class absent from this tree; callers check presence
-        if _walk_class(folder, label, split) == 0:
+        if _walk_class(folder, label, split, seen) == 0:
             msg = f"class folder {folder} holds no image files ({' '.join(IMG_EXTENSIONS)})"
             if problems is None:
                 raise UserError(f"{msg}; remove it or add images")
             problems.append(msg)
+    if split.skipped_links:
+        warn(f"{tree}: skipped {len(split.skipped_links)} link(s) to a folder or image already "
+             f"listed (first: {split.skipped_links[0]}); each file is counted once")
     return split
 
 
@@ -204,8 +228,9 @@ def index_imagefolder(root: str | os.PathLike[str], *, classes: Sequence[str] | 
     problems: list[str] | None = [] if tolerant else None
     train_tree, held_trees = detect_layout(root)
     names = _resolve_classes([train_tree, *held_trees.values()], classes, problems)
-    train = scan_tree(train_tree, names, problems)
-    held = {n: scan_tree(tree, names, problems) for n, tree in held_trees.items()}
+    seen: set[str] = set()
+    train = scan_tree(train_tree, names, problems, seen)
+    held = {n: scan_tree(tree, names, problems, seen) for n, tree in held_trees.items()}
     if held:
         layout = f"split folders {', '.join(t.name + '/' for t in (train_tree, *held_trees.values()))}"
     else:
