@@ -47,8 +47,10 @@ def check_val_options(cfg: RunConfig) -> None:
     if cfg.val_size is not None and (isinstance(cfg.val_size, bool) or not isinstance(cfg.val_size, int)
                                      or cfg.val_size < 0):
         raise UserError(f"--val-size must be a whole number of images >= 0, got {cfg.val_size!r}")
-    if cfg.val_fraction is not None and not 0.0 < cfg.val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {cfg.val_fraction}")
+    fraction = cfg.val_fraction
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0.0 < fraction < 1.0):
+        raise UserError(f"--val-fraction must be a number between 0 and 1 (exclusive), got {fraction!r}")
 
 
 def val_count(n: int, cfg: RunConfig) -> int:
