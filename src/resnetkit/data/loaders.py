@@ -36,6 +36,7 @@ from .datasets import (CIFAR_IMAGE_FOLDERS, IDX_FOLDERS, ArraySplit, cifar_missi
 from .decode import MEMORY_BUDGET, decode_split_cached, fits_in_memory
 from .folders import FolderIndex, FolderSplit, index_imagefolder
 from .memory import MemoryLoader, to_device
+from .policy import POLICIES, BatchPolicy
 from .presets import Preset, check_augment, default_classes, get_preset
 from .sampling import stratified_subset
 from ..specs import DatasetSpec, Preprocessing
@@ -371,9 +372,11 @@ def _array_loader(plan: _Plan, cfg: RunConfig, images: torch.Tensor, labels: tor
         images, labels = images[idx], labels[idx]
     spec = plan.spec
     augment = _batch_augment(plan, images.shape[-1], source) if train else None
+    policy = BatchPolicy(plan.augment) if train and plan.augment in POLICIES else None
     return MemoryLoader(images, labels, batch_size=_batch(plan, train, world_size),
                         normalizer=Normalizer(spec.mean, spec.std, device), train=train,
-                        seed=cfg.seed, augment=augment, prepare=prepare, rank=rank, world_size=world_size)
+                        seed=cfg.seed, augment=augment, prepare=prepare, policy=policy, rank=rank,
+                        world_size=world_size)
 
 
 def _geometry_chunked(images: torch.Tensor, geometry: Geometry, chunk: int = 4096) -> torch.Tensor:
