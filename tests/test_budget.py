@@ -81,7 +81,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, images_per_s: float) -> None:
 
 
 def run_cfg(tmp_path: Path, **kw: Any) -> dict[str, Any]:
-    return {**dict(dataset="digits", subset=64, batch_size=16, time_budget="20s",
+    return {**dict(dataset="digits", subset=64, val_size=0, batch_size=16, time_budget="20s",
                    out=str(tmp_path / "run"), verbose=True), **kw}
 
 

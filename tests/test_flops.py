@@ -69,12 +69,13 @@ def test_dry_run_trains_nothing_and_reports_train_flops(tmp_path: Path, monkeypa
     assert main(["train", "--dataset", "digits", "--epochs", "3", "--subset", "100", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert not (tmp_path / "runs").exists()
-    assert plan["epochs"] == 3 and plan["config"]["epochs"] == 3 and plan["images_per_epoch"] == 100
-    assert plan["dataset"]["train_size"] == 100 and plan["dataset"]["test_size"] > 0
+    images = plan["images_per_epoch"]  # the subset less its validation share
+    assert plan["epochs"] == 3 and plan["config"]["epochs"] == 3 and 0 < images <= 100
+    assert plan["dataset"]["train_size"] == images and plan["dataset"]["test_size"] > 0
     net = create_model(plan["config"]["model"], num_classes=10, in_chans=1)
     per_image = forward_flops(net, (1, 8, 8))
     assert plan["model"]["forward_flops_per_image"] == per_image
-    assert plan["train_flops"] == 3 * per_image * 100 * 3
+    assert plan["train_flops"] == 3 * per_image * images * 3
     assert main(["train", "--dataset", "digits", "--epochs", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "train_flops" in out and "nothing trained" in out and "2 epochs" in out

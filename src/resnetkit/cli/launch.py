@@ -13,11 +13,20 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..config import RunConfig
 from ..errors import UserError
 from ..train import train
+from ..train.plan import dry_run as plan_of, format_plan
 from ..train.distributed import check_batch_size, is_main_process, launched_world_size
 from ..train.recipes import resolve_config
 from ..train.trainer import as_config, resume_config
+
+
+def dry_run(values: Mapping[str, Any], *, as_json: bool) -> int:
+    """``resnetkit train --dry-run``: print the resolved plan (JSON with ``--json``), train nothing."""
+    plan = plan_of(RunConfig.from_dict(dict(values)), set(values))
+    print(json.dumps(plan) if as_json else format_plan(plan))
+    return 0
 
 
 def train_or_launch(values: Mapping[str, Any], argv: Sequence[str]) -> int:

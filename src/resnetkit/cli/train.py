@@ -129,18 +129,10 @@ def train_argv(args: argparse.Namespace, drop: tuple[str, ...] = ("nproc",)) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "json", False) and not getattr(args, "dry_run", False):
+        raise UserError("--json goes with --dry-run (a training run prints its log, not JSON)")
+    from .launch import dry_run, train_or_launch  # lazy dispatch: torch loads only to train
+
     if getattr(args, "dry_run", False):
         return dry_run(config_values(args), as_json=getattr(args, "json", False))
-    if getattr(args, "json", False):
-        raise UserError("--json goes with --dry-run (a training run prints its log, not JSON)")
-    from .launch import train_or_launch  # lazy dispatch: torch loads only to train
-
     return train_or_launch(config_values(args), train_argv(args))
-
-
-def dry_run(values: dict[str, Any], *, as_json: bool) -> int:
-    from ..train.plan import dry_run as plan_of, format_plan  # lazy dispatch: torch loads only here
-
-    plan = plan_of(RunConfig.from_dict(values), set(values))
-    print(json.dumps(plan) if as_json else format_plan(plan))
-    return 0
