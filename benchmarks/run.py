@@ -10,6 +10,8 @@ Sections (``--only`` takes a comma-separated subset; all by default):
   ``loss.item()`` per step), same model, optimizer and batch size, in this process.
 - ``bench``: the ``resnetkit bench`` table of the fast recipe's network (train and infer).
 - ``inference``: benchmarks/bench_inference.py.
+- ``compute``: benchmarks/compute.py: training compute (TFLOP) against final-epoch test accuracy,
+  one row per lever of the fast recipe (``--runs DIR`` keeps and reuses the run folders).
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -19,6 +21,7 @@ works: its numbers are no result, and it writes a file only when ``--write`` is 
     python benchmarks/run.py --only tta --seeds 5
     python benchmarks/run.py --quick --only bench    # print only
     python benchmarks/run.py --quick --write /tmp/bench-smoke.md
+    python benchmarks/run.py --only compute --runs runs/compute
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ import torch  # noqa: E402
 
 from _md import provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference")
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute")
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -425,6 +428,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, choices=(0, 2),
                    help="DataLoader workers of the tutorial loop (default 0, as the PyTorch quickstart)")
     p.add_argument("--device", default="auto", help="device for throughput and bench (default auto)")
+    p.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                   help="compute: keep the run folders here and reuse finished ones (default: a temporary folder)")
     p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
     p.add_argument("--write", type=Path, nargs="?", const=DEFAULT_MD, default=None, metavar="FILE",
                    help="markdown file to rewrite (default BENCHMARKS.md); a run without --quick "
@@ -457,7 +462,19 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
                                                  repeats, args.workers, q, cmd),
         "bench": lambda: section_bench(device, q, cmd),
         "inference": lambda: section_inference(q, cmd),
+        "compute": lambda: run_compute(args.seeds, args.runs, q, cmd),
     }
+
+
+def run_compute(seeds: int | None, runs: Path | None, quick: bool, cmd: str) -> str:
+    import compute
+
+    if quick:
+        return "### Training compute to accuracy\n\n" + QUICK_NOTE + " (the section trains full runs; skipped)"
+    if runs is not None:
+        return compute.section_compute(seeds, runs, cmd)
+    with tempfile.TemporaryDirectory(prefix="resnetkit-compute-") as tmp:
+        return compute.section_compute(seeds, Path(tmp), cmd)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -466,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
-        if name in ("tta", "throughput") and data_root() is None:
+        if name in ("tta", "throughput", "compute") and data_root() is None:
             print(f"run.py: error: {name}: RESNETKIT_DATA is unset or holds no FashionMNIST/raw and "
                   f"MNIST/raw; point it at the datasets (nothing is downloaded)", file=sys.stderr)
             status = 1

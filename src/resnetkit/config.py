@@ -30,6 +30,10 @@ class RunConfig:
     data_dir: str | None = None  # None: $RESNETKIT_DATA, else ~/.cache/resnetkit/data
     download: bool = False
     img_size: int | None = None
+    # progressive resizing (in-memory path): training input size rises linearly from
+    # min_img_size at epoch 1 to img_size at epoch round(progressive_until * epochs), then stays
+    min_img_size: int | None = None
+    progressive_until: float = 0.75
     augment: str | None = None  # none | basic | strong
     val_fraction: float = 0.2  # image folders with no val/ or test/ split
     subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
@@ -48,6 +52,7 @@ class RunConfig:
     early_stop: int | None = None  # patience in evaluations
     eval_every: int = 1
     tta: bool = False  # test-time horizontal-flip augmentation at evaluation
+    ema: float | None = None  # decay of an EMA of the weights (e.g. 0.99); it is evaluated and saved
     # -- hardware and speed
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps

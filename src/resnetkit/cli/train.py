@@ -34,6 +34,12 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--download", dict(action=BOOL, help="let torchvision download a missing MNIST, Fashion-MNIST "
                                               "or CIFAR dataset")),
         ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
+        ("--min-img-size", dict(type=int, metavar="PX",
+                                help="progressive resizing (in-memory datasets): training batches are "
+                                     "resized from PX at epoch 1 up to the input size, then kept there")),
+        ("--progressive-until", dict(type=float, metavar="F",
+                                     help="fraction of the epochs after which training runs at full "
+                                          "size (default 0.75)")),
         ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
         ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
                                                               "without val/ or test/ (default 0.2)")),
@@ -49,13 +55,17 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--lr", dict(type=float, metavar="LR", help="peak learning rate")),
         ("--optimizer", dict(choices=("sgd", "adam", "adamw"), help="sgd: momentum 0.9, Nesterov")),
         ("--weight-decay", dict(type=float, metavar="WD", help="on conv and linear weights only")),
-        ("--schedule", dict(choices=("onecycle", "cosine", "step", "constant"), help="per-batch lr schedule")),
+        ("--schedule", dict(choices=("onecycle", "cosine", "linear", "step", "constant"),
+                        help="per-batch lr schedule (linear: warmup, then straight down to zero)")),
         ("--warmup-epochs", dict(type=float, metavar="E", help="linear warmup (one-cycle: the rise)")),
         ("--label-smoothing", dict(type=float, metavar="EPS")),
         ("--early-stop", dict(type=int, metavar="PATIENCE", help="stop after PATIENCE evaluations "
                                                                  "without a better test accuracy")),
         ("--eval-every", dict(type=int, metavar="N", help="evaluate every N epochs (and the last)")),
         ("--tta", dict(action=BOOL, help="evaluate on each image and its horizontal flip")),
+        ("--ema", dict(type=float, metavar="DECAY",
+                       help="keep an exponential moving average of the weights (e.g. 0.99, warmed up "
+                            "as in timm); it is evaluated and saved, the raw weights go on training")),
     ],
     "hardware": [
         ("--seed", dict(type=int, metavar="N")),

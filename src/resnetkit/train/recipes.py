@@ -115,7 +115,7 @@ def resolve_config(cfg: RunConfig, explicit: Iterable[str] | None = None) -> Run
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
+SCHEDULES = ("onecycle", "cosine", "linear", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -140,6 +140,8 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError("--weight-decay must be >= 0 and --label-smoothing in [0, 1)")
     if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise UserError(f"--warmup-epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UserError(f"--ema is a decay per step in (0, 1), e.g. 0.99, got {cfg.ema}")
     if cfg.early_stop is not None and cfg.early_stop < 1:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
     if not isinstance(cfg.model_args, Mapping):
@@ -151,9 +153,12 @@ def describe(cfg: RunConfig) -> str:
     """The resolved training values in two short lines, printed when a run starts."""
     args = "".join(f" {k}={v}" for k, v in cfg.model_args.items())
     warm = "" if cfg.warmup_epochs is None else f" warmup={cfg.warmup_epochs}"
+    extra = (f" | ema {cfg.ema:g}" if cfg.ema else "") + (
+        f" | progressive {cfg.min_img_size}px -> full by {cfg.progressive_until:g} of the epochs"
+        if cfg.min_img_size else "")
     line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs, batch "
              f"{cfg.batch_size}, augment {cfg.augment or 'basic'}")
     line2 = (f"{cfg.optimizer} lr={cfg.lr:g} wd={cfg.weight_decay:g} | {cfg.schedule}{warm} | "
              f"label smoothing {cfg.label_smoothing:g} | seed {cfg.seed}"
-             f"{f' | {cfg.threads} CPU thread(s)' if cfg.threads else ''}")
+             f"{f' | {cfg.threads} CPU thread(s)' if cfg.threads else ''}{extra}")
     return f"{line1}\n{line2}"

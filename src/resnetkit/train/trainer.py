@@ -34,9 +34,11 @@ from .. import report as reports
 from .._io import append_jsonl, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
 from ..data.datasets import resolve_data_dir
+from ..data.progressive import check_progressive, epoch_img_size
 from ..errors import UserError
 from . import checkpoint as ckpt
 from . import distributed, finetune
+from .ema import WeightEma
 from .optim import build_optimizer, build_scheduler, current_lr
 from .recipes import describe, resolve_config
 from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
@@ -227,6 +229,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
         self.scaler = self.precision.grad_scaler()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.ema = WeightEma(model, cfg.ema) if cfg.ema else None
+        check_progressive(cfg.min_img_size, cfg.progressive_until, self.spec.img_size,
+                          bool(getattr(self.loaders.train, "in_memory", False)))
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of test samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
@@ -274,6 +279,7 @@ class Trainer:
         return {"epoch": epoch, "model": ckpt.model_tensors(self.model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng_state(),
+                "ema": self.ema.state_dict() if self.ema else None,
                 "best": self.best.metrics, "bad_evals": self.best.bad_evals, "history": self.history,
                 "wall_time_s": wall}
 
@@ -283,6 +289,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         self.best = _Best(dict(state["best"]), int(state["bad_evals"]))
@@ -346,7 +354,7 @@ class Trainer:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
         if improved:
             self.best.metrics = dict(record)
-        self.log(format_epoch(record, self.cfg.epochs, improved))
+        self.log(format_epoch(record, self.cfg.epochs, improved, ema=self.ema is not None))
         self.save(epoch, record, improved, self.wall_before + time.perf_counter() - t0)
         for callback in self.callbacks:
             callback(self, record)
@@ -355,6 +363,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         loader = self.loaders.train
         loader.set_epoch(epoch)
+        size = self.train_size(epoch)
         before = distributed.trainable(self.model)
         for line in finetune.set_epoch(self.model, self.cfg, epoch):  # --freeze-epochs
             self.log(line)
@@ -377,6 +386,8 @@ class Trainer:
             if step == self.exit_at:
                 os._exit(1)  # a test's simulated crash of this rank
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
@@ -386,10 +397,24 @@ class Trainer:
             bar.close()
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
         out = {"train_loss": loss / max(seen, 1), "train_acc": hits / max(seen, 1),
-               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1)}
+               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1),
+               **({"img_size": size} if self.cfg.min_img_size else {})}
         if grad_norms is not None:
             out["grad_norms"] = grad_norms.means()
         return out
+
+    def train_size(self, epoch: int) -> int:
+        """This epoch's training input size (--min-img-size), set on the in-memory loader."""
+        size = epoch_img_size(epoch, self.cfg.epochs, self.spec.img_size, self.cfg.min_img_size,
+                              self.cfg.progressive_until)
+        if self.cfg.min_img_size:
+            self.loaders.train.train_size = size
+        return size
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """What is evaluated and saved: the EMA of the weights with --ema, else the weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     def check_progress(self, bar: Any, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                        start: float, epoch: int, step: int) -> None:
@@ -420,8 +445,9 @@ class Trainer:
                 f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
 
     def evaluate(self, tta: bool | None = None) -> EvalOutput:
-        distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
-        out = evaluate_batches(self.eval_net, self.loaders.test, autocast=self.precision.autocast(),
+        distributed.broadcast_module(self.saved_model, buffers_only=True)  # evaluate what rank 0 saves
+        net = self.ema.module if self.ema is not None else self.eval_net
+        out = evaluate_batches(net, self.loaders.test, autocast=self.precision.autocast(),
                                channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
                                tta=self.cfg.tta if tta is None else tta)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
@@ -446,8 +472,8 @@ class Trainer:
         common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
                       config=self.saved_config())
         if improved:
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.model, metrics=record, **common)
-        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.model, metrics=record, **common)
+            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.saved_model, metrics=record, **common)
+        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.saved_model, metrics=record, **common)
         append_jsonl(self.run_dir / "metrics.jsonl", record)
         ckpt.save_state(self.run_dir / ckpt.STATE, self.state(epoch, wall))
 
@@ -456,8 +482,8 @@ class Trainer:
         rank 0 reads it and sends the weights to the others, which help evaluate and write nothing."""
         if self.is_main:
             _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
-            self.model.load_state_dict(tensors)
-        distributed.broadcast_module(self.model)
+            self.saved_model.load_state_dict(tensors)
+        distributed.broadcast_module(self.saved_model)
         out = self.evaluate()
         if not self.is_main:
             return {}
@@ -510,10 +536,12 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
-def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool) -> str:
-    test = ("test loss  -      acc   -    " if r["test_acc"] is None
-            else f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%")
+def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
+    name = "ema test" if ema else "test"  # with --ema the average is evaluated, not the weights
+    size = f"  {r['img_size']}px" if "img_size" in r else ""
+    test = (f"{name} loss  -      acc   -    " if r["test_acc"] is None
+            else f"{name} loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%")
     width = len(str(epochs))
     return (f"epoch {r['epoch']:>{width}}/{epochs}  train loss {r['train_loss']:.4f} acc "
             f"{100 * r['train_acc']:6.2f}%  {test}  lr {r['lr']:.3g}  {r['seconds']:.1f}s"
-            f"{'  *' if improved else ''}")
+            f"{size}{'  *' if improved else ''}")
