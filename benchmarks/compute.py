@@ -107,7 +107,7 @@ def forward_flops(arch: str, model_args: str, size: int) -> int:
 
 def run_tflop(run_dir: Path) -> float:
     """Training compute of a finished run, from its checkpoint metadata and metrics.jsonl."""
-    from resnetkit.train.checkpoint import read_metadata
+    from resnetkit.checkpoint import read_metadata
 
     meta, _ = read_metadata(run_dir / "last.safetensors")
     report = json.loads((run_dir / "report.json").read_text())

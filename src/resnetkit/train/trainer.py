@@ -15,9 +15,7 @@ decides something (losses, accuracies, early stop, divergence) is reduced over a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import os
 import random
 import sys
 import time
@@ -30,18 +28,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import models, pretrained
 from .. import report as reports
-from .._io import append_jsonl, write_json_atomic, write_text_atomic
+from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
+from ..data import build_loaders
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size
 from ..errors import UserError
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from . import distributed, finetune
 from .ema import WeightEma
-from .optim import build_optimizer, build_scheduler, current_lr
+from .optim import build_optimizer, build_scheduler, current_lr, param_groups
 from .recipes import describe, resolve_config
-from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
+from ..runtime import cpu_threads, precision_note, resolve_device, resolve_precision
 from .steps import EvalOutput, evaluate_batches, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -52,6 +52,12 @@ RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume")
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# Everything the trainer writes into a run folder atomically (their temp files are .NAME.*.tmp).
+RUN_FILES = (ckpt.BEST, ckpt.LAST, ckpt.STATE, "metrics.jsonl", "config.json", "classes.json",
+             "class_indices.json", "report.json", "report.html", "curves.png", "confusion.png",
+             "grad_norms.png")
 
 
 @dataclass
@@ -165,21 +171,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def prepare_model(model: nn.Module, cfg: RunConfig, spec: Any) -> nn.Module:
-    """Transfer-learning hook, the single call site: ``resnetkit.pretrained.prepare_model``
-    loads pretrained weights and freezes layers per --pretrained / --freeze when it exists."""
-    try:
-        pretrained = importlib.import_module("resnetkit.pretrained")
-    except ModuleNotFoundError as e:
-        if e.name != "resnetkit.pretrained":
-            raise
-        if cfg.pretrained or cfg.freeze != "none":
-            print("resnetkit: warning: --pretrained/--freeze are recorded but have no effect in this "
-                  "build (resnetkit.pretrained is missing)", file=sys.stderr)
-        return model
-    return pretrained.prepare_model(model, cfg, spec)
-
-
 class Trainer:
     """Owns one run: ``Trainer(cfg).fit() -> TrainResult``."""
 
@@ -206,26 +197,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from .. import models
-        from ..data import build_loaders
-
         cfg = self.cfg
         seed_everything(cfg.seed)
-        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size)
+        # fine-tuning: the data takes the weights' own preprocessing (size, mean, std)
+        weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
+        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
+                                     preprocessing=weights)
         self.spec = self.loaders.spec
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
                            **cfg.model_args}
         model = models.create_model(cfg.model, **self.model_args)
-        if cfg.sync_bn and self.world_size > 1:  # before prepare_model, which patches BatchNorm layers
+        if cfg.sync_bn and self.world_size > 1:  # before freezing, which sets BatchNorm modes
             model = distributed.convert_sync_batchnorm(model, self.device)
-        model = prepare_model(model, cfg, self.spec)
-        self.transfer_notes: list[str] = list(getattr(model, "pretrained_notes", []))
-        self.transfer_notes += [n for n in (precision_note(self.precision),) if n]
+        prepared = finetune.prepare(model, cfg, self.spec)
+        self.fresh_modules = prepared.fresh_modules
+        self.transfer_notes = prepared.notes + [n for n in (precision_note(self.precision),) if n]
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build_optimizer(finetune.param_groups(model, cfg), cfg)  # + head/backbone
+        self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
         self.scaler = self.precision.grad_scaler()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -237,7 +228,6 @@ class Trainer:
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
-        self.exit_at = distributed.test_exit_step(self.rank)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
@@ -246,6 +236,8 @@ class Trainer:
     def start_run_dir(self) -> None:
         """A new run folder with config.json and classes.json, or the state of a resumed one."""
         if self.cfg.resume:
+            if self.is_main:
+                remove_stale_temps(self.run_dir, RUN_FILES)  # left by the kill being resumed from
             state = self.resume_state()
             if state is not None:
                 self.restore(state)
@@ -257,7 +249,8 @@ class Trainer:
             raise UserError(f"{self.run_dir} already holds a run; continue it with --resume "
                             f"{self.run_dir} or choose another --out")
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.run_dir, "run folder (--out)")
+            remove_stale_temps(self.run_dir, RUN_FILES)  # left by a kill mid-write
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
             write_json_atomic(self.run_dir / "classes.json", list(self.spec.classes))
 
@@ -365,7 +358,7 @@ class Trainer:
         loader.set_epoch(epoch)
         size = self.train_size(epoch)
         before = distributed.trainable(self.model)
-        for line in finetune.set_epoch(self.model, self.cfg, epoch):  # --freeze-epochs
+        for line in finetune.set_epoch(self.model, self.cfg, epoch, self.fresh_modules):  # --freeze-epochs
             self.log(line)
         if self.world_size > 1 and distributed.trainable(self.model) != before:
             self.net = self.wrap(self.model)  # DDP synchronises the parameters trainable at its start
@@ -383,8 +376,6 @@ class Trainer:
             loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     autocast=autocast, scaler=self.scaler,
                                     before_update=grad_norms.add if grad_norms else None)
-            if step == self.exit_at:
-                os._exit(1)  # a test's simulated crash of this rank
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -437,12 +428,24 @@ class Trainer:
         loss, hits, n = distributed.all_reduce_sum(sums.double() if self.world_size > 1 else sums).tolist()
         return loss, hits, int(n)
 
-    def diverged_message(self, epoch: int, step: int, loss: float) -> str:
+    def check_finite(self, epoch: int) -> None:
+        """A finite loss can still leave NaN or infinity in a weight or a BatchNorm running_var;
+        such weights are never saved over the last good checkpoint. Rank 0's verdict (it saves)
+        is every rank's, so all stop together."""
+        bad = ckpt.non_finite(self.model.state_dict()) if self.is_main else None
+        bad = distributed.broadcast_object(bad)
+        if bad:
+            what = f"{len(bad)} weight or buffer tensor(s) hold NaN or infinity ({bad[0]}, ...)"
+            raise TrainingDiverged(self.diverged_message(epoch, None, what))
+
+    def diverged_message(self, epoch: int, step: int | None, loss: float | str) -> str:
         last = self.run_dir / ckpt.LAST
         kept = (f"the last good checkpoint is {last} (epoch {self.history[-1]['epoch']})"
                 if self.history else "no checkpoint was written yet")
-        return (f"the training loss became {loss} at epoch {epoch}, batch {step}; {kept}; "
-                f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
+        fp32 = "" if self.precision.name == "fp32" else f" or use --precision fp32 (now {self.precision.name})"
+        what = (f"the training loss became {loss} at epoch {epoch}, batch {step}" if step is not None
+                else f"after epoch {epoch}, {loss}")
+        return f"{what}; {kept}; lower --lr (now {self.cfg.lr:g}){fp32}"
 
     def evaluate(self, tta: bool | None = None) -> EvalOutput:
         distributed.broadcast_module(self.saved_model, buffers_only=True)  # evaluate what rank 0 saves
@@ -467,6 +470,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving and reporting
     def save(self, epoch: int, record: dict[str, Any], improved: bool, wall: float) -> None:
+        self.check_finite(epoch)
         if not self.is_main:
             return
         common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
