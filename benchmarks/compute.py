@@ -1,8 +1,7 @@
 """The ``compute`` section of benchmarks/run.py: training compute (TFLOP) against test accuracy.
 
-Each row is one lever of the fast recipe, on top of the rows before it for the same dataset
-(the last row of a dataset is the recipe as shipped), trained by ``resnetkit train --recipe fast
---dataset D --seed S --eval-every E ARGS`` in a subprocess. ``--eval-every E`` with E the
+Each row is one configuration of the fast recipe (a lever on top of it), trained by
+``resnetkit train --recipe fast --dataset D --seed S --eval-every E ARGS`` in a subprocess. ``--eval-every E`` with E the
 number of epochs evaluates only the final epoch: the accuracy is the final epoch's test
 accuracy, no checkpoint chosen on the test split (the ``--val-size 0`` rule).
 
@@ -205,8 +204,10 @@ def section_compute(seeds: int | None, runs: Path, cmd: str, levers: Sequence[st
     targets = "; ".join(f"{d}: >= {100 * a:.1f}% within {t:g} TFLOP" for d, (a, t) in TARGETS.items())
     return "\n".join([
         "### Training compute to accuracy: the fast recipe's levers", "", provenance(cmd), "",
-        f"Targets (median of 3 seeds): {targets}. Each row adds one lever to the row above it "
-        "(same dataset). TFLOP: training compute, 3 x forward FLOPs (torch.utils.flop_counter) x "
+        f"Targets (median of 3 seeds): {targets}. Each row names its configuration on top of the "
+        "fast recipe (resnet8, stride-2 stem, stages 32/64/128 unless widths say otherwise, SGD "
+        "Nesterov, one-cycle, batch 256, lr 0.2, label smoothing 0.1); rows on a 10,000-image "
+        "subset are one-seed screens at a sixth of the compute, to compare levers, not targets. TFLOP: training compute, 3 x forward FLOPs (torch.utils.flop_counter) x "
         "images trained, summed over the epochs at each epoch's input size; it does not depend "
         "on the machine. Accuracy: the final epoch's test accuracy in percent (only that epoch "
         "is evaluated: nothing is chosen on the test split), Fashion-MNIST with the recipe's "

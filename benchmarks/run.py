@@ -1,6 +1,6 @@
 """The benchmarks behind `make bench`; each section is rewritten in BENCHMARKS.md between its markers.
 
-Sections (``--only`` takes a comma-separated subset; all by default):
+Sections (``--only`` takes a comma-separated subset; all but ``compute`` by default):
 
 - ``tta``: time to accuracy of ``resnetkit train --recipe fast`` on Fashion-MNIST and MNIST, each
   run a subprocess timed from start to exit, over ``--seeds`` seeds (median, min-max).
@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from _md import provenance, write_section  # noqa: E402
 
 SECTIONS = ("tta", "throughput", "bench", "inference", "compute")
+DEFAULT_SECTIONS = SECTIONS[:-1]
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -419,8 +420,9 @@ def section_inference(quick: bool, cmd: str) -> str:
 # ------------------------------------------------------------------ main
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all but "
+                        f"compute, which trains dozens of runs)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per dataset for tta (default 3; --quick 1)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per loop for throughput, after 5 warm-up steps (default 60)")
@@ -430,6 +432,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="device for throughput and bench (default auto)")
     p.add_argument("--runs", type=Path, default=None, metavar="DIR",
                    help="compute: keep the run folders here and reuse finished ones (default: a temporary folder)")
+    p.add_argument("--levers", default=None, metavar="TEXT,...",
+                   help="compute: only the rows whose name contains one of these (default: every row)")
     p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
     p.add_argument("--write", type=Path, nargs="?", const=DEFAULT_MD, default=None, metavar="FILE",
                    help="markdown file to rewrite (default BENCHMARKS.md); a run without --quick "
@@ -462,19 +466,20 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
                                                  repeats, args.workers, q, cmd),
         "bench": lambda: section_bench(device, q, cmd),
         "inference": lambda: section_inference(q, cmd),
-        "compute": lambda: run_compute(args.seeds, args.runs, q, cmd),
+        "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
     }
 
 
-def run_compute(seeds: int | None, runs: Path | None, quick: bool, cmd: str) -> str:
+def run_compute(seeds: int | None, runs: Path | None, levers: str | None, quick: bool, cmd: str) -> str:
     import compute
 
+    only = [part.strip() for part in levers.split(",") if part.strip()] if levers else None
     if quick:
         return "### Training compute to accuracy\n\n" + QUICK_NOTE + " (the section trains full runs; skipped)"
     if runs is not None:
-        return compute.section_compute(seeds, runs, cmd)
+        return compute.section_compute(seeds, runs, cmd, only)
     with tempfile.TemporaryDirectory(prefix="resnetkit-compute-") as tmp:
-        return compute.section_compute(seeds, Path(tmp), cmd)
+        return compute.section_compute(seeds, Path(tmp), cmd, only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
