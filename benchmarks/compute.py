@@ -145,8 +145,9 @@ def train_once(lever: Lever, seed: int, runs: Path) -> tuple[float, float, float
     out = runs / lever.dataset / slug(lever.name) / f"seed{seed}"
     argv = lever.argv(seed, str(out))
     done = out / "report.json"
+    # the same arguments but for --out (the last two): the folder may have moved since
     if not (done.is_file() and (out / "argv.json").is_file()
-            and json.loads((out / "argv.json").read_text()) == argv):
+            and json.loads((out / "argv.json").read_text())[:-2] == argv[:-2]):
         if out.exists():
             raise RuntimeError(f"{out} holds another or an unfinished run; remove it")
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +186,17 @@ def row(lever: Lever, results: Sequence[tuple[int, float, float, float | None]])
             f"| `{cmd}` |")
 
 
+def cpu_flags() -> str:
+    """The CPU features that decide a run's speed (Linux /proc/cpuinfo; empty elsewhere)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+    try:
+        line = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return ""
+    have = set(line.split(":", 1)[1].split())
+    return ", ".join(f"{f}" if f in have else f"no {f}" for f in wanted)
+
+
 def section_compute(seeds: int | None, runs: Path, cmd: str, levers: Sequence[str] | None = None) -> str:
     """The markdown section; ``levers``: only the rows whose name contains one of these."""
     from _md import provenance
@@ -203,7 +215,8 @@ def section_compute(seeds: int | None, runs: Path, cmd: str, levers: Sequence[st
         rows.append(row(lever, results))
     targets = "; ".join(f"{d}: >= {100 * a:.1f}% within {t:g} TFLOP" for d, (a, t) in TARGETS.items())
     return "\n".join([
-        "### Training compute to accuracy: the fast recipe's levers", "", provenance(cmd), "",
+        "### Training compute to accuracy: the fast recipe's levers", "",
+        provenance(cmd) + (f" CPU flags: {cpu_flags()}." if cpu_flags() else ""), "",
         f"Targets (median of 3 seeds): {targets}. Each row names its configuration on top of the "
         "fast recipe (resnet8, stride-2 stem, stages 32/64/128 unless widths say otherwise, SGD "
         "Nesterov, one-cycle, batch 256, lr 0.2, label smoothing 0.1); rows on a 10,000-image "

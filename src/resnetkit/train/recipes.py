@@ -57,6 +57,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
     # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
     # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md).
+    # Compute (TFLOP, not seconds): BENCHMARKS.md's compute section screens --ema,
+    # --min-img-size, --schedule linear and the batch size on a 10k MNIST subset; batch 128 gained
+    # +1.2 points at equal compute there, EMA lost 0.1-0.7. The values below stay until the
+    # full-data three-seed rows of benchmarks/compute.py have run.
     "fast": {
         "mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 7, "batch_size": 256,
                   "lr": 0.2, **FAST_HW},
