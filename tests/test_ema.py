@@ -84,7 +84,7 @@ def test_ema_run_saves_the_average_and_resumes_like_an_uninterrupted_run(tmp_pat
 def test_ema_epoch_line_and_bad_decay(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     argv = ["train", "--model", "resnet8", "--subset", "200", "--batch-size", "64", "--epochs", "1"]
     assert main([*argv, "--ema", "0.9", "--out", str(tmp_path / "a")]) == 0
-    assert "ema test loss" in capsys.readouterr().out
+    assert "ema val loss" in capsys.readouterr().out
     assert main([*argv, "--ema", "1.5", "--out", str(tmp_path / "b")]) == 2
     assert "--ema is a decay per step in (0, 1)" in capsys.readouterr().err
 
