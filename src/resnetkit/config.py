@@ -35,6 +35,16 @@ class RunConfig:
     subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
     strict: bool = False  # unreadable image files are an error instead of a warning
     workers: int | None = None  # DataLoader workers for image folders
+    keys: str | None = field(default=None, metadata={
+        "help": "--dataset arrays: the array names when they follow no convention: X,Y or "
+                "X,Y,XTEST,YTEST, or role=name pairs (x_train, y_train, x_val, y_val, x_test, "
+                "y_test, classes)", "metavar": "NAMES"})
+    classes: str | None = field(default=None, metadata={
+        "help": "--dataset arrays or csv: class names, comma-separated, in label order (integer "
+                "labels index them); default: list_classes, else the label values", "metavar": "A,B,..."})
+    columns: str | None = field(default=None, metadata={
+        "help": "--dataset csv: the names of the path, label and (optional) split columns "
+                "(default path,label,split)", "metavar": "PATH,LABEL[,SPLIT]"})
     # -- optimisation
     recipe: str | None = None
     epochs: int | None = None
@@ -108,14 +118,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+# --data-dir is the data itself (not where datasets live) for these: never dropped.
+DATA_IS_PATH = ("imagefolder", "arrays", "csv")
+
+
 def recorded_config(saved: Mapping[str, Any]) -> RunConfig:
     """The config a run folder or checkpoint recorded, as this version reads it: keys it does not
     know are dropped, and a recorded data folder that is not on this machine (the run was moved
     or copied) is dropped too, so that $RESNETKIT_DATA and then the cache apply. An image
-    folder's path is kept: it is the data itself, and its absence is the error to report."""
+    folder's, array file's or CSV's path is kept: it is the data itself, and its absence is
+    the error to report."""
     known = set(field_names())
     values = {k: v for k, v in saved.items() if k in known}
     folder = values.get("data_dir")
-    if folder and values.get("dataset") != "imagefolder" and not Path(folder).expanduser().exists():
+    if folder and values.get("dataset") not in DATA_IS_PATH and not Path(folder).expanduser().exists():
         values["data_dir"] = None
     return RunConfig.from_dict(values)

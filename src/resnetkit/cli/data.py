@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .train import _from_field
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="inspect datasets: check one, list them",
@@ -18,10 +20,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "class imbalance, a last training batch of one sample. Exit status 0 even "
                     "when problems are found.")
     c.add_argument("dataset", metavar="DATASET",
-                   help="digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
+                   help="digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder, arrays or csv")
     c.add_argument("--data-dir", metavar="DIR",
                    help="where the data lives (default $RESNETKIT_DATA, else ~/.cache/resnetkit/data); "
-                        "for imagefolder the folder of class sub-folders")
+                        "for imagefolder the folder of class sub-folders, for arrays and csv the file")
+    for flag in ("keys", "classes", "columns"):  # the train flags of the same names
+        c.add_argument(f"--{flag}", **_from_field(flag))
     c.add_argument("--batch-size", type=int, metavar="B", help="training batch size to check against")
     c.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                    help="held-out fraction for a folder with no val/ or test/ (default 0.2)")
@@ -38,7 +42,8 @@ def run_check(args: argparse.Namespace) -> int:
     from ..data.check import check_dataset, format_report
 
     report = check_dataset(args.dataset, args.data_dir, args.batch_size, val_fraction=args.val_fraction,
-                           seed=args.seed, workers=args.workers)
+                           seed=args.seed, workers=args.workers, keys=args.keys, classes=args.classes,
+                           columns=args.columns)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 0
 

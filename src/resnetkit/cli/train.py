@@ -6,13 +6,22 @@ win over the config file, which wins over the recipe, which fills everything lef
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import UserError
 
 S = argparse.SUPPRESS
 BOOL = argparse.BooleanOptionalAction
+
+
+def _from_field(name: str) -> dict[str, Any]:
+    """argparse keywords from a RunConfig field's metadata (help, metavar, type)."""
+    meta = {f.name: f.metadata for f in dataclasses.fields(RunConfig)}[name]
+    return {k: meta[k] for k in ("help", "metavar", "type", "choices") if k in meta}
+
 
 # (flag, argparse keywords) per RunConfig field, in help order, grouped.
 FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -28,9 +37,14 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     ],
     "data": [
         ("--dataset", dict(metavar="NAME", help="digits (default, bundled), mnist, fashion-mnist, "
-                                                "cifar10, cifar100, imagefolder")),
+                                                "cifar10, cifar100, imagefolder, arrays (a .npz, .npy "
+                                                "or .h5 file), csv (a CSV of image paths and labels)")),
         ("--data-dir", dict(metavar="DIR", help="where datasets live (default $RESNETKIT_DATA, else "
-                                                "~/.cache/resnetkit/data); the folder for imagefolder")),
+                                                "~/.cache/resnetkit/data); the folder for imagefolder, "
+                                                "the file for arrays and csv")),
+        ("--keys", _from_field("keys")),
+        ("--classes", _from_field("classes")),
+        ("--columns", _from_field("columns")),
         ("--download", dict(action=BOOL, help="let torchvision download a missing MNIST, Fashion-MNIST "
                                               "or CIFAR dataset")),
         ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
@@ -38,7 +52,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
                                                               "without val/ or test/ (default 0.2)")),
         ("--subset", dict(type=int, metavar="N", help="train on N samples (stratified, seeded)")),
-        ("--strict", dict(action=BOOL, help="unreadable image files are an error, not a warning")),
+        ("--strict", dict(action=BOOL, help="unreadable image files (and bad CSV rows) are an error, "
+                                            "not a warning")),
         ("--workers", dict(type=int, metavar="N", help="loader processes for image folders")),
     ],
     "optimisation": [

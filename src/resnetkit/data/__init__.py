@@ -2,7 +2,8 @@
 
 ``build_loaders(cfg, device)`` turns a RunConfig into a :class:`DatasetSpec` and train/test
 loaders that yield normalized batches on the device; ``build_eval_loader`` gives one split for
-evaluation; ``dataset_spec`` resolves the spec alone; ``check_dataset`` reports on the data.
+evaluation; ``dataset_spec`` resolves the spec alone; ``check_dataset`` reports on the data;
+``as_source`` wraps data handed over in Python (arrays, tensors, a torch Dataset).
 See :mod:`.loaders` for the two loader paths, :mod:`.folders` for image-folder rules,
 :mod:`.transforms` for reading images and the eval transform that predict shares.
 """
@@ -12,7 +13,8 @@ from ._util import DataWarning
 from .check import check_dataset
 from .loaders import Loaders, build_eval_loader, build_loaders, dataset_spec
 from .presets import list_datasets
+from .python import as_source
 from .specs import DatasetSpec
 
 __all__ = ["build_loaders", "build_eval_loader", "dataset_spec", "DatasetSpec", "check_dataset",
-           "list_datasets", "Loaders", "DataWarning"]
+           "list_datasets", "Loaders", "DataWarning", "as_source"]

@@ -28,7 +28,6 @@ from ..errors import UserError
 from .datasets import ArraySplit
 from .decode import default_workers
 from .folders import FolderSplit
-from .presets import get_preset
 from .transforms import ImageReadError, load_image, to_mode
 
 IMBALANCE_RATIO = 1.5
@@ -79,17 +78,21 @@ class _Stats:
 
 
 def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | None = None, *,
-                  val_fraction: float = 0.2, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
-    """Inspect a dataset's splits as the loaders see them; return the report as a dict."""
-    from .loaders import _load_array, _locate, _Plan, layout
+                  val_fraction: float = 0.2, seed: int = 0, workers: int | None = None,
+                  keys: str | None = None, classes: str | None = None, columns: str | None = None,
+                  source: Any = None) -> dict[str, Any]:
+    """Inspect a dataset's splits as the loaders see them; return the report as a dict.
+    ``keys``, ``classes``, ``columns``: as the train flags (arrays, csv); ``source``: data handed
+    over in Python (:func:`resnetkit.data.python.as_source`)."""
+    from .loaders import _load_array, _locate, _Plan, given_data, layout
 
-    preset = get_preset(dataset)
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, keys=keys, classes=classes, columns=columns)
+    preset, source = given_data(cfg, source)
     bs = batch_size or preset.batch_size
     if bs < 1:
         raise UserError(f"--batch-size must be positive, got {bs}")
-    kind, root, index, classes = _locate(cfg, preset, None, tolerant=True)
+    kind, root, index, classes = _locate(cfg, preset, None, tolerant=True, source=source)
     in_chans = preset.in_chans
     stats: dict[str, _Stats] = {}
     problems: list[dict[str, Any]] = []
@@ -101,7 +104,8 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
             from .specs import DatasetSpec
 
             spec = DatasetSpec(dataset, classes, in_chans, preset.img_size, preset.mean, preset.std)
-            _scan_array_split(_load_array(_Plan(preset, spec, "none", bs, root, kind), cfg, split), st)
+            plan = _Plan(preset, spec, "none", bs, root, kind, source=source)
+            _scan_array_split(_load_array(plan, cfg, split), st)
         stats[split] = st
     if index is not None:
         problems += [_problem("structure", None, msg) for msg in index.problems]
@@ -115,12 +119,18 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
             f"{n_train} training images % batch size {bs} == 1: the last batch would hold one sample, "
             f"which BatchNorm cannot normalize; the train loader drops it (or pick another --batch-size)"))
     return {
-        "dataset": dataset, "source": "sklearn.datasets.load_digits" if kind == "digits" else str(root),
-        "layout": layout(kind, index), "in_chans": in_chans, "batch_size": bs,
+        "dataset": dataset, "source": _source_name(kind, root, source),
+        "layout": layout(kind, index, source), "in_chans": in_chans, "batch_size": bs,
         "duplicate_hash": HASH_NOTE,
         "splits": {k: v.summary() for k, v in stats.items()},
         "problems": problems, "ok": not problems,
     }
+
+
+def _source_name(kind: str, root: Any, source: Any) -> str:
+    if source is not None:
+        return source.source
+    return "sklearn.datasets.load_digits" if kind == "digits" else str(root)
 
 
 def _problem(kind: str, split: str | None, message: str, examples: list | None = None,

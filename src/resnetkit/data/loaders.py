@@ -24,6 +24,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
+from . import arrays, csvfile
 from ._util import summarize_names, warn
 from .augment import BatchAugment, resize_batch
 from .datasets import (CIFAR_IMAGE_FOLDERS, IDX_FOLDERS, ArraySplit, cifar_missing_error,
@@ -60,22 +61,25 @@ class _Plan:
     augment: str
     batch_size: int  # global
     root: Path
-    kind: str  # digits | idx | cifar-pickle | folder
+    kind: str  # digits | idx | cifar-pickle | folder | arrays | dataset
     index: FolderIndex | None = None
+    source: Any = None  # arrays.ArraySource or python.DatasetSource: data given, not looked up
 
 
-def dataset_spec(cfg: RunConfig) -> DatasetSpec:
+def dataset_spec(cfg: RunConfig, source: Any = None) -> DatasetSpec:
     """The resolved spec (classes, channels, size, statistics) without decoding any image."""
-    return _plan(cfg).spec
+    return _plan(cfg, source=source).spec
 
 
 def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0,
-                  world_size: int = 1) -> Loaders:
-    plan = _plan(cfg, world_size=world_size)
+                  world_size: int = 1, source: Any = None) -> Loaders:
+    """``source``: data handed over in Python (:func:`resnetkit.data.python.as_source`)."""
+    plan = _plan(cfg, world_size=world_size, source=source)
     device = torch.device(device)
     train = _split_loader(plan, cfg, "train", True, device, rank, world_size)
     test = _split_loader(plan, cfg, "test", False, device, rank, world_size)
-    info = {"dataset": cfg.dataset, "source": _source(plan), "layout": layout(plan.kind, plan.index),
+    info = {"dataset": cfg.dataset, "source": _source(plan),
+            "layout": layout(plan.kind, plan.index, plan.source),
             "train_size": train.dataset_size, "test_size": test.dataset_size,
             "in_memory": train.in_memory and test.in_memory, "augment": plan.augment,
             "batch_size": plan.batch_size, "img_size": plan.spec.img_size}
@@ -83,18 +87,20 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0,
 
 
 def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
-                      spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1) -> Loader:
+                      spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1,
+                      source: Any = None) -> Loader:
     """Loader over one split without augmentation or shuffling. With ``spec`` (a checkpoint's),
     its preprocessing and class order are used."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose train or test (the held-out split)")
-    plan = _plan(cfg, spec=spec, world_size=world_size)
+    plan = _plan(cfg, spec=spec, world_size=world_size, source=source)
     return _split_loader(plan, cfg, split, False, torch.device(device), rank, world_size)
 
 
 # ------------------------------------------------------------------ resolving a config
-def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1) -> _Plan:
-    preset = get_preset(cfg.dataset)
+def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
+          source: Any = None) -> _Plan:
+    preset, source = given_data(cfg, source)
     augment = check_augment(cfg.augment)
     batch_size = cfg.batch_size or preset.batch_size
     if batch_size < 1 or (cfg.subset is not None and cfg.subset < 0):
@@ -106,7 +112,7 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1) 
     img_size = spec.img_size if spec else (cfg.img_size or preset.img_size)
     if img_size < 4:
         raise UserError(f"--img-size must be at least 4 pixels, got {img_size}")
-    kind, root, index, classes = _locate(cfg, preset, spec)
+    kind, root, index, classes = _locate(cfg, preset, spec, source=source)
     if spec is None:
         spec = DatasetSpec(cfg.dataset, classes, preset.in_chans, img_size, preset.mean, preset.std,
                            preset.resize_size(img_size))
@@ -117,13 +123,31 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1) 
     elif kind != "folder" and tuple(spec.classes) != tuple(classes):
         raise UserError(f"the model's classes ({summarize_names(list(spec.classes))}) are not "
                         f"{cfg.dataset}'s ({summarize_names(list(classes))})")
-    return _Plan(preset, spec, augment, batch_size, root, kind, index)
+    return _Plan(preset, spec, augment, batch_size, root, kind, index, source)
 
 
-def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: bool = False
-            ) -> tuple[str, Path, FolderIndex | None, tuple[str, ...]]:
+def given_data(cfg: RunConfig, source: Any = None) -> tuple[Preset, Any]:
+    """The preset and the data source of ``--dataset arrays`` (a file) or of data handed over in
+    Python; for arrays the preset takes the data's channels, size and statistics."""
+    preset = get_preset(cfg.dataset)
+    if source is None and preset.name == "arrays":
+        if not cfg.data_dir:
+            raise UserError("--dataset arrays needs --data-dir FILE: a .npz, .npy or .h5 file of images "
+                            "and labels")
+        source = arrays.load_file(cfg.data_dir, keys=cfg.keys, classes=cfg.classes,
+                                  val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return (preset if source is None else source.preset(preset)), source
+
+
+def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: bool = False,
+            source: Any = None) -> tuple[str, Path, FolderIndex | None, tuple[str, ...]]:
     name = preset.name
     fixed = tuple(spec.classes) if spec else None
+    if source is not None:
+        return source.kind, Path(source.source), None, source.classes
+    if name == "csv":
+        index = csvfile.index_csv(cfg, classes=fixed, tolerant=tolerant)
+        return "folder", index.root, index, index.classes
     if name == "digits":
         return "digits", Path("."), None, PRESET_CLASSES[name]
     if name in IDX_FOLDERS:
@@ -148,11 +172,15 @@ def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: 
     raise cifar_missing_error(root, name)
 
 
-def layout(kind: str, index: FolderIndex | None) -> str:
+def layout(kind: str, index: FolderIndex | None, source: Any = None) -> str:
+    if source is not None:
+        return source.layout
     return index.layout if index is not None else LAYOUTS[kind]
 
 
 def _source(plan: _Plan) -> str:
+    if plan.source is not None:
+        return plan.source.source
     return "sklearn.datasets.load_digits" if plan.kind == "digits" else str(plan.root)
 
 
@@ -162,6 +190,9 @@ def _split_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, device: 
     per_rank = plan.batch_size // world_size
     bs = per_rank if train else 2 * per_rank
     kw = dict(rank=rank, world_size=world_size)
+    if plan.kind == "dataset":  # a torch Dataset handed over in Python: streamed as it is
+        return plan.source.loader(split, train=train, device=device, batch_size=bs, seed=cfg.seed,
+                                  workers=cfg.workers, **kw)
     if plan.kind == "folder":
         fsplit = _subset_folder(getattr(plan.index, split), cfg, split)
         geometry = _folder_geometry(plan, train)
@@ -175,6 +206,8 @@ def _split_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, device: 
 
 
 def _load_array(plan: _Plan, cfg: RunConfig, split: str) -> ArraySplit:
+    if plan.source is not None:
+        return plan.source.split(split)
     if plan.kind == "digits":
         return load_digits_split(split)
     if plan.kind == "idx":
