@@ -17,6 +17,7 @@ from resnetkit.config import RunConfig
 from resnetkit.data import build_loaders, check_dataset
 from resnetkit.data.arrays import as_images, as_labels, load_file, parse_keys
 from resnetkit.errors import UserError
+from resnetkit.export import export_checkpoint
 
 
 def bright_dark(n: int, size: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +148,5 @@ def test_cli_trains_on_npz_then_evaluates_checks_and_predicts(tmp_path: Path, ca
     assert main(["predict", str(run), str(photo), "--json"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["top"][0]["class"] == "bright"
+    exported = export_checkpoint(run, fmt="torchscript", out=tmp_path / "m.ts", check=8)
+    assert "test images" in exported.parity.source and exported.parity.top1_agreement == 1.0
