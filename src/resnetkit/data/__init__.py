@@ -14,7 +14,7 @@ from .check import check_dataset
 from .loaders import Loaders, build_eval_loader, build_loaders, dataset_spec
 from .presets import list_datasets
 from .python import as_source
-from .specs import DatasetSpec
+from ..specs import DatasetSpec
 
 __all__ = ["build_loaders", "build_eval_loader", "dataset_spec", "DatasetSpec", "check_dataset",
            "list_datasets", "Loaders", "DataWarning", "as_source"]

@@ -25,9 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..specs import DatasetSpec
 from .datasets import ArraySplit
 from .decode import default_workers
 from .folders import FolderSplit
+from .loaders import _load_array, _locate, _Plan, given_data, layout
 from .transforms import ImageReadError, load_image, to_mode
 
 IMBALANCE_RATIO = 1.5
@@ -84,8 +86,6 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
     """Inspect a dataset's splits as the loaders see them; return the report as a dict.
     ``keys``, ``classes``, ``columns``: as the train flags (arrays, csv); ``source``: data handed
     over in Python (:func:`resnetkit.data.python.as_source`)."""
-    from .loaders import _load_array, _locate, _Plan, given_data, layout
-
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
                     batch_size=batch_size, workers=workers, keys=keys, classes=classes, columns=columns)
     preset, source = given_data(cfg, source)
@@ -101,8 +101,6 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
         if index is not None:
             _scan_folder_split(getattr(index, split), st, in_chans, workers)
         else:
-            from .specs import DatasetSpec
-
             spec = DatasetSpec(dataset, classes, in_chans, preset.img_size, preset.mean, preset.std)
             plan = _Plan(preset, spec, "none", bs, root, kind, source=source)
             _scan_array_split(_load_array(plan, cfg, split), st)

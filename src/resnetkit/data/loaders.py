@@ -35,7 +35,7 @@ from .folders import FolderIndex, FolderSplit, index_imagefolder
 from .memory import MemoryLoader, to_device
 from .presets import Preset, check_augment, default_classes, get_preset
 from .sampling import stratified_subset
-from .specs import DatasetSpec
+from ..specs import DatasetSpec, Preprocessing
 from .streaming import FolderDataset, FolderLoader, probe_split, train_transform
 from .transforms import Geometry, Normalizer, eval_geometry, match_channels
 
@@ -66,15 +66,18 @@ class _Plan:
     source: Any = None  # arrays.ArraySource or python.DatasetSource: data given, not looked up
 
 
-def dataset_spec(cfg: RunConfig, source: Any = None) -> DatasetSpec:
+def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None,
+                 source: Any = None) -> DatasetSpec:
     """The resolved spec (classes, channels, size, statistics) without decoding any image."""
-    return _plan(cfg, source=source).spec
+    return _plan(cfg, preprocessing=preprocessing, source=source).spec
 
 
-def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0,
-                  world_size: int = 1, source: Any = None) -> Loaders:
-    """``source``: data handed over in Python (:func:`resnetkit.data.python.as_source`)."""
-    plan = _plan(cfg, world_size=world_size, source=source)
+def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, world_size: int = 1,
+                  preprocessing: Preprocessing | None = None, source: Any = None) -> Loaders:
+    """Train and test loaders; ``preprocessing``: pretrained weights' (size, mean, std), which
+    replaces the dataset's; ``source``: data handed over in Python
+    (:func:`resnetkit.data.python.as_source`)."""
+    plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing, source=source)
     device = torch.device(device)
     train = _split_loader(plan, cfg, "train", True, device, rank, world_size)
     test = _split_loader(plan, cfg, "test", False, device, rank, world_size)
@@ -99,7 +102,7 @@ def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
 
 # ------------------------------------------------------------------ resolving a config
 def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
-          source: Any = None) -> _Plan:
+          preprocessing: Preprocessing | None = None, source: Any = None) -> _Plan:
     preset, source = given_data(cfg, source)
     augment = check_augment(cfg.augment)
     batch_size = cfg.batch_size or preset.batch_size
@@ -116,10 +119,8 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
     if spec is None:
         spec = DatasetSpec(cfg.dataset, classes, preset.in_chans, img_size, preset.mean, preset.std,
                            preset.resize_size(img_size))
-        if cfg.pretrained:  # the weights' own preprocessing (mean, std, resize, crop)
-            from ..pretrained import pretrained_spec
-
-            spec = pretrained_spec(spec, cfg)
+        if preprocessing is not None:
+            spec = spec.with_preprocessing(preprocessing, cfg.img_size)
     elif kind != "folder" and tuple(spec.classes) != tuple(classes):
         raise UserError(f"the model's classes ({summarize_names(list(spec.classes))}) are not "
                         f"{cfg.dataset}'s ({summarize_names(list(classes))})")
