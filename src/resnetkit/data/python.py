@@ -99,7 +99,7 @@ class DatasetSource:
 
     def preset(self, base: Preset) -> Preset:
         return replace(base, in_chans=self.in_chans, img_size=self.img_size, native_size=self.img_size,
-                       mean=self.mean, std=self.std, in_memory=False)
+                       mean=self.mean, std=self.std)
 
     def _dataset(self, split: str) -> "_Prepared":
         ds = self.datasets["train"] if split == "train" else self.datasets.get("val", self.datasets.get("test"))
