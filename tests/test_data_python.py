@@ -80,6 +80,7 @@ def test_a_torch_dataset_of_pixels_gets_computed_statistics(tmp_path: Path) -> N
                              out=str(tmp_path / "run"), **FAST)
     assert result.report["top1"] >= 0.9 and not result.report["data"]["in_memory"]
     assert check_dataset("arrays", source=src)["splits"]["train"]["images"] == 48
+    assert loaders.train.targets().tolist() == y.tolist()  # what --sampler balanced reads
 
 
 def test_a_normalizing_dataset_records_its_mean_and_std(tmp_path: Path) -> None:

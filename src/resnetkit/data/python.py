@@ -20,6 +20,7 @@ and normalizes it. Other steps of the Dataset's transform (a crop) are not recor
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
@@ -140,6 +141,11 @@ class _Prepared(Dataset):
 
     def __len__(self) -> int:
         return len(self.ds)  # type: ignore[arg-type]
+
+    @functools.cached_property
+    def labels(self) -> list[int]:
+        """Every label, read once through the Dataset (for --sampler and --class-weights)."""
+        return [label_index(self.ds[i][1], self.index) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with torch.random.fork_rng(devices=[]):
