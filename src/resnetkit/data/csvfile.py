@@ -23,7 +23,7 @@ from ..config import RunConfig
 from ..errors import UserError
 from ._util import summarize_names, warn
 from .arrays import parse_classes
-from .folders import FolderIndex, FolderSplit, natural_order, split_by_fraction
+from .folders import FolderIndex, FolderSplit, natural_order
 
 DEFAULT_COLUMNS = ("path", "label", "split")
 SPLIT_NAMES = {"train": "train", "": "train", "val": "val", "valid": "val", "validation": "val",
@@ -120,17 +120,11 @@ def _split(root: Path, rows: list[tuple[int, str, str, str]], classes: Sequence[
 
 def _index(path: Path, classes: tuple[str, ...], splits: dict[str, FolderSplit], cfg: RunConfig,
            problems: list[str]) -> FolderIndex:
-    train = splits["train"]
-    if not train.files:
+    """val and test rows as an image folder's val/ and test/ trees (None when absent): the
+    validation split is then held out of the training rows as for a folder without val/."""
+    if not splits["train"].files:
         raise UserError(f"{path}: no usable training rows")
-    held_name = next((s for s in ("val", "test") if splits[s].files), None)
-    if held_name is None:
-        train, held = split_by_fraction(train, classes, cfg.val_fraction, cfg.seed)
-        layout = (f"CSV {path.name}, split per class by --val-fraction {cfg.val_fraction} "
-                  f"with seed {cfg.seed}")
-    else:
-        held = splits[held_name]
-        layout = f"CSV {path.name}, split column: train and {held_name} rows"
-    if not held.files:
-        raise UserError(f"{path}: no rows left for the held-out split; add val rows or more images")
-    return FolderIndex(path.parent, classes, train, held, layout, problems)
+    held = {s: splits[s] if splits[s].files else None for s in ("val", "test")}
+    present = [s for s, v in held.items() if v is not None]
+    layout = f"CSV {path.name}" + (f", split column: train and {' and '.join(present)} rows" if present else "")
+    return FolderIndex(path.parent, classes, splits["train"], held["val"], held["test"], layout, problems)

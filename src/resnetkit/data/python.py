@@ -102,8 +102,17 @@ class DatasetSource:
         return replace(base, in_chans=self.in_chans, img_size=self.img_size, native_size=self.img_size,
                        mean=self.mean, std=self.std)
 
+    @property
+    def test_is_val(self) -> bool:
+        return "test" not in self.datasets
+
+    @property
+    def val_source(self) -> str:
+        return "held out of data at random" if "held out at random" in self.layout else "val_data"
+
     def _dataset(self, split: str) -> "_Prepared":
-        ds = self.datasets["train"] if split == "train" else self.datasets.get("val", self.datasets.get("test"))
+        order = {"train": ("train",), "val": ("val", "test"), "test": ("test", "val")}[split]
+        ds = next(self.datasets[s] for s in order if s in self.datasets)
         return _Prepared(ds, self.classes, None if self.normalized else self.scale)
 
     def loader(self, split: str, *, train: bool, device: torch.device, batch_size: int, seed: int,
