@@ -37,7 +37,7 @@ def test_split_column_relative_paths_and_bad_rows_with_line_numbers(tmp_path: Pa
                                          r"found, line 15: img/3.png: empty label"):
         index = index_csv(cfg)
     assert index.classes == ("green", "red")
-    assert len(index.train) == 8 and len(index.test) == 4
+    assert len(index.train) == 8 and len(index.val) == 4 and index.test is None
     assert index.train.path(0) == tmp_path / "img" / "0.png"
     with pytest.raises(UserError, match="2 bad row"):
         index_csv(cfg.replace(strict=True))
@@ -45,6 +45,7 @@ def test_split_column_relative_paths_and_bad_rows_with_line_numbers(tmp_path: Pa
         warnings.simplefilter("ignore", DataWarning)
         loaders = build_loaders(cfg.replace(img_size=8), "cpu")
     assert loaders.spec.classes == ("green", "red") and loaders.train.dataset_size == 8
+    assert loaders.test_is_val and loaders.val.dataset_size == 4
     x, y = next(iter(loaders.test))
     assert x.shape[1:] == (3, 8, 8)
     red = (x[:, 0].mean((1, 2)) > x[:, 1].mean((1, 2))).long()
@@ -59,13 +60,16 @@ def test_columns_classes_and_split_by_fraction(tmp_path: Path) -> None:
     cfg = RunConfig(dataset="csv", data_dir=str(path), columns="file,colour", classes="red,green",
                     val_fraction=0.5)
     index = index_csv(cfg)
-    assert index.classes == ("red", "green")
-    assert index.train.counts(2) == [3, 3] and index.test.counts(2) == [3, 3]
+    assert index.classes == ("red", "green") and index.val is None and index.test is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        loaders = build_loaders(cfg.replace(img_size=8, batch_size=4), "cpu")
+    assert (loaders.train.dataset_size, loaders.val.dataset_size) == (6, 6)  # --val-fraction 0.5
 
 
 def test_data_check_lists_bad_rows(tmp_path: Path) -> None:
     path = write_csv(tmp_path, good_rows() + ["img/gone.png,red,train"])
     report = check_dataset("csv", str(path))
     assert any("line 14: img/gone.png: file not found" in p["message"] for p in report["problems"])
-    assert report["splits"]["train"]["images"] == 8 and report["splits"]["test"]["images"] == 4
+    assert report["splits"]["train"]["images"] == 8 and report["splits"]["val"]["images"] == 4
     assert report["splits"]["train"]["sizes"] == {"14x10": 8}

@@ -59,7 +59,8 @@ def test_arrays_without_held_out_data_are_split_and_mean_std_can_be_given() -> N
     x, y = bright_dark(40)
     src = as_source((x, y), mean=[0.5] * 3, std=[0.25] * 3, val_fraction=0.25, seed=1)
     loaders = build_loaders(RunConfig(dataset="arrays", batch_size=8), "cpu", source=src)
-    assert (loaders.train.dataset_size, loaders.test.dataset_size) == (30, 10)
+    # the held-out quarter is the test split; val is held out of the rest (a tenth)
+    assert (loaders.train.dataset_size, loaders.val.dataset_size, loaders.test.dataset_size) == (27, 3, 10)
     assert loaders.spec.mean == (0.5,) * 3 and loaders.spec.std == (0.25,) * 3
     report = check_dataset("arrays", source=src)
     assert report["splits"]["test"]["classes"] == {"0": 5, "1": 5}
