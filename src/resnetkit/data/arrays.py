@@ -73,11 +73,11 @@ class ArraySource:
         return int(max(self.splits["train"].images.shape[-2:]))
 
     def split(self, name: str) -> ArraySplit:
-        """``train``, or ``test``: the held-out split (val when given, as image folders do)."""
+        """``train``, or ``test``: the test arrays, else the val arrays, else the held-out part."""
         # a copy: the loaders' --subset replaces its tensors, and the source is cached
         if name == "train":
             return replace(self.splits["train"])
-        for held in HELD_OUT:
+        for held in ("test", "val"):
             if held in self.splits:
                 return replace(self.splits[held])
         raise UserError(f"{self.source} holds no {name} split")
