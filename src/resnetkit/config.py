@@ -51,7 +51,8 @@ class RunConfig:
                                    help="backbone lr = lr * X after unfreezing")
     # -- data
     dataset: str = flag("digits", group="data", metavar="NAME",
-                        help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder")
+                        help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder, "
+                              "arrays (a .npz, .npy or .h5 file), csv (a CSV of image paths and labels)")
     data_dir: str | None = flag(group="data", metavar="DIR",
                                 help="where datasets live (default $RESNETKIT_DATA, else "
                                      "~/.cache/resnetkit/data); the folder for imagefolder")
@@ -92,8 +93,19 @@ class RunConfig:
     subset: int | None = flag(group="data", metavar="N",
                               help="use N samples of the training split (stratified, the same for "
                                    "every seed); the val split is held out of them")
-    strict: bool = flag(False, group="data", help="unreadable image files are an error, not a warning")
+    strict: bool = flag(False, group="data", help="unreadable image files (and bad CSV rows) are an "
+                                                  "error, not a warning")
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
+    keys: str | None = flag(group="data", metavar="NAMES",
+                            help="--dataset arrays: the array names when they follow no convention: X,Y "
+                                 "or X,Y,XTEST,YTEST, or role=name pairs (x_train, y_train, x_val, y_val, "
+                                 "x_test, y_test, classes)")
+    classes: str | None = flag(group="data", metavar="A,B,...",
+                               help="--dataset arrays or csv: class names, comma-separated, in label order "
+                                    "(integer labels index them); default: list_classes, else the labels")
+    columns: str | None = flag(group="data", metavar="PATH,LABEL[,SPLIT]",
+                               help="--dataset csv: the names of the path, label and (optional) split "
+                                    "columns (default path,label,split)")
     # -- optimisation
     recipe: str | None = flag(group="optimisation", metavar="NAME",
                               help="preset of the values below: default, fast (MNIST, Fashion-MNIST; "
@@ -243,14 +255,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+# --data-dir is the data itself (not where datasets live) for these: never dropped.
+DATA_IS_PATH = ("imagefolder", "arrays", "csv")
+
+
 def recorded_config(saved: Mapping[str, Any]) -> RunConfig:
     """The config a run folder or checkpoint recorded, as this version reads it: keys it does not
     know are dropped, and a recorded data folder that is not on this machine (the run was moved
     or copied) is dropped too, so that $RESNETKIT_DATA and then the cache apply. An image
-    folder's path is kept: it is the data itself, and its absence is the error to report."""
+    folder's, array file's or CSV's path is kept: it is the data itself, and its absence is
+    the error to report."""
     known = set(field_names())
     values = {k: v for k, v in saved.items() if k in known}
     folder = values.get("data_dir")
-    if folder and values.get("dataset") != "imagefolder" and not Path(folder).expanduser().exists():
+    if folder and values.get("dataset") not in DATA_IS_PATH and not Path(folder).expanduser().exists():
         values["data_dir"] = None
     return RunConfig.from_dict(values)

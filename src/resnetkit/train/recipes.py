@@ -46,6 +46,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # 64 px photos: the ImageNet stem (stride 4 before layer1) keeps resnet18 laptop-sized.
         "imagefolder": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
                         "schedule": "cosine", "warmup_epochs": 1},
+        # your own data: images of any size, a few hundred to a few thousand of them
+        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
+                   "schedule": "cosine", "warmup_epochs": 1},
+        "csv": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
+                "schedule": "cosine", "warmup_epochs": 1},
     },
     # Wall time first: the targets are Fashion-MNIST >= 93% within 3 minutes and MNIST >= 99.5%
     # within 90 s for the whole process on a 2-core CPU (BENCHMARKS.md). What each lever measured

@@ -94,12 +94,13 @@ class _Best:
 
 
 def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
-          verbose: bool = True, **overrides: Any) -> TrainResult:
+          verbose: bool = True, source: Any = None, **overrides: Any) -> TrainResult:
     """Train a model; see ``resnetkit train --help`` for every option.
 
     ``cfg``: a RunConfig, a dict of its fields, or None; keyword overrides win over both, and the
     recipe fills whatever is left unset. ``callbacks`` are called as ``cb(trainer, record)``
-    after each epoch, once everything of that epoch is saved.
+    after each epoch, once everything of that epoch is saved. ``source``: data handed over in
+    Python (:mod:`resnetkit.train.api` builds it from arrays or a Dataset).
     """
     config, explicit = as_config(cfg, overrides)
     if config.resume:
@@ -110,7 +111,7 @@ def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequen
             raise UserError(f"nproc={config.nproc}: data-parallel training runs one process per device; "
                             f"start it with 'resnetkit train --nproc {config.nproc} ...' or "
                             f"'torchrun --nproc-per-node {config.nproc} -m resnetkit train ...'")
-        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose).fit()
+        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose, source=source).fit()
     config = config.replace(nproc=distributed.checked_nproc(config.nproc, world, bool(config.resume)))
     with distributed.process_group(resolve_device(config.device)) as ctx:
         return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose,
@@ -181,8 +182,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, *, explicit: Iterable[str] | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, source: Any = None) -> None:
         self.cfg = resolve_config(cfg, explicit)
+        self.source = source
         self.rank, self.world_size = rank, world_size
         distributed.check_batch_size(self.cfg.batch_size, world_size)
         self.is_main = rank == 0
@@ -207,7 +209,7 @@ class Trainer:
         # fine-tuning: the data takes the weights' own preprocessing (size, mean, std)
         weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
         self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
-                                     preprocessing=weights)
+                                     preprocessing=weights, source=self.source)
         self.spec = self.loaders.spec
         if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
             what = "--early-stop" if cfg.early_stop else "--schedule plateau"
@@ -275,7 +277,7 @@ class Trainer:
         """The config as config.json and the checkpoints record it: where the run lives, not how
         this process was started (a resumed run records the same config as an uninterrupted one)."""
         cfg = self.cfg.replace(out=str(self.run_dir), resume=None)
-        if cfg.dataset != "digits":  # where the data was: evaluate and export find it again
+        if cfg.dataset != "digits" and self.source is None:  # where the data was, for evaluate and export
             cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
         return cfg.to_dict()
 
