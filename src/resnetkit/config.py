@@ -25,6 +25,9 @@ class RunConfig:
     freeze: str = "none"  # none | backbone | stages:N
     freeze_epochs: int = 0  # epochs with the backbone frozen before unfreezing
     backbone_lr_mult: float = 0.1  # backbone lr = lr * this, after unfreezing
+    drop_rate: float | None = field(default=None, metadata={
+        "help": "dropout before the classifier, 0..1 (Keras' Dropout head; default: the model's, 0)",
+        "type": float, "metavar": "P"})
     # -- data
     dataset: str = "digits"
     data_dir: str | None = None  # None: $RESNETKIT_DATA, else ~/.cache/resnetkit/data

@@ -28,7 +28,7 @@ def describe(name: str) -> dict[str, Any]:
         model = create_model(name)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "num_classes": info.num_classes, "input_size": list(info.input_size),
-            "options": list(info.options), "description": info.description}
+            "options": info.own_options, "description": info.description}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,4 +49,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['name']:{width}}  {r['params'] / 1e6:6.2f}M  {r['num_classes']:7d}  "
               f"{r['description']}{options}")
     print("params: with 1000 classes for the ImageNet nets, 10 for the CIFAR and simple nets")
+    print("every model also takes global_pool (avg, max, ''), drop_rate and features_only; "
+          "num_classes=0 gives pooled features")
     return 0

@@ -25,6 +25,8 @@ FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
         ("--freeze", dict(metavar="WHAT", help="none | backbone | stages:N (with --pretrained)")),
         ("--freeze-epochs", dict(type=int, metavar="N", help="epochs before unfreezing the backbone")),
         ("--backbone-lr-mult", dict(type=float, metavar="X", help="backbone lr = lr * X after unfreezing")),
+        ("--drop-rate", dict(type=float, metavar="P", help="dropout before the classifier, 0..1 (Keras' "
+                                                          "Dropout head; default: the model's, 0)")),
     ],
     "data": [
         ("--dataset", dict(metavar="NAME", help="digits (default, bundled), mnist, fashion-mnist, "

@@ -1,4 +1,5 @@
-"""The model zoo: residual networks of He et al. 2015 (arXiv:1512.03385) behind a string registry.
+"""The model zoo: residual networks of He et al. 2015 (arXiv:1512.03385) and their relatives
+(ResNeXt, Wide ResNet, DenseNet) behind a string registry, with timm's head and feature API.
 
 >>> from resnetkit.models import create_model, list_models
 >>> model = create_model("resnet20", num_classes=10, in_chans=1)
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 from ._registry import ModelInfo, create_model, list_models, model_info, register_model
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
+from .heads import Backbone, FeatureInfo
 from .resnet import CifarResNet, ResNet, SimpleResNet
+from .resnext import resnext50_32x4d  # noqa: F401 - registers the ResNeXt and Wide ResNet builders
+from .densenet import DenseNet  # noqa: E402 - registers densenet121 after the ResNet family
+from .preact import PreActCifarResNet, PreActResNet
+from .dynamic import DynamicConv2d
+from .tutorial import D2LResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
-    "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
+    "Backbone", "BasicBlock", "Bottleneck", "D2LResNet", "CifarResNet", "DenseNet", "DynamicConv2d", "FeatureInfo", "ModelInfo", "PreActCifarResNet", "PreActResNet", "ResNet",
+    "ShortcutA", "SimpleBlock", "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
 ]

@@ -25,7 +25,7 @@ from torch import nn
 from ..config import RunConfig
 from ..errors import UserError
 
-HEAD = "fc"  # torchvision's name of the classifier, kept by every resnetkit model
+HEAD = "fc"  # torchvision's name of the classifier; a model may name its own (``head_name``)
 _STAGES = re.compile(r"^stages:(\d+)$")
 
 # Defaults of ``resnetkit finetune`` and ``--recipe finetune``, for small photo datasets.
@@ -85,11 +85,16 @@ def is_finetune(cfg: RunConfig) -> bool:
 
 
 # ------------------------------------------------------------------ the parts of a model
+def head_name(model: nn.Module) -> str:
+    """The classifier's attribute: ``fc``, or the model's ``head_name`` (DenseNet: ``classifier``)."""
+    return str(getattr(model, "head_name", HEAD))
+
+
 def head_module(model: nn.Module) -> nn.Module:
-    head = getattr(model, HEAD, None)
+    head = getattr(model, head_name(model), None)
     if not isinstance(head, nn.Module):
-        raise UserError(f"{type(model).__name__} has no '{HEAD}' head; fine-tuning needs a resnetkit "
-                        f"or torchvision ResNet")
+        raise UserError(f"{type(model).__name__} has no '{head_name(model)}' head; fine-tuning needs a "
+                        f"resnetkit or torchvision ResNet")
     return head
 
 
@@ -109,13 +114,13 @@ def frozen_prefixes(model: nn.Module, what: str) -> list[str]:
         return []
     children = [n for n, _ in model.named_children()]
     if what == "backbone":
-        return [n for n in children if n != HEAD]
+        return [n for n in children if n != head_name(model)]
     n = int(_STAGES.match(what).group(1))  # type: ignore[union-attr]
     stages = stage_names(model)
     if n > len(stages):
         raise UserError(f"--freeze {what}: {type(model).__name__} has only {len(stages)} stages "
                         f"({', '.join(stages)}); use stages:0..{len(stages)} or backbone")
-    first = stages[0].split(".")[0] if stages else HEAD
+    first = stages[0].split(".")[0] if stages else head_name(model)
     stem = children[:children.index(first)] if first in children else []
     return stem + stages[:n]
 
