@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -43,5 +44,10 @@ def run(args: argparse.Namespace) -> int:
     title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(format_report(result, title=title))
-    print(f"loss {result['loss']:.4f}; confusion matrix: {png}")
+    if "confusion_png_error" in result:
+        print(f"loss {result['loss']:.4f}")
+        print(f"resnetkit: warning: no confusion matrix image: {result['confusion_png_error']}",
+              file=sys.stderr)
+    else:
+        print(f"loss {result['loss']:.4f}; confusion matrix: {png}")
     return 0
