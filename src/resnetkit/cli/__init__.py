@@ -51,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError as e:  # before OSError, its base class
+        if _stdout_is_closed():
+            # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
+            _silence_stdout()
+            return 141
+        print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
+        return 1
     except OSError as e:
         # the machine refused a read or write no check foresaw (a disk filling up, a folder made
         # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
@@ -64,13 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError as e:
-        if _stdout_is_closed():
-            # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
-            _silence_stdout()
-            return 141
-        print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
-        return 1
 
 
 @contextlib.contextmanager
