@@ -213,3 +213,15 @@ def test_drop_rate_flag_and_head_model_args_are_recorded_in_the_checkpoint(tmp_p
     assert loaded.model.drop_rate == 0.25 and isinstance(loaded.model.avgpool, nn.AdaptiveMaxPool2d)
     assert main(["train", "--model", "resnet8", "--epochs", "1", "--model-arg", "features_only=true",
                  "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_fine_tuning_parts_of_a_densenet() -> None:
+    from resnetkit.train import finetune
+
+    model = create_model("densenet121", num_classes=3)
+    assert finetune.head_module(model) is model.classifier
+    assert finetune.frozen_prefixes(model, "stages:2") == [
+        "features.conv0", "features.norm0", "features.relu0", "features.pool0", "features.denseblock1",
+        "features.transition1", "features.denseblock2"]
+    finetune.apply_freeze(model, "backbone")
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["classifier.weight", "classifier.bias"]

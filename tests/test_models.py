@@ -186,7 +186,7 @@ def every_model() -> list:
 def test_every_model_backward_and_forward_at_its_smallest_input(name: str) -> None:
     torch.manual_seed(0)
     size = model_info(name).min_size
-    model = create_model(name, num_classes=7)
+    model = create_model(name, num_classes=7, in_chans=3)
     head = model.get_classifier()
     assert isinstance(head, nn.Linear) and head.out_features == 7
     assert len(model.stages) == len(model.feature_info) >= 1

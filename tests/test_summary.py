@@ -160,7 +160,8 @@ def test_summary_opens_densenets_features_and_takes_model_args(capsys: pytest.Ca
     d = run_json(["densenet121", "--input-size", "3,64,64", "--model-arg", "num_classes=0"], capsys)
     names = [r["name"] for r in d["rows"]]
     assert names[:3] == ["stem", "features.denseblock1", "features.transition1"]
-    assert names[-2:] == ["features.norm5", "avgpool"] and d["rows"][-1]["output_shape"] == [1024, 1, 1]
+    assert names[-3:] == ["features.norm5", "avgpool", "classifier"]  # the classifier: nn.Identity
+    assert d["rows"][-1]["output_shape"] == [1024] and d["rows"][-1]["params"] == 0
     assert d["total_params"] == sum(r["params"] for r in d["rows"]) == 7_978_856 - 1_025_000
     d = run_json(["resnet18", "--input-size", "3,32,32", "--model-arg", "small_input=true", "--depth", "3"],
                  capsys)

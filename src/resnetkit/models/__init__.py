@@ -1,5 +1,6 @@
 """The model zoo: residual networks of He et al. 2015 (arXiv:1512.03385) and their relatives
-(ResNeXt, Wide ResNet, DenseNet) behind a string registry, with timm's head and feature API.
+(ResNeXt, Wide ResNet, DenseNet, pre-activation and dynamic ResNets, the d2l textbook's ResNet-18)
+behind a string registry, with timm's head and feature API.
 
 >>> from resnetkit.models import create_model, list_models
 >>> model = create_model("resnet20", num_classes=10, in_chans=1)
@@ -12,8 +13,8 @@ from ._registry import ModelInfo, create_model, list_models, model_info, registe
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
 from .heads import Backbone, FeatureInfo
 from .resnet import CifarResNet, ResNet, SimpleResNet
-from .resnext import resnext50_32x4d  # noqa: F401 - registers the ResNeXt and Wide ResNet builders
-from .densenet import DenseNet  # noqa: E402 - registers densenet121 after the ResNet family
+from . import resnext  # noqa: F401, I001 - registers the ResNeXt and Wide ResNet builders, in this order
+from .densenet import DenseNet
 from .preact import PreActCifarResNet, PreActResNet
 from .dynamic import DynamicConv2d
 from .tutorial import D2LResNet

@@ -109,7 +109,8 @@ def stage_names(model: nn.Module) -> list[str]:
 
 def frozen_prefixes(model: nn.Module, what: str) -> list[str]:
     """Module names frozen by ``what``: ``backbone`` is every top-level child but the head;
-    ``stages:N`` is the stem (the children before the first stage) and the first N stages."""
+    ``stages:N`` is the stem (the children before the first stage) and the first N stages, with
+    whatever runs between them (DenseNet's transitions, inside its ``features``)."""
     if what == "none":
         return []
     children = [n for n, _ in model.named_children()]
@@ -120,9 +121,13 @@ def frozen_prefixes(model: nn.Module, what: str) -> list[str]:
     if n > len(stages):
         raise UserError(f"--freeze {what}: {type(model).__name__} has only {len(stages)} stages "
                         f"({', '.join(stages)}); use stages:0..{len(stages)} or backbone")
-    first = stages[0].split(".")[0] if stages else head_name(model)
-    stem = children[:children.index(first)] if first in children else []
-    return stem + stages[:n]
+    if not stages:
+        head = head_name(model)
+        return children[:children.index(head)] if head in children else []
+    parent, _, leaf = stages[max(n - 1, 0)].rpartition(".")
+    siblings = [c for c, _ in model.get_submodule(parent).named_children()]
+    end = siblings.index(leaf) + (1 if n else 0)
+    return [f"{parent}.{c}" if parent else c for c in siblings[:end]]
 
 
 def _frozen(name: str, prefixes: list[str]) -> bool:
