@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import collect_images, load
+    from ..predict import collect_images, load  # lazy dispatch: torch loads only to run
 
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise UserError(f"--min-confidence is a probability in [0, 1], got {args.min_confidence}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UserError
+from .train import add_model_arg, parse_model_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,8 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="input channels, height and width (default 3,224,224 for the ImageNet nets, "
                         "3,32,32 for the CIFAR and simple nets); C sets the model's in_chans")
     p.add_argument("--num-classes", type=int, metavar="N", help="classes of the head (default: the model's)")
-    p.add_argument("--model-arg", metavar="KEY=VALUE", action="append", default=[],
-                   help="builder argument as in train, repeatable, e.g. small_input=true or global_pool=max")
+    add_model_arg(p)
     p.add_argument("--depth", type=int, choices=(1, 2, 3), default=1,
                    help="1: one row per stage (default); 2: also one row per block; 3: every layer "
                         "(the stem's conv1, bn1, relu, maxpool and each layer of each block)")
@@ -26,8 +28,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
-    from ..errors import UserError
-
     parts = text.replace("x", ",").split(",")
     try:
         size = tuple(int(p) for p in parts)
@@ -39,14 +39,12 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import create_model, model_info
-    from ..models.summary import format_summary, summarize
-    from .train import parse_model_args
+    from ..models import create_model, model_info, summary  # lazy dispatch: torch loads only to run
 
     info = model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
     kwargs = {"num_classes": args.num_classes, **parse_model_args(args.model_arg), "in_chans": size[0]}
     model = create_model(args.model, **kwargs)
-    d = summarize(model, size, depth=args.depth, name=args.model)
-    print(json.dumps(d, indent=2) if args.json else format_summary(d))
+    d = summary.summarize(model, size, depth=args.depth, name=args.model)
+    print(json.dumps(d, indent=2) if args.json else summary.format_summary(d))
     return 0

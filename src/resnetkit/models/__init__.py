@@ -9,10 +9,11 @@ behind a string registry, with timm's head and feature API.
 """
 from __future__ import annotations
 
-from ._registry import ModelInfo, create_model, list_models, model_info, register_model
+from ._registry import ModelInfo, create_model, describe, list_models, model_info, register_model
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
-from .heads import Backbone, FeatureInfo
-from .resnet import CifarResNet, ResNet, SimpleResNet
+from .heads import Backbone, FeatureInfo, head_name
+from .resnet import HEAD, CifarResNet, ResNet, SimpleResNet
+from .resnet9 import ResNet9
 from . import resnext  # noqa: F401, I001 - registers the ResNeXt and Wide ResNet builders, in this order
 from .densenet import DenseNet
 from .preact import PreActCifarResNet, PreActResNet
@@ -20,6 +21,7 @@ from .dynamic import DynamicConv2d
 from .tutorial import D2LResNet
 
 __all__ = [
-    "Backbone", "BasicBlock", "Bottleneck", "D2LResNet", "CifarResNet", "DenseNet", "DynamicConv2d", "FeatureInfo", "ModelInfo", "PreActCifarResNet", "PreActResNet", "ResNet",
-    "ShortcutA", "SimpleBlock", "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
+    "HEAD", "Backbone", "BasicBlock", "Bottleneck", "CifarResNet", "D2LResNet", "DenseNet", "DynamicConv2d",
+    "FeatureInfo", "ModelInfo", "PreActCifarResNet", "PreActResNet", "ResNet", "ResNet9", "ShortcutA",
+    "SimpleBlock", "SimpleResNet", "create_model", "describe", "head_name", "list_models", "model_info", "register_model",
 ]

@@ -56,6 +56,12 @@ class FeatureInfo(list):
         return [str(f["module"]) for f in self]
 
 
+def head_name(model: nn.Module) -> str:
+    """The classifier's attribute: ``fc`` (torchvision's), or the model's ``head_name``
+    (DenseNet: ``classifier``)."""
+    return str(getattr(model, "head_name", "fc"))
+
+
 def make_pool(pool_type: str) -> nn.Module:
     """The global pooling for ``global_pool``; "" keeps the map (``nn.Identity``)."""
     if pool_type not in POOLS:
@@ -73,6 +79,7 @@ class Backbone(nn.Module):
     ``pretrained_cfg`` does, so that loading pretrained weights knows what to adapt."""
 
     head_name: str = "fc"  # torchvision's name of the classifier
+    head_bias: bool = True
     first_conv: str = "conv1"
 
     num_features: int
@@ -86,6 +93,20 @@ class Backbone(nn.Module):
     def stages(self) -> list[tuple[str, nn.Module]]:
         """The stages ``[("layer1", module), ...]``, e.g. for per-stage grad norms and freezing."""
         return [(name, m) for name, m in self.named_children() if name.startswith("layer")]
+
+    def train(self, mode: bool = True) -> "Backbone":
+        """As ``nn.Module.train``, except that a BatchNorm whose weight and bias are frozen
+        (``requires_grad`` False, as fine-tuning leaves them) stays in eval mode: updating its
+        running statistics under frozen affine parameters would shift every later layer's input.
+        Unfreezing (``requires_grad`` True) is enough to put it back into training mode."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters(recurse=False))
+                if (isinstance(m, nn.modules.batchnorm._BatchNorm) and params
+                        and not any(p.requires_grad for p in params)):
+                    m.training = False
+        return self
 
     # ------------------------------------------------------------------ building
     def init_head(self, num_features: int, num_classes: int, *, global_pool: str = "avg",
@@ -107,7 +128,7 @@ class Backbone(nn.Module):
             raise UserError("global_pool='' returns the last feature map and has no classifier: "
                             "use it with num_classes=0")
         self.num_classes = int(num_classes)
-        head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        head = nn.Linear(self.num_features, num_classes, bias=self.head_bias) if num_classes else nn.Identity()
         setattr(self, self.head_name, head)
 
     def add_feature(self, module: str, num_chs: int, reduction: int) -> None:
@@ -171,4 +192,4 @@ class Backbone(nn.Module):
         return dict(state_dict)
 
 
-__all__ = ["Backbone", "FeatureInfo", "HeadOptions", "POOLS", "PoolType", "make_pool"]
+__all__ = ["Backbone", "FeatureInfo", "HeadOptions", "POOLS", "PoolType", "head_name", "make_pool"]

@@ -22,8 +22,12 @@ from .blocks import BasicBlock, Bottleneck, SimpleBlock, conv3x3, make_shortcut,
 from .heads import Backbone, HeadOptions, Unpack
 
 
+HEAD = "fc"  # torchvision's name of the classifier; a family may name its own (``Backbone.head_name``)
+
+
 class _Net(Backbone):
-    """What every net here shares: the head and feature API and the weight initialization."""
+    """What every net here shares: the head and feature API, frozen BatchNorm staying in eval
+    mode (both from :class:`Backbone`) and the weight initialization."""
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
         # He et al. 2015 (arXiv:1502.01852) initialization, as torchvision.
