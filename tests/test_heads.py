@@ -81,7 +81,7 @@ def test_densenet_old_style_keys_are_renamed_as_torchvision_does(tmp_path: Path)
     assert set(remap_legacy_keys(old)) == {k for k in ref.state_dict() if not k.endswith("num_batches_tracked")}
     torch.save(old, tmp_path / "densenet121-old.pth")
     ours = create_model("densenet121", num_classes=1000)
-    notes = pretrained.load_pretrained(ours, str(tmp_path / "densenet121-old.pth"), arch="densenet121")
+    notes = pretrained.load_pretrained(ours, str(tmp_path / "densenet121-old.pth"), arch="densenet121").notes
     assert "densenet121" in notes[0]
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
@@ -93,14 +93,14 @@ def test_pretrained_into_a_headless_densenet_and_a_new_head(tmp_path: Path) -> N
     ref = randomize_bn(torchvision.models.densenet121()).eval()
     torch.save(ref.state_dict(), tmp_path / "d.pth")
     bare = create_model("densenet121", num_classes=0)
-    notes = pretrained.load_pretrained(bare, str(tmp_path / "d.pth"), arch="densenet121")
+    notes = pretrained.load_pretrained(bare, str(tmp_path / "d.pth"), arch="densenet121").notes
     assert any("no head" in n and "classifier.weight" in n for n in notes)
     x = torch.randn(1, 3, 48, 48)
     with torch.no_grad():
         pooled = bare.eval()(x)
         torch.testing.assert_close(ref.classifier(pooled), ref(x))
     five = create_model("densenet121", num_classes=5, in_chans=1)
-    notes = pretrained.load_pretrained(five, str(tmp_path / "d.pth"), arch="densenet121")
+    notes = pretrained.load_pretrained(five, str(tmp_path / "d.pth"), arch="densenet121").notes
     assert any("new head" in n and "classifier for 5 classes" in n for n in notes)
     assert any(n.startswith("features.conv0: the RGB filters summed") for n in notes)
     torch.testing.assert_close(five.features.conv0.weight, ref.features.conv0.weight.sum(1, keepdim=True))
@@ -191,7 +191,7 @@ def test_features_only_with_torchvision_weights_matches_its_layers(tmp_path: Pat
     ref = randomize_bn(torchvision.models.resnet18()).eval()
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
     model = create_model("resnet18", features_only=True)
-    notes = pretrained.load_pretrained(model, str(tmp_path / "r18.pth"), arch="resnet18")
+    notes = pretrained.load_pretrained(model, str(tmp_path / "r18.pth"), arch="resnet18").notes
     assert any("no head" in n for n in notes)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
