@@ -15,7 +15,7 @@ from resnetkit.cli import main
 from resnetkit.models import DynamicConv2d, create_model
 from resnetkit.models.dynamic import temperature_at
 from resnetkit.models.preact import PreActBasicBlock
-from resnetkit.train import checkpoint as ckpt
+from resnetkit import checkpoint as ckpt
 
 from test_models import randomize_bn
 
@@ -115,7 +115,8 @@ def test_dynamic_net_exports_to_onnx_with_a_dynamic_batch(tmp_path: Path) -> Non
     import onnxruntime as ort
 
     from resnetkit import export as E
-    from resnetkit.data.specs import DatasetSpec
+    from resnetkit.backends import random_inputs
+    from resnetkit.specs import DatasetSpec
 
     from resnetkit.models.dynamic import DyBasicBlock, DyCifarResNet
 
@@ -127,7 +128,7 @@ def test_dynamic_net_exports_to_onnx_with_a_dynamic_batch(tmp_path: Path) -> Non
                          model_args={"num_classes": 4, "in_chans": 1})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for n in (1, 3):
-        x = E.random_inputs(spec, n, seed=n)
+        x = random_inputs(spec, n, seed=n)
         with torch.no_grad():
             ref = model(x).numpy()
         np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0], ref, atol=1e-4, rtol=0)

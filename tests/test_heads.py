@@ -16,7 +16,7 @@ from resnetkit.cli import main
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
 from resnetkit.models.densenet import remap_legacy_keys
-from resnetkit.train import checkpoint as ckpt
+from resnetkit import checkpoint as ckpt
 
 from test_models import randomize_bn
 
