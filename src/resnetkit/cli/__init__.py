@@ -18,11 +18,11 @@ from typing import Iterator, Sequence
 
 from .._version import __version__
 from ..errors import DataWarning, UserError
-from . import bench, data, evaluate, experiment, export, finetune, models, predict, summary, train
+from . import bench, data, evaluate, experiment, export, finetune, lr_find, models, predict, summary, train
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
-_MODULES = (train, evaluate, predict, finetune, models, summary, data, export, bench, experiment)
-COMMANDS = tuple(m.__name__.rsplit(".", 1)[1] for m in _MODULES)
+_MODULES = (train, lr_find, evaluate, predict, finetune, models, summary, data, export, bench, experiment)
+COMMANDS = tuple(m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in _MODULES)  # lr_find: lr-find
 
 
 def build_parser() -> argparse.ArgumentParser:
