@@ -1,11 +1,18 @@
 """Calibration: ECE as Guo et al. define it, and temperature scaling that repairs over-confidence."""
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
+import resnetkit
 from resnetkit.calibrate import (TemperatureScaled, calibration_summary, expected_calibration_error,
-                                 fit_temperature, reliability_bins)
+                                 fit_temperature, reliability_bins, write_calibration)
+from resnetkit.cli import main
+from resnetkit.train.checkpoint import read_metadata
 
 
 def calibrated_logits(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +58,50 @@ def test_temperature_scaled_module_divides_the_logits() -> None:
     net = torch.nn.Linear(3, 4)
     x = torch.randn(5, 3)
     assert torch.allclose(TemperatureScaled(net, 2.5)(x), net(x) / 2.5)
+
+
+# ------------------------------------------------------------------ a run's checkpoint
+def test_calibrate_command_stores_the_temperature_where_predict_evaluate_and_export_use_it(
+        digits_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    _, before = read_metadata(run / "best.safetensors")
+    assert main(["calibrate", str(run), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    t = record["temperature"]
+    assert t != pytest.approx(1.0, abs=0.05) and record["bins"] == 15
+    assert record["ece_after"] < record["ece_before"] and record["nll_after"] < record["nll_before"]
+    meta, after = read_metadata(run / "best.safetensors")
+    assert meta["calibration"] == record
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    report = json.loads((run / "report.json").read_text())
+    assert report["ece"] == pytest.approx(record.get("test_ece_after", record["ece_after"]))
+    assert report["ece_uncalibrated"] > report["ece"]
+    assert "Temperature scaling" in (run / "report.html").read_text()
+    # predict divides by T
+    clf = resnetkit.load(run, device="cpu")
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = (clf.model(x) / t).softmax(1).max(1).values
+    got = [r["top"][0]["prob"] for r in clf.predict(x, topk=1)]
+    assert got == pytest.approx(expected.tolist(), abs=1e-6) and clf.temperature == t
+    # evaluate reports it and the accuracy does not move
+    result = resnetkit.evaluate(run, device="cpu")
+    assert result["temperature"] == t and result["top1"] == report["top1"]
+
+
+def test_an_exported_model_carries_the_temperature(digits_run: Path, tmp_path: Path) -> None:
+    from resnetkit.export import export_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    record = {"temperature": 2.0, "fit_on": "val"}
+    write_calibration(run / "best.safetensors", record)
+    export_checkpoint(run, fmt="torchscript", check=0)
+    exported = resnetkit.load(run / "model.ts", device="cpu")
+    torch_clf = resnetkit.load(run, device="cpu")
+    assert exported.temperature == torch_clf.temperature == 2.0
+    x = torch.randn(2, 1, 8, 8)
+    a = [r["top"][0]["prob"] for r in exported.predict(x)]
+    b = [r["top"][0]["prob"] for r in torch_clf.predict(x)]
+    assert a == pytest.approx(b, abs=1e-4)

@@ -1,13 +1,17 @@
 """Grad-CAM: it finds the evidence, agrees with pytorch-grad-cam, and targets any registered net."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+import resnetkit
+from resnetkit.cli import main
 from resnetkit.errors import UserError
 from resnetkit.explain import candidate_layers, grad_cam, side_by_side, to_rgb
 from resnetkit.models import create_model
@@ -131,3 +135,51 @@ def test_side_by_side_picture_enlarges_small_inputs() -> None:
     red = right[..., 0].astype(int) - right[..., 2].astype(int)
     peak = np.unravel_index(int(red.argmax()), red.shape)
     assert 30 <= peak[0] < 70 and 50 <= peak[1] < 90
+
+
+# ------------------------------------------------------------------ the API and the command
+@pytest.fixture
+def digit_files(tmp_path: Path) -> list[Path]:
+    from resnetkit.data.datasets import load_digits_split
+
+    split = load_digits_split("test")
+    paths = []
+    for i in range(3):
+        path = tmp_path / ("a" if i < 2 else "b") / f"{int(split.labels[i])}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(split.images[i, 0].numpy(), "L").save(path)
+        paths.append(path)
+    (tmp_path / "b" / "broken.png").write_text("not a picture")
+    return paths
+
+
+def test_classifier_explain_gives_maps_of_the_prediction_or_of_a_chosen_class(
+        digits_run: Path, digit_files: list[Path]) -> None:
+    clf = resnetkit.load(digits_run, device="cpu")
+    results = clf.explain(digit_files + [digit_files[0].parent.parent / "b" / "broken.png"])
+    predicted = clf.predict(digit_files)
+    assert "error" in results[-1]
+    for r, p in zip(results, predicted):
+        assert (r["class"], r["index"]) == (p["top"][0]["class"], p["top"][0]["index"]) and r["target"] == r["class"]
+        assert r["prob"] == pytest.approx(p["top"][0]["prob"], abs=1e-5)
+        assert r["heatmap"].shape == (8, 8) and r["heatmap"].max() == pytest.approx(1.0, abs=1e-4)
+        assert r["image"].size == (2 * 160 + 4, 160 + 22)
+    other = clf.explain(digit_files[:1], target="3", method="gradcam++")[0]
+    assert other["target"] == "3" and other["class"] == results[0]["class"]
+    with pytest.raises(UserError, match="unknown class 'cat'"):
+        clf.explain(digit_files[:1], target="cat")
+
+
+def test_explain_command_writes_one_picture_per_image(digits_run: Path, digit_files: list[Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "maps"
+    folder = str(digit_files[0].parent.parent)
+    assert main(["explain", str(digits_run), folder, "--out", str(out), "--method", "gradcam++"]) == 1
+    text = capsys.readouterr().out
+    assert "broken.png  error:" in text and text.count(" -> ") == 3
+    names = sorted(p.name for p in out.iterdir())
+    stems = [p.stem for p in digit_files]
+    assert len(names) == 3 and all(Image.open(out / n).size == (324, 182) for n in names)
+    assert f"{stems[0]}.png" in names  # a/X.png and b/X.png would be X.png and X-2.png
+    assert main(["explain", str(digits_run), str(digit_files[0]), "--out", str(out), "--class", "cat"]) == 2
+    assert "unknown class 'cat'" in capsys.readouterr().err

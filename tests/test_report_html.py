@@ -28,12 +28,9 @@ from resnetkit.train.finetune import freeze_timeline
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """resnet8 on digits, 2 epochs (about 94% test accuracy: a dozen mistakes to show)."""
-    out = tmp_path_factory.mktemp("report") / "run"
-    train(model="resnet8", epochs=2, out=str(out), verbose=False)
-    return out
+@pytest.fixture
+def run(digits_run: Path) -> Path:
+    return digits_run
 
 
 def page(run: Path) -> str:
@@ -61,7 +58,7 @@ def test_html_is_self_contained(run: Path) -> None:
     sources = re.findall(r'src="([^"]*)"', html)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     pictures = [Image.open(io.BytesIO(base64.b64decode(b))) for b in IMG.findall(html)]
-    assert len(pictures) == 4 + 12  # loss, accuracy, confusion, reliability; the top-losses gallery
+    assert len(pictures) == 3 + 12  # curves, confusion, reliability; the top-losses gallery
     assert all(p.format == "PNG" and min(p.size) > 50 for p in pictures)
 
 
@@ -87,9 +84,11 @@ def test_report_command_rebuilds_and_refuses_a_non_run(run: Path, tmp_path: Path
     shutil.copytree(run, copy)
     (copy / "report.html").unlink()
     (copy / "class_indices.json").unlink()
+    (copy / "curves.png").unlink()  # drawn again when missing
     assert main(["report", str(copy), "--top-losses", "4", "--method", "gradcam++"]) == 0
     assert "report.html" in capsys.readouterr().out
-    assert len(IMG.findall(page(copy))) == 4 + 4 and (copy / "class_indices.json").is_file()
+    assert len(IMG.findall(page(copy))) == 3 + 4
+    assert (copy / "class_indices.json").is_file() and (copy / "curves.png").is_file()
     assert main(["report", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
 

@@ -8,11 +8,18 @@ predict, evaluate, export and the report pick it up.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from ._io import write_atomic, write_json_atomic
+from .config import recorded_config
+from .errors import UserError
 
 N_BINS = 15  # Guo et al.'s choice; ECE depends on the bin count, so it is fixed
 T_RANGE = (0.05, 20.0)  # a fit outside this range means the held-out split is degenerate
@@ -99,3 +106,80 @@ def temperature_of(meta: dict[str, Any]) -> float:
     """The temperature recorded in a checkpoint's (or exported file's) decoded metadata; 1 if none."""
     calibration = meta.get("calibration") or {}
     return float(calibration.get("temperature", 1.0))
+
+
+# ------------------------------------------------------------------ a run's checkpoint
+@torch.no_grad()
+def split_logits(model: nn.Module, batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 CPU logits and targets of every batch, in eval mode."""
+    was_training = model.training
+    model.eval()
+    pairs = [(model(x).float().cpu(), y.cpu()) for x, y in batches]
+    model.train(was_training)
+    if not pairs:
+        raise UserError("the split has no images to calibrate on")
+    return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+
+
+def fit_split() -> str:
+    """The split a temperature is fitted on: the validation split, held out of training and of
+    the test split (Guo et al. fit on validation data). A version whose loaders have no val
+    split falls back to the test split and says so in the record."""
+    from .data.loaders import SPLITS  # function-local: data is a heavy package
+
+    return "val" if "val" in SPLITS else "test"
+
+
+def calibrate_checkpoint(path: str | os.PathLike[str], *, split: str | None = None,
+                         device: str = "auto") -> dict[str, Any]:
+    """Fit a temperature for a checkpoint (or run folder: its best) on ``split`` (default: the
+    validation split), measure ECE before and after there and on the test split, and store the
+    record in the checkpoint's metadata (``calibration``) and the run's report.json (``ece``)."""
+    # function-local: checkpoint and runtime still live in the train package
+    from .data import build_eval_loader
+    from .train.checkpoint import load_checkpoint, resolve_checkpoint_path
+    from .train.runtime import cpu_threads, resolve_device
+
+    file = resolve_checkpoint_path(path)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(file, map_location=dev)
+    cfg = recorded_config(loaded.config)
+    split = split or fit_split()
+    with cpu_threads(cfg.threads, dev):
+        logits, targets = split_logits(loaded.model, build_eval_loader(cfg, split, dev, spec=loaded.spec))
+        t = fit_temperature(logits, targets)
+        record: dict[str, Any] = {"temperature": t, "fit_on": split, "fit_images": len(targets),
+                                  "bins": N_BINS, **calibration_summary(logits, targets, t)}
+        if split != "test":
+            test = calibration_summary(*split_logits(loaded.model, build_eval_loader(
+                cfg, "test", dev, spec=loaded.spec)), t)
+            record.update({f"test_{k}": v for k, v in test.items()})
+    if split == "test":
+        record["note"] = "fitted and measured on the test split: the ECE after is optimistic"
+    write_calibration(file, record)
+    _update_report(file.parent / "report.json", record)
+    return record
+
+
+def write_calibration(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Rewrite a checkpoint with ``calibration`` added to its metadata, atomically; weights and
+    every other key are kept byte for byte."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata["calibration"] = json.dumps(dict(record))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def _update_report(path: Path, record: Mapping[str, Any]) -> None:
+    """report.json's ``ece`` becomes the calibrated test ECE, the old one ``ece_uncalibrated``."""
+    if not path.is_file():
+        return
+    report = json.loads(path.read_text(encoding="utf-8"))
+    after = record.get("test_ece_after", record["ece_after"])
+    before = record.get("test_ece_before", record["ece_before"])
+    report.update({"ece": after, "ece_uncalibrated": before, "ece_bins": N_BINS, "calibration": dict(record)})
+    write_json_atomic(path, report)

@@ -168,5 +168,33 @@ def side_by_side(rgb: np.ndarray, heatmap: np.ndarray | torch.Tensor, caption: s
     out.paste(left, (0, 0))
     out.paste(right, (size[0] + 4, 0))
     if caption:
-        ImageDraw.Draw(out).text((4, size[1] + 4), caption, fill="black")
+        ImageDraw.Draw(out).text((4, size[1] + 3), caption, fill="black", font=_font(14))
     return out
+
+
+def _font(px: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=px)
+    except TypeError:  # Pillow < 10.1: its one small bitmap font
+        return ImageFont.load_default()
+
+
+def label_image(image: Any, text: str, minimum: int = DISPLAY_MIN) -> Any:
+    """A copy of a PIL image (enlarged to ``minimum`` px when smaller, nearest-neighbour) with
+    ``text`` in white on a dark band across its top."""
+    from PIL import Image, ImageDraw
+
+    image = image.convert("RGB")
+    size = display_size(image.height, image.width, minimum)
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.NEAREST)
+    font_px = max(14, image.width // 10)
+    font = _font(font_px)
+    draw = ImageDraw.Draw(image)
+    box = draw.textbbox((0, 0), text, font=font)
+    band = box[3] + font_px // 3
+    draw.rectangle((0, 0, min(image.width, box[2] + font_px // 2), band), fill=(0, 0, 0))
+    draw.text((font_px // 4, font_px // 6), text, fill=(255, 255, 255), font=font)
+    return image

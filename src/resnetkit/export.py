@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._io import write_atomic
+from .calibrate import temperature_of
 from .data.specs import DatasetSpec
 from .errors import UserError
 
@@ -530,6 +531,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], *, fmt: str = "onnx",
     if out.is_dir():
         out = out / f"model{SUFFIXES[fmt]}"
     extra = {"metrics": ckpt.metrics} if ckpt.metrics else {}
+    if ckpt.meta.get("calibration"):  # the graph gives raw logits; predict divides by the temperature
+        extra["calibration"] = ckpt.meta["calibration"]
     path = export_model(ckpt.model, ckpt.spec, out, fmt=fmt, arch=ckpt.arch, model_args=ckpt.model_args,
                         dynamic_batch=dynamic_batch, opset=opset, extra=extra)
     backend = open_exported(path)
@@ -599,4 +602,5 @@ def exported_classifier(path: str | os.PathLike[str], device: str = "auto", fmt:
         from .train.runtime import resolve_device
 
         backend = TorchScriptBackend(file, device=resolve_device(device))
-    return Classifier(backend, backend.spec, backend.classes, path=file)
+    return Classifier(backend, backend.spec, backend.classes, path=file,
+                      temperature=temperature_of(backend.info.extra))

@@ -15,7 +15,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -135,39 +134,17 @@ def _fig_png(fig: Any) -> bytes:
 
 def _pil_png(image: Any) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def curves_png(history: Sequence[Mapping[str, Any]]) -> list[bytes]:
-    """Loss and accuracy per epoch (two figures, side by side on a wide screen, stacked on a
-    phone) for every split the metrics hold: train, val, test."""
-    from matplotlib.ticker import MaxNLocator
-
-    if not history:
-        return []
-    out = []
-    for key, label in (("loss", "loss"), ("acc", "accuracy")):
-        fig, (ax,) = _figure(5, 3.6)
-        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-            points = [(h["epoch"], h[f"{split}_{key}"]) for h in history if h.get(f"{split}_{key}") is not None]
-            if points:
-                ax.plot(*zip(*points), style, markersize=3, label=split)
-        ax.set(xlabel="epoch", ylabel=label, title=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-        out.append(_fig_png(fig))
-    return out
-
-
-def confusion_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
-    """report.plot_confusion's figure, read back from a scratch file (it writes atomically to a path)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "confusion.png"
-        reports.plot_confusion(cm, classes, path, title=title)
-        return path.read_bytes()
+def run_figure(run: Path, name: str, draw: Callable[[Path], Any]) -> bytes | None:
+    """The run's own figure ``name`` (curves.png, confusion.png: the trainer has just drawn it),
+    drawn with ``draw(path)`` first when it is missing."""
+    path = run / name
+    if not path.is_file():
+        draw(path)
+    return path.read_bytes() if path.is_file() else None
 
 
 def reliability_png(probs: torch.Tensor, targets: torch.Tensor, title: str) -> bytes:
@@ -257,8 +234,8 @@ def render(*, run: Path, cfg: RunConfig, report: Mapping[str, Any], history: Seq
     # pictures first, the reference tables last: a reader looks before reading
     sections = [
         ("summary", "Summary", _summary(report, temperature, data_note)),
-        ("curves", "Training curves", _curves(history)),
-        ("confusion", "Confusion matrix", _confusion(report, classes, title)),
+        ("curves", "Training curves", _curves(run, history)),
+        ("confusion", "Confusion matrix", _confusion(run, report, classes, title)),
         ("classes", "Per-class precision, recall, F1", _per_class(report)),
         ("top-losses", "Top losses", _gallery_html(gallery)),
         ("calibration", "Calibration", _calibration(interp, temperature, calibration)),
@@ -278,12 +255,11 @@ def render(*, run: Path, cfg: RunConfig, report: Mapping[str, Any], history: Seq
             f"written by resnetkit {_e(__version__)} on {stamp}</p><nav>{nav}</nav>{body}</main></body></html>\n")
 
 
-def _curves(history: Sequence[Mapping[str, Any]]) -> str:
-    pictures = curves_png(history)
-    if not pictures:
+def _curves(run: Path, history: Sequence[Mapping[str, Any]]) -> str:
+    if not history:
         return '<p class="muted">no epochs in metrics.jsonl</p>'
-    loss, acc = (_img(p, f"{name} per epoch") for p, name in zip(pictures, ("loss", "accuracy")))
-    return f'<div class="columns"><div>{loss}</div><div>{acc}</div></div>'
+    return _img(run_figure(run, "curves.png", lambda p: reports.plot_curves(history, p)),
+                "loss and accuracy per epoch")
 
 
 def _summary(rep: Mapping[str, Any], temperature: float, note: str) -> str:
@@ -319,12 +295,13 @@ def _settings(cfg: RunConfig, rep: Mapping[str, Any]) -> str:
     return f'<div class="columns">{"".join(blocks)}</div>'
 
 
-def _confusion(rep: Mapping[str, Any], classes: Sequence[str], title: str) -> str:
+def _confusion(run: Path, rep: Mapping[str, Any], classes: Sequence[str], title: str) -> str:
     cm = rep.get("confusion_matrix")
     if not cm:
         return '<p class="muted">no confusion matrix in report.json</p>'
     cm = np.asarray(cm)
-    out = _img(confusion_png(cm, classes, f"{title} (test)"), "confusion matrix: rows true, columns predicted")
+    png = run_figure(run, "confusion.png", lambda p: reports.plot_confusion(cm, classes, p, title=f"{title} (test)"))
+    out = _img(png, "confusion matrix: rows true, columns predicted")
     pairs = interpret.most_confused(cm, classes)
     out += "<h3>Most confused pairs</h3>"
     if not pairs:

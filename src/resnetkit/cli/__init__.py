@@ -15,7 +15,7 @@ from ..errors import UserError
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
 COMMANDS = ("train", "evaluate", "predict", "finetune", "models", "summary", "data",
-            "export", "bench", "experiment", "report")
+            "export", "bench", "experiment", "report", "explain", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,5 +43,6 @@ def run(args: argparse.Namespace) -> int:
     title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(format_report(result, title=title))
-    print(f"loss {result['loss']:.4f}; confusion matrix: {png}")
+    scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
+    print(f"loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
     return 0
