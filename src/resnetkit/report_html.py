@@ -161,7 +161,7 @@ def reliability_png(probs: torch.Tensor, targets: torch.Tensor, title: str) -> b
     conf = [b.confidence if b.count else c for b, c in zip(bins, centers)]
     top.bar(centers, acc, width=width, edgecolor="black", color="#4a7ebb", label="accuracy")
     top.bar(centers, [c - a if b.count else 0 for b, a, c in zip(bins, acc, conf)], bottom=acc,
-            width=width, edgecolor="#c0392b", color="#e74c3c", alpha=0.35, hatch="//", label="gap to confidence")
+            width=width, edgecolor="#c0392b", color="none", hatch="//", label="gap to confidence")
     top.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=f"{title}: ECE {100 * ece:.2f}% (15 bins)")
     top.legend(loc="upper left", fontsize=8)
@@ -186,7 +186,7 @@ nav{display:flex;flex-wrap:wrap;gap:.3em .9em;font-size:.9rem}nav a{color:var(--
 img{max-width:100%;height:auto;display:block}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:.9rem;margin:6px 0}
-th,td{border-bottom:1px solid var(--line);padding:3px 10px;text-align:left;vertical-align:top}
+th,td{border-bottom:1px solid var(--line);padding:3px 10px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.85rem;word-break:break-all}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
