@@ -105,3 +105,13 @@ def test_an_exported_model_carries_the_temperature(digits_run: Path, tmp_path: P
     a = [r["top"][0]["prob"] for r in exported.predict(x)]
     b = [r["top"][0]["prob"] for r in torch_clf.predict(x)]
     assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", [0, -1.5, "2", None, float("nan"), True])
+def test_a_bad_temperature_in_the_metadata_is_refused_in_one_line(bad: object) -> None:
+    from resnetkit.calibrate import temperature_of
+    from resnetkit.errors import UserError
+
+    assert temperature_of({}) == 1.0 and temperature_of({"calibration": {"temperature": 2}}) == 2.0
+    with pytest.raises(UserError, match="not a positive number"):
+        temperature_of({"calibration": {"temperature": bad}})

@@ -5,19 +5,58 @@ Killing the process at any moment leaves either the old file or the new one, nev
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .errors import UserError
+
+# Writers that are not Python (safetensors' Rust core) report an OS error inside their message.
+_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
+
+
+def os_error_cause(exc: BaseException) -> str | None:
+    """'No space left on device' and the like when ``exc`` is an operating-system failure
+    (directly, or wrapped by a writer that is not Python); None for anything else."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno)
+    match = _RUST_OS_ERROR.search(str(exc))
+    return os.strerror(int(match.group(1))) if match else None
+
+
+def ensure_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) or say in one line why it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {os.strerror(e.errno or errno.EIO)}; "
+                        f"choose a place you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {what} {path}: {os.strerror(errno.EACCES)}; "
+                        f"choose a place you can write to")
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    An operating-system failure (a read-only place, a full disk) becomes a UserError that names
+    the file and the cause; the previous file, if any, is untouched and the message says so."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_error(path, e) from None
     # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the umask)
     mode = 0o666 & ~_umask()
     os.fchmod(fd, mode)
@@ -32,9 +71,33 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except Exception as e:  # noqa: BLE001 - only OS failures are translated; the rest re-raise
+        if os_error_cause(e) is None:
+            raise
+        raise _write_error(path, e) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp_path.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, exc: BaseException) -> UserError:
+    kept = "the previous file is kept" if path.exists() else "nothing was written"
+    return UserError(f"cannot write {path}: {os_error_cause(exc)}; {kept}")
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], names: tuple[str, ...]) -> list[str]:
+    """Delete the temporary files that a killed writer left beside ``names`` in ``folder``
+    (``.NAME.<random>.tmp``, as :func:`atomic_path` makes them); return what was removed."""
+    removed: list[str] = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for name in names:
+        for tmp in folder.glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp.name)
+    return removed
 
 
 def _umask() -> int:

@@ -9,6 +9,7 @@ predict, evaluate, export and the report pick it up.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +103,15 @@ def with_temperature(model: nn.Module, temperature: float) -> nn.Module:
     return model if temperature == 1.0 else TemperatureScaled(model, temperature)
 
 
-def temperature_of(meta: dict[str, Any]) -> float:
-    """The temperature recorded in a checkpoint's (or exported file's) decoded metadata; 1 if none."""
+def temperature_of(meta: Mapping[str, Any]) -> float:
+    """The temperature recorded in a checkpoint's (or exported file's) decoded metadata; 1 if none.
+    Metadata is plain JSON anyone can edit, so anything but a positive finite number is refused."""
     calibration = meta.get("calibration") or {}
-    return float(calibration.get("temperature", 1.0))
+    t = calibration.get("temperature", 1.0) if isinstance(calibration, Mapping) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise UserError(f"the calibration temperature in this model's metadata is {t!r}, not a positive "
+                        f"number; run 'resnetkit calibrate' on the checkpoint again")
+    return float(t)
 
 
 # ------------------------------------------------------------------ a run's checkpoint

@@ -98,7 +98,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        raise UserError(f"cannot parse config file {p}: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        if mark is not None:  # YAML: name the line and what is wrong there
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+        elif isinstance(e, json.JSONDecodeError):
+            what, where = e.msg, f"line {e.lineno}, column {e.colno}"
+        else:
+            what, where = str(e).splitlines()[0], "?"
+        raise UserError(f"cannot parse config file {p} at {where}: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

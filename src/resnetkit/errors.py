@@ -7,3 +7,8 @@ class UserError(Exception):
 
     The message says what is wrong and what to do; it never needs a traceback.
     """
+
+
+class DataWarning(UserWarning):
+    """Something about the data the user should know: skipped files, a class order. The CLI
+    shows it as one line, without the source line that raised it."""

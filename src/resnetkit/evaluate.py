@@ -56,9 +56,12 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
               "split": split, "tta": tta, "loss": out.summary()["loss"], "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:
-        plot_confusion(np.asarray(rep["confusion_matrix"]), loaded.classes, confusion_png,
-                       title=f"{loaded.arch} on {cfg.dataset} ({split}{', tta' if tta else ''})")
-        result["confusion_png"] = str(confusion_png)
+        try:
+            plot_confusion(np.asarray(rep["confusion_matrix"]), loaded.classes, confusion_png,
+                           title=f"{loaded.arch} on {cfg.dataset} ({split}{', tta' if tta else ''})")
+            result["confusion_png"] = str(confusion_png)
+        except UserError as e:  # a read-only folder costs the picture, never the metrics
+            result["confusion_png_error"] = f"{e}; choose another place with --out"
     return result
 
 

@@ -7,11 +7,12 @@ A :class:`~resnetkit.errors.UserError` becomes one line on stderr and exit statu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
-from ..errors import UserError
+from ..errors import DataWarning, UserError
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
 COMMANDS = ("train", "evaluate", "predict", "finetune", "models", "summary", "data",
@@ -45,10 +46,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with _one_line_warnings():
+            return int(args.func(args) or 0)
     except UserError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
+        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
+        if e.errno is None or isinstance(e, BrokenPipeError):
+            raise
+        import os
+
+        where = f" {e.filename}" if e.filename else ""
+        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
@@ -59,6 +71,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 141
         print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
         return 1
+
+
+@contextlib.contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """Show resnetkit's own warnings (skipped images, class order) as one line each, without
+    the file, line and source text of the code that raised them."""
+    import warnings
+
+    show = warnings.showwarning
+
+    def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        if issubclass(category, DataWarning):
+            print(f"resnetkit: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)  # type: ignore[arg-type]
+
+    warnings.showwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
 
 def _stdout_is_closed() -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -44,5 +45,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result['checkpoint']}  ({result['model']})")
     print(format_report(result, title=title))
     scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
-    print(f"loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
+    if "confusion_png_error" in result:
+        print(f"loss {result['loss']:.4f}{scaled}")
+        print(f"resnetkit: warning: no confusion matrix image: {result['confusion_png_error']}",
+              file=sys.stderr)
+    else:
+        print(f"loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
     return 0

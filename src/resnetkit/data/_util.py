@@ -4,9 +4,9 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
+from ..errors import DataWarning
 
-class DataWarning(UserWarning):
-    """Something about the data the user should know: skipped files, a class order."""
+__all__ = ["DataWarning", "summarize_names", "warn"]
 
 
 _seen: set[str] = set()

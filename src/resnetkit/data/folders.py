@@ -43,6 +43,7 @@ class FolderSplit:
     labels: list[int]
     stats: list[tuple[int, int]]
     ignored: list[str] = field(default_factory=list)  # non-image files in class folders
+    skipped_links: list[str] = field(default_factory=list)  # links to a folder or file already listed
 
     def __len__(self) -> int:
         return len(self.files)
@@ -94,10 +95,22 @@ def detect_layout(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
-    """Append the image files under one class folder (recursively, sorted); return how many."""
+def _walk_class(folder: Path, label: int, out: FolderSplit, seen: set[str]) -> int:
+    """Append the image files under one class folder (recursively, sorted); return how many.
+
+    Links are followed (a class folder may gather photos from elsewhere), but a folder or file
+    whose real path was already visited is skipped: a link back into the tree would otherwise
+    repeat it forever (os.walk stops only at the OS's path-length limit), count its images many
+    times and put copies of held-out images into training. ``seen`` holds real paths across the
+    whole scan."""
     found = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real_dir = os.path.realpath(dirpath)
+        if real_dir in seen:
+            dirnames[:] = []
+            out.skipped_links.append(os.path.relpath(dirpath, out.root).replace(os.sep, "/"))
+            continue
+        seen.add(real_dir)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -107,6 +120,11 @@ def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
             if not is_image_file(name):
                 out.ignored.append(rel)
                 continue
+            real = os.path.realpath(full)
+            if real in seen:
+                out.skipped_links.append(rel)
+                continue
+            seen.add(real)
             st = os.stat(full)
             out.files.append(rel)
             out.labels.append(label)
@@ -115,19 +133,25 @@ def _walk_class(folder: Path, label: int, out: FolderSplit) -> int:
     return found
 
 
-def scan_tree(tree: Path, classes: Sequence[str], problems: list[str] | None = None) -> FolderSplit:
+def scan_tree(tree: Path, classes: Sequence[str], problems: list[str] | None = None,
+              seen: set[str] | None = None) -> FolderSplit:
     """List the images of ``classes`` under ``tree``; a class folder with no image is an error
-    (or, with a ``problems`` list, recorded there)."""
+    (or, with a ``problems`` list, recorded there). ``seen`` (real paths) is shared between the
+    trees of one dataset, so a file reached from two splits is listed once, in the first."""
     split = FolderSplit(tree, [], [], [])
+    seen = set() if seen is None else seen
     for label, name in enumerate(classes):
         folder = tree / name
         if not folder.is_dir():
             continue  # a class absent from this tree; callers check presence
-        if _walk_class(folder, label, split) == 0:
+        if _walk_class(folder, label, split, seen) == 0:
             msg = f"class folder {folder} holds no image files ({' '.join(IMG_EXTENSIONS)})"
             if problems is None:
                 raise UserError(f"{msg}; remove it or add images")
             problems.append(msg)
+    if split.skipped_links:
+        warn(f"{tree}: skipped {len(split.skipped_links)} link(s) to a folder or image already "
+             f"listed (first: {split.skipped_links[0]}); each file is counted once")
     return split
 
 
@@ -200,9 +224,10 @@ def index_imagefolder(root: str | os.PathLike[str], *, val_fraction: float = 0.2
     train_tree, held_tree = detect_layout(root)
     trees = [train_tree] + ([held_tree] if held_tree else [])
     names = _resolve_classes(trees, classes, problems)
-    train = scan_tree(train_tree, names, problems)
+    seen: set[str] = set()
+    train = scan_tree(train_tree, names, problems, seen)
     if held_tree is not None:
-        held = scan_tree(held_tree, names, problems)
+        held = scan_tree(held_tree, names, problems, seen)
         layout = f"split folders {train_tree.name}/ and {held_tree.name}/"
     else:
         if not train.files:

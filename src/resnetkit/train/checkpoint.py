@@ -65,7 +65,29 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str
     metadata = {k: json.dumps(v) for k, v in meta.items()}
     metadata["format_version"] = FORMAT_VERSION
     tensors = model_tensors(model)
+    bad = non_finite(tensors)
+    if bad:
+        raise NonFiniteWeights(path, bad)
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+class NonFiniteWeights(UserError):
+    """A checkpoint was not written because a weight or buffer holds NaN or infinity; the file
+    already at that path, a good one, is kept."""
+
+    def __init__(self, path: str | os.PathLike[str], names: list[str]) -> None:
+        self.names = names
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        kept = "the previous one is kept" if Path(path).exists() else "none was written"
+        super().__init__(f"not writing {path}: {len(names)} tensor(s) hold NaN or infinity "
+                         f"({shown}); {kept}")
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating tensors (weights and buffers such as BatchNorm's running_var) that hold
+    a NaN or an infinity."""
+    return [k for k, v in tensors.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
 @dataclass
@@ -127,17 +149,93 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
     p = resolve_checkpoint_path(path)
     meta, tensors = read_metadata(p)
-    model = models.create_model(meta["arch"], **meta["model_args"])
+    spec = _checked_spec(p, meta)
+    _check_against_model(p, meta, spec)
+    try:
+        model = models.create_model(meta["arch"], **meta["model_args"])
+    except (UserError, TypeError, ValueError, KeyError) as e:  # an argument of the wrong type or value
+        raise UserError(f"checkpoint {p} is inconsistent: model_args {meta['model_args']} do not "
+                        f"build {meta['arch']}: {str(e).splitlines()[0]}") from None
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
         raise UserError(f"{p}: the weights do not fit {meta['arch']}({meta['model_args']}): "
                         f"{str(e).splitlines()[0]}") from None
     model.to(map_location).eval()
-    return LoadedCheckpoint(model=model, spec=DatasetSpec.from_dict(meta["spec"]),
+    return LoadedCheckpoint(model=model, spec=spec,
                             classes=list(meta["classes"]), config=meta["config"],
                             metrics=meta["metrics"], arch=meta["arch"],
                             model_args=meta["model_args"], path=p, meta=meta)
+
+
+def _checked_spec(path: Path, meta: Mapping[str, Any]) -> DatasetSpec:
+    """The stored DatasetSpec, each field checked against its type: metadata is plain JSON that
+    anyone can edit, and a wrong type would otherwise fail far from its cause."""
+    raw = meta["spec"]
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        problems.append(f"spec is a {type(raw).__name__}, not a mapping")
+    else:
+        for key, ok, want in _SPEC_FIELDS:
+            if key in raw and not ok(raw[key]):
+                problems.append(f"spec.{key}={raw[key]!r} is not {want}")
+        missing = [k for k in ("name", "classes", "in_chans", "img_size", "mean", "std") if k not in raw]
+        if missing:
+            problems.append(f"spec lacks {', '.join(missing)}")
+    if not isinstance(meta["arch"], str):
+        problems.append(f"arch={meta['arch']!r} is not a model name")
+    if not isinstance(meta["model_args"], dict):
+        problems.append(f"model_args={meta['model_args']!r} is not a mapping")
+    classes = meta["classes"]
+    if not _is_names(classes):
+        problems.append("classes is not a list of names")
+    elif isinstance(raw, dict) and _is_names(raw.get("classes")) and list(raw["classes"]) != list(classes):
+        problems.append("classes and spec.classes differ")
+    if problems:
+        raise UserError(f"checkpoint {path} is inconsistent: {'; '.join(problems)}")
+    return DatasetSpec.from_dict(raw)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _is_numbers(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+
+def _is_names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+_SPEC_FIELDS = (
+    ("name", lambda v: isinstance(v, str), "a string"),
+    ("classes", _is_names, "a list of names"),
+    ("in_chans", _is_int, "a positive integer"),
+    ("img_size", _is_int, "a positive integer"),
+    ("mean", _is_numbers, "a list of numbers"),
+    ("std", lambda v: _is_numbers(v) and all(x > 0 for x in v), "a list of positive numbers"),
+    ("resize_size", lambda v: v is None or _is_int(v), "a positive integer or null"),
+    ("interpolation", lambda v: v in ("bilinear", "bicubic", "nearest"), "bilinear, bicubic or nearest"),
+)
+
+
+def _check_against_model(path: Path, meta: Mapping[str, Any], spec: DatasetSpec) -> None:
+    """What the metadata claims (class count, input channels, per-channel mean/std) must match
+    the network the weights were loaded into (strictly, so its shapes are the tensors'): three
+    class names on a 10-output head would otherwise fail later with an IndexError."""
+    problems: list[str] = []
+    args, classes = meta["model_args"], meta["classes"]
+    outputs, chans = args.get("num_classes"), args.get("in_chans")
+    if isinstance(outputs, int) and outputs > 0 and outputs != len(classes):
+        problems.append(f"{len(classes)} class names but the head has {outputs} outputs")
+    if isinstance(chans, int) and chans != spec.in_chans:
+        problems.append(f"spec.in_chans is {spec.in_chans} but the stem takes {chans} channels")
+    if len(spec.mean) != spec.in_chans or len(spec.std) != spec.in_chans:
+        problems.append(f"mean/std have {len(spec.mean)}/{len(spec.std)} values for {spec.in_chans} channel(s)")
+    if problems:
+        raise UserError(f"checkpoint {path} is inconsistent: {'; '.join(problems)}")
 
 
 # ------------------------------------------------------------------ resume state
@@ -156,9 +254,14 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         with warnings.catch_warnings():  # protocol notes about a file about to be refused anyway
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, which would run whatever the file names
+        raise UserError(f"refusing to resume from {p}: it holds pickled code or objects other "
+                        f"than tensors, numbers and strings, and was not loaded; a resnetkit run "
+                        f"never writes such a file, so do not load it another way") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to resume from {p}: not a plain tensor file ({first[:200]})") from None
+        raise UserError(f"refusing to resume from {p}: not a readable resume state ({first[:200]})") from None
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
         raise UserError(f"{p} is not a resnetkit resume state")
     return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from typing import Any, Iterable, Mapping
 
 from ..config import RunConfig
@@ -134,6 +135,10 @@ def check_config(cfg: RunConfig) -> RunConfig:
     for key, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    for key in ("lr", "weight_decay", "label_smoothing", "warmup_epochs", "backbone_lr_mult"):
+        value = getattr(cfg, key, None)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
     if not cfg.lr or cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr!r}")
     if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1:

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import report as reports
 from .. import report_html
-from .._io import append_jsonl, write_json_atomic, write_text_atomic
+from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
@@ -51,6 +51,12 @@ RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume")
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# Everything the trainer writes into a run folder atomically (their temp files are .NAME.*.tmp).
+RUN_FILES = (ckpt.BEST, ckpt.LAST, ckpt.STATE, "metrics.jsonl", "config.json", "classes.json",
+             "class_indices.json", "report.json", "report.html", "curves.png", "confusion.png",
+             "grad_norms.png")
 
 
 @dataclass
@@ -242,6 +248,8 @@ class Trainer:
     def start_run_dir(self) -> None:
         """A new run folder with config.json and classes.json, or the state of a resumed one."""
         if self.cfg.resume:
+            if self.is_main:
+                remove_stale_temps(self.run_dir, RUN_FILES)  # left by the kill being resumed from
             state = self.resume_state()
             if state is not None:
                 self.restore(state)
@@ -253,7 +261,8 @@ class Trainer:
             raise UserError(f"{self.run_dir} already holds a run; continue it with --resume "
                             f"{self.run_dir} or choose another --out")
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ensure_dir(self.run_dir, "run folder (--out)")
+            remove_stale_temps(self.run_dir, RUN_FILES)  # left by a kill mid-write
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
             report_html.write_class_files(self.run_dir, self.spec.classes)
 
@@ -415,12 +424,24 @@ class Trainer:
         loss, hits, n = distributed.all_reduce_sum(sums.double() if self.world_size > 1 else sums).tolist()
         return loss, hits, int(n)
 
-    def diverged_message(self, epoch: int, step: int, loss: float) -> str:
+    def check_finite(self, epoch: int) -> None:
+        """A finite loss can still leave NaN or infinity in a weight or a BatchNorm running_var;
+        such weights are never saved over the last good checkpoint. Rank 0's verdict (it saves)
+        is every rank's, so all stop together."""
+        bad = ckpt.non_finite(self.model.state_dict()) if self.is_main else None
+        bad = distributed.broadcast_object(bad)
+        if bad:
+            what = f"{len(bad)} weight or buffer tensor(s) hold NaN or infinity ({bad[0]}, ...)"
+            raise TrainingDiverged(self.diverged_message(epoch, None, what))
+
+    def diverged_message(self, epoch: int, step: int | None, loss: float | str) -> str:
         last = self.run_dir / ckpt.LAST
         kept = (f"the last good checkpoint is {last} (epoch {self.history[-1]['epoch']})"
                 if self.history else "no checkpoint was written yet")
-        return (f"the training loss became {loss} at epoch {epoch}, batch {step}; {kept}; "
-                f"lower --lr (now {self.cfg.lr:g}) or use --precision fp32")
+        fp32 = "" if self.precision.name == "fp32" else f" or use --precision fp32 (now {self.precision.name})"
+        what = (f"the training loss became {loss} at epoch {epoch}, batch {step}" if step is not None
+                else f"after epoch {epoch}, {loss}")
+        return f"{what}; {kept}; lower --lr (now {self.cfg.lr:g}){fp32}"
 
     def evaluate(self, tta: bool | None = None) -> EvalOutput:
         distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
@@ -444,6 +465,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving and reporting
     def save(self, epoch: int, record: dict[str, Any], improved: bool, wall: float) -> None:
+        self.check_finite(epoch)
         if not self.is_main:
             return
         common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
