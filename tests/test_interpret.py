@@ -52,3 +52,11 @@ def test_most_confused_ranks_off_diagonal_cells() -> None:
     assert most_confused(cm, ["a", "b", "c"]) == [("b", "a", 7), ("a", "b", 3), ("c", "b", 3), ("b", "c", 1)]
     assert most_confused(cm, ["a", "b", "c"], top=2) == [("b", "a", 7), ("a", "b", 3)]
     assert most_confused(np.eye(3, dtype=int) * 5, ["a", "b", "c"]) == []
+
+
+def test_flip_averaged_is_the_mean_of_both_views() -> None:
+    from resnetkit.interpret import FlipAveraged
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x = torch.randn(2, 1, 3, 4)
+    assert torch.allclose(FlipAveraged(net)(x), (net(x) + net(x.flip(-1))) / 2)

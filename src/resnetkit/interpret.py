@@ -67,6 +67,17 @@ def collect(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
                           best_images if best_images is not None else torch.empty(0))
 
 
+class FlipAveraged(nn.Module):
+    """The mean of the logits of x and of its horizontal flip: ``--tta``, as the run evaluated."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.model(x).float() + self.model(x.flip(-1)).float()) / 2
+
+
 def most_confused(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], top: int = 10,
                   min_count: int = 1) -> list[tuple[str, str, int]]:
     """(true, predicted, count) of the largest off-diagonal cells, largest first; ties in matrix

@@ -15,6 +15,7 @@ import html
 import io
 import json
 import os
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -27,7 +28,7 @@ from . import calibrate, explain, interpret
 from . import report as reports
 from ._io import write_json_atomic, write_text_atomic
 from .config import RunConfig, recorded_config
-from .errors import UserError
+from .errors import DataWarning, UserError
 
 TOP_LOSSES = 12  # gallery size: two rows on a laptop screen, scrollable on a phone
 FILENAME = "report.html"
@@ -90,12 +91,14 @@ def _interpret(loaded: Any, cfg: RunConfig, dev: torch.device, temperature: floa
     """The per-sample pass over the test split, or None and why (its data is not on this machine)."""
     from .data import build_eval_loader  # function-local: data is a package of layer 2 importing much
 
-    try:
-        loader = build_eval_loader(cfg, "test", dev, spec=loaded.spec)
-    except UserError as e:
-        return None, f"the test split could not be read, so per-image sections are missing: {e}"
-    model = calibrate.with_temperature(loaded.model, temperature)
-    return interpret.collect(model, loader, top_k), ""
+    model = interpret.FlipAveraged(loaded.model) if cfg.tta else loaded.model  # as report.json's numbers
+    with warnings.catch_warnings():  # skipped files and the like: the run has said so already
+        warnings.simplefilter("ignore", DataWarning)
+        try:
+            loader = build_eval_loader(cfg, "test", dev, spec=loaded.spec)
+        except UserError as e:
+            return None, f"the test split could not be read, so per-image sections are missing: {e}"
+        return interpret.collect(calibrate.with_temperature(model, temperature), loader, top_k), ""
 
 
 def _gallery(loaded: Any, interp: interpret.Interpretation | None, method: str) -> list[dict[str, Any]]:
