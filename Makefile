@@ -1,4 +1,5 @@
-# Fresh machine: `make demo` trains on the embedded default, `make test` runs the tests.
+# Fresh machine: `make demo` trains on the embedded default, `make test` checks the import layers
+# (lint-imports, pyproject.toml's [tool.importlinter]) and runs the tests.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -21,6 +22,7 @@ demo: $(STAMP)
 	$(VENV)/bin/resnetkit train
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

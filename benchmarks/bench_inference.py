@@ -30,8 +30,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from resnetkit import backends as B
 from resnetkit import export as E
-from resnetkit.data.specs import DatasetSpec
+from resnetkit import runtime as R
+from resnetkit.specs import DatasetSpec
 
 DEFAULT_MODELS = (("resnet18", 224), ("resnet20", 32))  # ImageNet-size net; the CIFAR recipe's net
 HEADER = ("| model | input | path | batch 1 (img/s) | batch 64 (img/s) | top-1 agreement vs eager fp32 |\n"
@@ -78,16 +80,16 @@ def random_setup(name: str, size: int) -> tuple[nn.Module, DatasetSpec, torch.Te
     classes = 1000 if size >= 128 else 10
     spec = DatasetSpec("random", tuple(str(i) for i in range(classes)), 3, size,
                        (0.5,) * 3, (0.25,) * 3)
-    return build_model(name, size, classes), spec, E.random_inputs(spec, 64), f"{size} px"
+    return build_model(name, size, classes), spec, B.random_inputs(spec, 64), f"{size} px"
 
 
 def checkpoint_setup(path: str) -> tuple[nn.Module, DatasetSpec, torch.Tensor, torch.Tensor, str, str]:
     """A trained model with 64 test images to time and 256 train images to calibrate int8 on."""
-    from resnetkit.train.checkpoint import load_checkpoint
+    from resnetkit.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    x, source = E.sample_inputs(ckpt.config, ckpt.spec, 64, "test")
-    calib, _ = E.sample_inputs(ckpt.config, ckpt.spec, 256, "train")
+    x, source = B.sample_inputs(ckpt.config, ckpt.spec, 64, "test")
+    calib, _ = B.sample_inputs(ckpt.config, ckpt.spec, 256, "train")
     label = f"{ckpt.spec.img_size} px {ckpt.spec.name}" + ("" if "random" in source else " test")
     return ckpt.model, ckpt.spec, x, calib, label, ckpt.arch
 
@@ -135,7 +137,7 @@ def onnx_paths(model: nn.Module, spec: DatasetSpec, calib: torch.Tensor, folder:
 
     def ort_fp32() -> Callable[[torch.Tensor], torch.Tensor]:
         E.export_onnx(model, spec, fp32)
-        return E.OnnxBackend(fp32).predict_logits
+        return B.OnnxBackend(fp32).predict_logits
 
     def ort_int8() -> Callable[[torch.Tensor], torch.Tensor]:
         from resnetkit.quantize import quantize_onnx
@@ -143,8 +145,8 @@ def onnx_paths(model: nn.Module, spec: DatasetSpec, calib: torch.Tensor, folder:
         if not fp32.exists():
             E.export_onnx(model, spec, fp32)
         int8 = folder / "model-int8.onnx"
-        quantize_onnx(fp32, int8, E.batches(calib, 16), calib_source=f"{len(calib)} images")
-        return E.OnnxBackend(int8).predict_logits
+        quantize_onnx(fp32, int8, B.batches(calib, 16), calib_source=f"{len(calib)} images")
+        return B.OnnxBackend(int8).predict_logits
 
     return {"onnxruntime fp32": ort_fp32, "onnxruntime int8 (static QDQ)": ort_int8}
 
@@ -154,9 +156,9 @@ def measure(build: Callable[[], Callable[[torch.Tensor], torch.Tensor]], x: torc
     try:
         fn = build()
         with torch.inference_mode():
-            out = torch.cat([fn(b) for b in E.batches(x, 64)]).float()
+            out = torch.cat([fn(b) for b in B.batches(x, 64)]).float()
             agreement = float((out.argmax(1) == reference.argmax(1)).float().mean())
-            ips = {b: E.images_per_second(fn, x[:b].contiguous(), runs=runs, min_seconds=0.3, warmup=2)
+            ips = {b: R.images_per_second(fn, x[:b].contiguous(), runs=runs, min_seconds=0.3, warmup=2)
                    for b in (1, 64)}
         return ips, agreement, ""
     except Exception as e:  # noqa: BLE001 - a path that fails on this machine is reported, not fatal

@@ -200,7 +200,7 @@ def endless(loader: Any) -> Iterator[Any]:
 def timed_steps(batches: Iterator[Any], step: Callable[[Any], int], steps: int, warmup: int,
                 device: torch.device) -> float:
     """Images/s over ``steps`` steps after ``warmup`` untimed ones; fetching batches is timed."""
-    from resnetkit.bench import sync
+    from resnetkit.runtime import sync
 
     for _ in range(warmup):
         step(next(batches))
@@ -230,7 +230,7 @@ def build_net(cfg: Any, device: torch.device, *, channels_last: bool) -> tuple[A
 
 def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int) -> float:
     from resnetkit.data import build_loaders
-    from resnetkit.train.runtime import resolve_precision
+    from resnetkit.runtime import resolve_precision
     from resnetkit.train.steps import train_step
 
     loaders = build_loaders(cfg, device)
@@ -276,7 +276,7 @@ def tutorial_path(cfg: Any, device: torch.device, steps: int, warmup: int, worke
 
 def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup: int, repeats: int,
                        workers: int, quick: bool, cmd: str) -> str:
-    from resnetkit.train.runtime import cpu_threads
+    from resnetkit.runtime import cpu_threads
 
     cfg = fast_config(data_dir, device)
     speeds: dict[str, list[float]] = {"tutorial": [], "fast": []}
@@ -444,7 +444,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]:
-    from resnetkit.train.runtime import resolve_device
+    from resnetkit.runtime import resolve_device
 
     device = resolve_device(args.device)
     q = args.quick

@@ -12,7 +12,7 @@ import resnetkit
 from resnetkit.calibrate import (TemperatureScaled, calibration_summary, expected_calibration_error,
                                  fit_temperature, reliability_bins, write_calibration)
 from resnetkit.cli import main
-from resnetkit.train.checkpoint import read_metadata
+from resnetkit.checkpoint import read_metadata
 
 
 def calibrated_logits(n: int, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,9 +14,9 @@ from torch import nn
 
 from resnetkit import create_model
 from resnetkit.cli import main
-from resnetkit.data.specs import DatasetSpec
+from resnetkit.specs import DatasetSpec
 from resnetkit.errors import UserError
-from resnetkit.train import checkpoint as ckpt
+from resnetkit import checkpoint as ckpt
 
 SPEC = DatasetSpec("digits", tuple(str(i) for i in range(10)), 1, 8, (0.3054,), (0.3760,))
 ARGS = {"num_classes": 10, "in_chans": 1}

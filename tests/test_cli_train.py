@@ -13,7 +13,7 @@ from resnetkit.config import RunConfig, field_names
 from resnetkit.errors import UserError
 from resnetkit.train.optim import build_optimizer, build_scheduler, param_groups
 from resnetkit.train.recipes import RECIPES, recipe_values, resolve_config
-from resnetkit.train.runtime import resolve_device, resolve_precision
+from resnetkit.runtime import resolve_device, resolve_precision
 
 
 def parse(argv: list[str]):

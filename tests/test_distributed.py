@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from resnetkit.cli import launch
 from resnetkit.config import RunConfig
 from resnetkit.data.memory import MemoryLoader
 from resnetkit.data.streaming import FolderDataset, FolderLoader
@@ -149,7 +150,7 @@ def test_the_launcher_passes_every_flag_but_nproc() -> None:
     assert "--nproc" not in forwarded
     again = config_values(parse(forwarded))
     assert again == {k: v for k, v in config_values(args).items() if k != "nproc"}
-    assert distributed.torchrun_args(forwarded, 2)[:5] == ["--standalone", "--nproc-per-node=2", "--module",
+    assert launch.torchrun_args(forwarded, 2)[:5] == ["--standalone", "--nproc-per-node=2", "--module",
                                                            "resnetkit", "train"]
 
 
@@ -305,9 +306,30 @@ def test_nproc_2_from_the_command_line_writes_one_complete_run_folder(tmp_path: 
     assert report["num_samples"] == 360 and report["top1"] == history[0]["test_acc"]
 
 
+# Started before anything else in each process on PYTHONPATH: rank 1 dies in its second step.
+DYING_RANK = """
+import os
+if os.environ.get("RANK") == "1":
+    import resnetkit.train.trainer as trainer
+    step, calls = trainer.train_step, []
+
+    def dying_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os._exit(1)
+        return step(*args, **kwargs)
+
+    trainer.train_step = dying_step
+"""
+
+
 def test_a_dying_rank_fails_the_launch_fast_with_one_clear_line(tmp_path: Path) -> None:
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(DYING_RANK)
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
     proc = resnetkit(["train", "--nproc", "2", "--subset", "200", "--epochs", "1", "--out", "r"], tmp_path,
-                     **{distributed.EXIT_AT_ENV: "1:2", distributed.TIMEOUT_ENV: "60"})
+                     **{"PYTHONPATH": path, distributed.TIMEOUT_ENV: "60"})
     assert proc.returncode == 1
     assert "resnetkit: error: training process 1 of 2 exited with status 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -17,9 +17,10 @@ import torch
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from resnetkit import backends as B  # noqa: E402
 from resnetkit import export as E  # noqa: E402
 from resnetkit.cli import main  # noqa: E402
-from resnetkit.data.specs import DatasetSpec  # noqa: E402
+from resnetkit.specs import DatasetSpec  # noqa: E402
 from resnetkit.errors import UserError  # noqa: E402
 
 CLASSES = tuple("abcdefghij")
@@ -69,14 +70,14 @@ def test_onnx_round_trip_dynamic_batch_and_metadata(net, tmp_path: Path) -> None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.get_modelmeta().custom_metadata_map["resnetkit.arch"] == arch
     for n in (1, 7):
-        x = E.random_inputs(spec, n, seed=n)
+        x = B.random_inputs(spec, n, seed=n)
         got = session.run(None, {"input": x.numpy()})[0]
         with torch.no_grad():
             ref = model(x).numpy()
         assert got.shape == (n, 10)
         np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
         assert (got.argmax(1) == ref.argmax(1)).all()
-    info = E.read_info(path)
+    info = B.read_info(path)
     assert info.spec == spec and info.classes == list(CLASSES) and info.model_args == args
 
 
@@ -91,9 +92,9 @@ def test_torchscript_round_trip_and_metadata(net, tmp_path: Path) -> None:
     assert DatasetSpec.from_dict(meta["spec"]) == spec
     with torch.no_grad():
         for n in (1, 7):
-            x = E.random_inputs(spec, n, seed=n)
+            x = B.random_inputs(spec, n, seed=n)
             torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=0)
-    assert E.read_info(path).spec == spec
+    assert B.read_info(path).spec == spec
 
 
 def test_export_keeps_train_mode_and_static_batch(tmp_path: Path) -> None:
@@ -102,8 +103,8 @@ def test_export_keeps_train_mode_and_static_batch(tmp_path: Path) -> None:
     assert model.training  # export ran in eval mode and gave the caller's mode back
     dim0 = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_value == 1
-    backend = E.OnnxBackend(path)  # feeds a fixed-batch file one image at a time
-    parity = E.check_parity(model, backend, E.random_inputs(spec, 5))
+    backend = B.OnnxBackend(path)  # feeds a fixed-batch file one image at a time
+    parity = B.check_parity(model, backend, B.random_inputs(spec, 5))
     assert parity.n == 5 and parity.top1_agreement == 1.0 and parity.max_abs_diff < 1e-4
 
 
@@ -111,16 +112,16 @@ def test_old_opset_goes_through_legacy_exporter(tmp_path: Path) -> None:
     model, spec = eval_net("resnet20", 1), spec_for(1, 8)
     path = E.export_onnx(model, spec, tmp_path / "m13.onnx", opset=13)
     assert {o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")} == {13}
-    assert E.read_info(path).extra["exporter"] == "legacy"
-    assert E.check_parity(model, E.OnnxBackend(path), E.random_inputs(spec, 7)).max_abs_diff < 1e-4
+    assert B.read_info(path).extra["exporter"] == "legacy"
+    assert B.check_parity(model, B.OnnxBackend(path), B.random_inputs(spec, 7)).max_abs_diff < 1e-4
 
 
 def test_parity_beyond_tolerance_is_a_user_error() -> None:
     model, spec = eval_net("resnet20", 1), spec_for(1, 8)
     off = lambda x: model(x) + 0.01  # noqa: E731
     with pytest.raises(UserError, match="differs from PyTorch.*--atol 0.001"):
-        E.check_parity(model, off, E.random_inputs(spec, 4))
-    parity = E.check_parity(model, off, E.random_inputs(spec, 4), atol=None)
+        B.check_parity(model, off, B.random_inputs(spec, 4))
+    parity = B.check_parity(model, off, B.random_inputs(spec, 4), atol=None)
     assert parity.top1_agreement == 1.0 and parity.max_abs_diff == pytest.approx(0.01, abs=1e-5)
 
 
@@ -128,15 +129,15 @@ def test_parity_beyond_tolerance_is_a_user_error() -> None:
 def test_missing_onnxruntime_and_foreign_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, spec = eval_net("resnet20", 1), spec_for(1, 8)
     bare = tmp_path / "bare.onnx"  # an ONNX file written without resnetkit's metadata
-    torch.onnx.export(model, (E.random_inputs(spec, 2),), str(bare), dynamo=False)
+    torch.onnx.export(model, (B.random_inputs(spec, 2),), str(bare), dynamo=False)
     with pytest.raises(UserError, match="no resnetkit metadata"):
-        E.OnnxBackend(bare)
+        B.OnnxBackend(bare)
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(UserError, match="cannot load"):
-        E.OnnxBackend(tmp_path / "junk.onnx")
+        B.OnnxBackend(tmp_path / "junk.onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(UserError, match=r"pip install resnetkit\[onnx\]"):
-        E.OnnxBackend(bare)
+        B.OnnxBackend(bare)
 
 
 def test_int8_quantization_writes_qdq_file_with_metadata(tmp_path: Path) -> None:
@@ -144,15 +145,15 @@ def test_int8_quantization_writes_qdq_file_with_metadata(tmp_path: Path) -> None
 
     model, spec = eval_net("resnet20", 1), spec_for(1, 16)
     fp32 = E.export_onnx(model, spec, tmp_path / "m.onnx", arch="resnet20")
-    q = quantize_onnx(fp32, tmp_path / "m-int8.onnx", E.batches(E.random_inputs(spec, 64, seed=3), 16))
+    q = quantize_onnx(fp32, tmp_path / "m-int8.onnx", B.batches(B.random_inputs(spec, 64, seed=3), 16))
     assert q.path.is_file() and q.method.startswith("static QDQ")
     ops = {n.op_type for n in onnx.load(str(q.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    int8 = E.OnnxBackend(q.path)
+    int8 = B.OnnxBackend(q.path)
     assert int8.classes == list(CLASSES) and int8.info.arch == "resnet20"
     assert int8.info.extra["quantization"] == q.method
-    x = E.random_inputs(spec, 64, seed=4)
-    parity = E.compare_logits(E.OnnxBackend(fp32), int8, x)
+    x = B.random_inputs(spec, 64, seed=4)
+    parity = B.compare_logits(B.OnnxBackend(fp32), int8, x)
     with torch.no_grad():
         scale = float(model(x).abs().max())
     assert parity.top1_agreement >= 0.7 and parity.max_abs_diff < 0.25 * scale
@@ -162,10 +163,10 @@ def test_sample_inputs_fall_back_to_random_when_data_is_missing(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESNETKIT_DATA", str(tmp_path / "empty"))  # where a missing run folder leads
     spec = DatasetSpec("mnist", tuple(str(i) for i in range(10)), 1, 28, (0.1307,), (0.3081,))
-    x, source = E.sample_inputs({"dataset": "mnist", "data_dir": str(tmp_path / "nowhere")}, spec, 6)
+    x, source = B.sample_inputs({"dataset": "mnist", "data_dir": str(tmp_path / "nowhere")}, spec, 6)
     assert x.shape == (6, 1, 28, 28) and source.startswith("random")
     digits = DatasetSpec("digits", tuple(str(i) for i in range(10)), 1, 8, (0.5,), (0.25,))
-    x, source = E.sample_inputs({"dataset": "digits"}, digits, 6)
+    x, source = B.sample_inputs({"dataset": "digits"}, digits, 6)
     assert x.shape == (6, 1, 8, 8) and source == "digits test images"
 
 
@@ -201,7 +202,7 @@ def test_cli_export_checkpoint_to_onnx_checks_on_test_images(trained_run: Path, 
     out = capsys.readouterr().out
     assert (trained_run / "model.onnx").is_file()
     assert "onnx vs PyTorch: parity on 32 digits test images: top-1 agreement" in out
-    info = E.read_info(trained_run / "model.onnx")
+    info = B.read_info(trained_run / "model.onnx")
     assert info.arch == "resnet8" and info.classes == [str(i) for i in range(10)]
     assert info.spec.name == "digits" and info.spec.in_chans == 1
     assert isinstance(info.extra["metrics"], dict)  # the checkpoint's metrics travel along
@@ -211,11 +212,11 @@ def test_cli_export_torchscript_and_failure_beyond_atol(trained_run: Path, tmp_p
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     ts = tmp_path / "digits.ts"
     assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(ts), "--check", "8"]) == 0
-    assert E.read_info(ts).arch == "resnet8"
+    assert B.read_info(ts).arch == "resnet8"
     assert main(["export", str(trained_run), "--format", "torchscript", "--int8"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
-    shifted = E.TorchScriptBackend.predict_logits
-    monkeypatch.setattr(E.TorchScriptBackend, "predict_logits", lambda self, x: shifted(self, x) + 1.0)
+    shifted = B.TorchScriptBackend.predict_logits
+    monkeypatch.setattr(B.TorchScriptBackend, "predict_logits", lambda self, x: shifted(self, x) + 1.0)
     assert main(["export", str(trained_run), "--format", "torchscript", "--out", str(ts), "--check", "8"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resnetkit: error: exported model differs from PyTorch") and "--atol" in err

@@ -25,8 +25,8 @@ from resnetkit.data.transforms import eval_transform
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
 from resnetkit.train import finetune
-from resnetkit.train.checkpoint import load_checkpoint
-from resnetkit.train.optim import build_optimizer
+from resnetkit.checkpoint import load_checkpoint
+from resnetkit.train.optim import build_optimizer, param_groups
 from resnetkit.train.recipes import resolve_config
 from resnetkit.train.steps import train_step
 
@@ -76,7 +76,7 @@ def test_what_each_freeze_covers() -> None:
 def test_param_groups_head_and_backbone() -> None:
     m = create_model("resnet18", num_classes=3)
     cfg = RunConfig(pretrained="x.pth", lr=0.01, weight_decay=1e-4, backbone_lr_mult=0.1)
-    groups = finetune.param_groups(m, cfg)
+    groups = param_groups(m, cfg)
     by_name = {g["name"]: g for g in groups}
     assert set(by_name) == {"head", "head.no_decay", "backbone", "backbone.no_decay"}
     assert by_name["head"]["lr"] == 0.01 and by_name["backbone"]["lr"] == pytest.approx(0.001)
@@ -84,7 +84,7 @@ def test_param_groups_head_and_backbone() -> None:
     assert by_name["head"]["params"] == [m.fc.weight] and by_name["head.no_decay"]["params"] == [m.fc.bias]
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in m.parameters())  # each parameter once, frozen ones too
-    assert "name" not in finetune.param_groups(m, RunConfig(lr=0.01, weight_decay=0.0))[0]  # plain run
+    assert "name" not in param_groups(m, RunConfig(lr=0.01, weight_decay=0.0))[0]  # plain run
 
 
 # ------------------------------------------------------------------ frozen means frozen
@@ -99,6 +99,7 @@ def test_frozen_batchnorm_stays_in_eval_mode() -> None:
     finetune.apply_freeze(m, "none")
     m.train()
     assert m.bn1.training and m.layer1[0].bn1.training
+    assert not any("train" in vars(module) for module in m.modules())  # the class's train(), not a patch
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
@@ -110,7 +111,7 @@ def test_frozen_parameters_and_statistics_do_not_move(optimizer: str) -> None:
     cfg = RunConfig(pretrained="x.pth", freeze_epochs=1, lr=0.05, weight_decay=0.05,
                     optimizer=optimizer, backbone_lr_mult=0.1)
     finetune.set_epoch(m, cfg, 1)
-    opt = build_optimizer(finetune.param_groups(m, cfg), cfg)
+    opt = build_optimizer(param_groups(m, cfg), cfg)
     before, head = backbone_state(m), m.fc.weight.detach().clone()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0])
 
@@ -137,7 +138,7 @@ def test_resnet50_file_fine_tunes_a_step(weights_dir: Path) -> None:  # noqa: F8
     pretrained.load_pretrained(m, str(weights_dir / "r50.pth"), arch="resnet50")
     cfg = RunConfig(pretrained="x", freeze="backbone", lr=0.01, weight_decay=0.01, optimizer="sgd")
     finetune.set_epoch(m, cfg, 1)
-    opt = build_optimizer(finetune.param_groups(m, cfg), cfg)
+    opt = build_optimizer(param_groups(m, cfg), cfg)
     before = backbone_state(m)
     m.train()
     train_step(m, torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 1]), loss_fn=torch.nn.CrossEntropyLoss(),

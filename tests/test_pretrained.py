@@ -19,10 +19,10 @@ from safetensors.torch import save_file
 from resnetkit import pretrained
 from resnetkit.cli import main
 from resnetkit.config import RunConfig
-from resnetkit.data.specs import DatasetSpec
+from resnetkit.specs import DatasetSpec
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
-from resnetkit.train import checkpoint as ckpt
+from resnetkit import checkpoint as ckpt
 from resnetkit.train import finetune
 
 R18_FILE = "resnet18-f37072fd.pth"  # the basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 url
@@ -70,7 +70,7 @@ def one_line_error(excinfo: pytest.ExceptionInfo[UserError]) -> str:
 # ------------------------------------------------------------------ loading and adapting
 def test_torchvision_file_loads_exactly(weights_dir: Path) -> None:
     model = create_model("resnet18")
-    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18").notes
     ref = torchvision.models.resnet18()
     ref.load_state_dict(torch.load(weights_dir / "r18.pth", weights_only=True))
     x = torch.randn(2, 3, 64, 64)
@@ -82,7 +82,7 @@ def test_torchvision_file_loads_exactly(weights_dir: Path) -> None:
 def test_new_head_keeps_the_backbone_and_lists_the_dropped_keys(weights_dir: Path) -> None:
     model = create_model("resnet18", num_classes=5)
     fresh_fc = model.fc.weight.detach().clone()
-    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18").notes
     sd = r18()
     for key, value in model.state_dict().items():
         if not key.startswith("fc."):
@@ -94,7 +94,7 @@ def test_new_head_keeps_the_backbone_and_lists_the_dropped_keys(weights_dir: Pat
 
 def test_one_channel_sums_the_rgb_filters(weights_dir: Path) -> None:
     model = create_model("resnet18", num_classes=3, in_chans=1)
-    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18").notes
     rgb = r18()["conv1.weight"]
     assert model.conv1.weight.shape == (64, 1, 7, 7)
     torch.testing.assert_close(model.conv1.weight.detach(), rgb.sum(dim=1, keepdim=True))
@@ -114,14 +114,15 @@ def test_small_input_stem_is_fresh_and_reported(weights_dir: Path) -> None:
     torch.manual_seed(3)
     model = create_model("resnet18", num_classes=3, small_input=True)
     conv1 = model.conv1.weight.detach().clone()
-    notes = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    loaded = pretrained.load_pretrained(model, str(weights_dir / "r18.pth"), arch="resnet18")
+    notes = loaded.notes
     assert torch.equal(model.conv1.weight, conv1)  # left as initialised, and bn1 with it
     ones = torch.ones(64)
     assert torch.equal(model.bn1.running_var, ones) and torch.equal(model.bn1.weight, ones)
     torch.testing.assert_close(model.layer1[0].conv1.weight.detach(), r18()["layer1.0.conv1.weight"])
     assert any(n.startswith("stem: conv1 and bn1 freshly initialised") and "3x3" in n for n in notes)
-    assert model.fresh_modules == ["bn1", "conv1"]
-    finetune.apply_freeze(model, "backbone")  # a random stem must not be frozen
+    assert loaded.fresh_modules == ["bn1", "conv1"] and not hasattr(model, "fresh_modules")
+    finetune.apply_freeze(model, "backbone", loaded.fresh_modules)  # a random stem must not be frozen
     assert model.conv1.weight.requires_grad and model.bn1.weight.requires_grad
     assert not model.layer1[0].conv1.weight.requires_grad
 
@@ -129,7 +130,7 @@ def test_small_input_stem_is_fresh_and_reported(weights_dir: Path) -> None:
 @pytest.mark.parametrize("name", ["timm.pth.tar", "compiled.pt", "r18.safetensors"])
 def test_wrapped_and_safetensors_files_load(weights_dir: Path, name: str) -> None:
     model = create_model("resnet18", num_classes=4)
-    notes = pretrained.load_pretrained(model, str(weights_dir / name), arch="resnet18")
+    notes = pretrained.load_pretrained(model, str(weights_dir / name), arch="resnet18").notes
     torch.testing.assert_close(model.layer4[1].bn2.running_mean, r18()["layer4.1.bn2.running_mean"])
     if name.startswith("timm"):
         assert any("['state_dict']" in n and "epoch 5" in n for n in notes)
@@ -143,10 +144,10 @@ def test_resnetkit_checkpoint_as_source(tmp_path: Path, weights_dir: Path) -> No
     ckpt.save_checkpoint(path, src, arch="resnet18", model_args={"num_classes": 3, "in_chans": 1},
                          spec=spec, config={}, metrics={})
     same = create_model("resnet18", num_classes=3, in_chans=1)
-    notes = pretrained.load_pretrained(same, str(tmp_path), arch="resnet18", classes=["a", "b", "c"])
+    notes = pretrained.load_pretrained(same, str(tmp_path), arch="resnet18", classes=["a", "b", "c"]).notes
     assert torch.equal(same.fc.weight, src.fc.weight) and not any("new head" in n for n in notes)
     other = create_model("resnet18", num_classes=3, in_chans=1)
-    notes = pretrained.load_pretrained(other, str(path), arch="resnet18", classes=["x", "y", "z"])
+    notes = pretrained.load_pretrained(other, str(path), arch="resnet18", classes=["x", "y", "z"]).notes
     assert not torch.equal(other.fc.weight, src.fc.weight) and any("other classes" in n for n in notes)
     with pytest.raises(UserError, match="does not fit resnet34.*look like resnet18 weights"):
         pretrained.load_pretrained(create_model("resnet34", num_classes=3, in_chans=1), str(path),
@@ -247,7 +248,7 @@ def test_imagenet_from_the_hub_cache(hub: Path) -> None:
     (hub / "checkpoints").mkdir(parents=True)
     torch.save(r18(), hub / "checkpoints" / R18_FILE)
     model = create_model("resnet18", num_classes=2)
-    notes = pretrained.load_pretrained(model, "imagenet", arch="resnet18")
+    notes = pretrained.load_pretrained(model, "imagenet", arch="resnet18").notes
     torch.testing.assert_close(model.conv1.weight.detach(), r18()["conv1.weight"])
     assert "ResNet18_Weights.IMAGENET1K_V1" in notes[0]
 

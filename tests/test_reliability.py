@@ -23,9 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from resnetkit import checkpoint as ckpt
 from resnetkit.cli import main
 from resnetkit.train import train
-from resnetkit.train import checkpoint as ckpt
 
 from conftest import write_class_folders
 

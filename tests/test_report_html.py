@@ -22,7 +22,7 @@ from resnetkit.evaluate import run_config
 from resnetkit.interpret import per_sample_loss
 from resnetkit.models import create_model
 from resnetkit.train import train
-from resnetkit.train.checkpoint import load_checkpoint
+from resnetkit.checkpoint import load_checkpoint
 from resnetkit.train.finetune import freeze_timeline
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

@@ -14,7 +14,7 @@ from safetensors import safe_open
 import resnetkit
 from resnetkit.cli import main
 from resnetkit.config import field_names
-from resnetkit.train import checkpoint as ckpt
+from resnetkit import checkpoint as ckpt
 from resnetkit.train import train
 
 TINY = ["--model", "resnet8", "--subset", "200", "--batch-size", "64"]

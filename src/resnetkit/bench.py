@@ -12,7 +12,6 @@ import contextlib
 import copy
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .train.runtime import Precision
+from .models import create_model
+from .runtime import Precision, timed
 from .train.steps import train_step
 
 MODES = ("train", "infer")
@@ -42,13 +42,6 @@ def settings(device: torch.device, *, compile: bool = True) -> list[dict[str, An
     return [{"precision": p, "channels_last": cl, "compile": c}
             for p in precisions_for(device) for c in ((False, True) if compile else (False,))
             for cl in (False, True)]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 def _check_size(input_size: Sequence[int]) -> None:
@@ -98,8 +91,6 @@ def _build(model: str | nn.Module, input_size: Sequence[int], model_args: dict[s
     """A registry name becomes a fresh 10-class network taking ``input_size[0]`` channels."""
     if isinstance(model, nn.Module):
         return model
-    from .models import create_model
-
     _check_size(input_size)
     return create_model(model, num_classes=10, in_chans=int(input_size[0]), **(model_args or {}))
 
@@ -147,14 +138,8 @@ def _timed(model: nn.Module, input_size: tuple[int, ...], batch_size: int, mode:
         torch._dynamo.reset()  # each compiled setting starts from an empty cache
         net = torch.compile(net)
     step = _step_fn(net, mode, precision)
-    for _ in range(max(1, warmup)):
-        step(x, y)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step(x, y)
-    sync(device)
-    return time.perf_counter() - start
+    _, seconds = timed(lambda: step(x, y), steps=steps, warmup=max(1, warmup), device=device)
+    return seconds
 
 
 def bench_grid(model: str | nn.Module, input_size: Sequence[int], *, batch_size: int,

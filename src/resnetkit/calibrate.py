@@ -19,8 +19,12 @@ import torch
 from torch import nn
 
 from ._io import write_atomic, write_json_atomic
+from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import recorded_config
+from .data import build_eval_loader
+from .data.loaders import SPLITS
 from .errors import UserError
+from .runtime import cpu_threads, resolve_device
 
 N_BINS = 15  # Guo et al.'s choice; ECE depends on the bin count, so it is fixed
 T_RANGE = (0.05, 20.0)  # a fit outside this range means the held-out split is degenerate
@@ -131,8 +135,6 @@ def fit_split() -> str:
     """The split a temperature is fitted on: the validation split, held out of training and of
     the test split (Guo et al. fit on validation data). A version whose loaders have no val
     split falls back to the test split and says so in the record."""
-    from .data.loaders import SPLITS  # function-local: data is a heavy package
-
     return "val" if "val" in SPLITS else "test"
 
 
@@ -141,11 +143,6 @@ def calibrate_checkpoint(path: str | os.PathLike[str], *, split: str | None = No
     """Fit a temperature for a checkpoint (or run folder: its best) on ``split`` (default: the
     validation split), measure ECE before and after there and on the test split, and store the
     record in the checkpoint's metadata (``calibration``) and the run's report.json (``ece``)."""
-    # function-local: checkpoint and runtime still live in the train package
-    from .data import build_eval_loader
-    from .train.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from .train.runtime import cpu_threads, resolve_device
-
     file = resolve_checkpoint_path(path)
     dev = resolve_device(device)
     loaded = load_checkpoint(file, map_location=dev)
@@ -155,6 +152,7 @@ def calibrate_checkpoint(path: str | os.PathLike[str], *, split: str | None = No
         logits, targets = split_logits(loaded.model, build_eval_loader(cfg, split, dev, spec=loaded.spec))
         t = fit_temperature(logits, targets)
         record: dict[str, Any] = {"temperature": t, "fit_on": split, "fit_images": len(targets),
+                                  "checkpoint": file.name,
                                   "bins": N_BINS, **calibration_summary(logits, targets, t)}
         if split != "test":
             test = calibration_summary(*split_logits(loaded.model, build_eval_loader(

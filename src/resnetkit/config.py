@@ -4,11 +4,16 @@ The keys are the long flag names of ``resnetkit train`` with dashes as underscor
 ``--config FILE`` (YAML or JSON) uses exactly the same names as the command line. A value of
 ``None`` means "let the dataset preset or the recipe decide"; the resolved config, with every
 value filled in, is what lands in config.json and in the checkpoint.
+
+Each field's metadata (:func:`flag`: group, help, metavar, choices) makes its ``resnetkit train``
+flag (:mod:`resnetkit.cli.train`), so a new field is a new flag; :func:`check_choice` is the one
+check of every field that has choices.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -16,51 +21,88 @@ from typing import Any, Mapping
 from .errors import UserError
 
 
+def flag(default: Any = None, *, group: str, help: str | None = None, metavar: str | None = None,
+         choices: tuple[str, ...] | None = None, factory: Any = None, **argparse_kw: Any) -> Any:
+    """A RunConfig field whose metadata makes its ``resnetkit train`` flag: ``--name-with-dashes``
+    in argument ``group``, typed from the annotation (bool: ``--x/--no-x``); ``argparse_kw``
+    (``flag``, ``action``, ``dest``) for the one flag that differs."""
+    meta = {"group": group, "help": help, "metavar": metavar, "choices": choices, **argparse_kw}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     # -- model
-    model: str | None = None  # registry name; None: the dataset's or recipe's default
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra builder kwargs, e.g. small_input
-    pretrained: str | None = None  # imagenet | a torchvision weights name | a local file
-    freeze: str = "none"  # none | backbone | stages:N
-    freeze_epochs: int = 0  # epochs with the backbone frozen before unfreezing
-    backbone_lr_mult: float = 0.1  # backbone lr = lr * this, after unfreezing
+    model: str | None = flag(group="model", metavar="NAME",
+                             help="registry name (resnetkit models); default: the recipe's")
+    model_args: dict[str, Any] = flag(
+        group="model", factory=dict, flag="--model-arg", metavar="KEY=VALUE", action="append",
+        dest="model_arg", help="builder argument, repeatable; VALUE is read as JSON when it parses "
+                               "(true, 3, \"B\"), else as text. e.g. small_input=true")
+    pretrained: str | None = flag(group="model", metavar="WEIGHTS",
+                                  help="imagenet, a torchvision weights name or a file")
+    freeze: str = flag("none", group="model", metavar="WHAT",
+                       help="none | backbone | stages:N (with --pretrained)")
+    freeze_epochs: int = flag(0, group="model", metavar="N", help="epochs before unfreezing the backbone")
+    backbone_lr_mult: float = flag(0.1, group="model", metavar="X",
+                                   help="backbone lr = lr * X after unfreezing")
     # -- data
-    dataset: str = "digits"
-    data_dir: str | None = None  # None: $RESNETKIT_DATA, else ~/.cache/resnetkit/data
-    download: bool = False
-    img_size: int | None = None
-    augment: str | None = None  # none | basic | strong
-    val_fraction: float = 0.2  # image folders with no val/ or test/ split
-    subset: int | None = None  # train on the first N samples of a fixed shuffle (experiments, smoke tests)
-    strict: bool = False  # unreadable image files are an error instead of a warning
-    workers: int | None = None  # DataLoader workers for image folders
+    dataset: str = flag("digits", group="data", metavar="NAME",
+                        help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder")
+    data_dir: str | None = flag(group="data", metavar="DIR",
+                                help="where datasets live (default $RESNETKIT_DATA, else "
+                                     "~/.cache/resnetkit/data); the folder for imagefolder")
+    download: bool = flag(False, group="data", help="let torchvision download a missing MNIST, "
+                                                    "Fashion-MNIST or CIFAR dataset")
+    img_size: int | None = flag(group="data", metavar="PX", help="model input size (default: the dataset's)")
+    augment: str | None = flag(group="data", choices=("none", "basic", "strong"), help="training augmentation")
+    val_fraction: float = flag(0.2, group="data", metavar="F",
+                               help="held-out share of an image folder without val/ or test/ (default 0.2)")
+    subset: int | None = flag(group="data", metavar="N", help="train on N samples (stratified, seeded)")
+    strict: bool = flag(False, group="data", help="unreadable image files are an error, not a warning")
+    workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
     # -- optimisation
-    recipe: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None  # sgd | adam | adamw
-    weight_decay: float | None = None
-    schedule: str | None = None  # onecycle | cosine | step | constant
-    warmup_epochs: float | None = None
-    label_smoothing: float | None = None
-    early_stop: int | None = None  # patience in evaluations
-    eval_every: int = 1
-    tta: bool = False  # test-time horizontal-flip augmentation at evaluation
+    recipe: str | None = flag(group="optimisation", metavar="NAME",
+                              help="preset of the values below: default, fast (MNIST, Fashion-MNIST), "
+                                   "finetune (a pretrained ResNet-18)")
+    epochs: int | None = flag(group="optimisation", metavar="N")
+    batch_size: int | None = flag(group="optimisation", metavar="N", help="global batch size")
+    lr: float | None = flag(group="optimisation", metavar="LR", help="peak learning rate")
+    optimizer: str | None = flag(group="optimisation", choices=("sgd", "adam", "adamw"),
+                                 help="sgd: momentum 0.9, Nesterov")
+    weight_decay: float | None = flag(group="optimisation", metavar="WD", help="on conv and linear weights only")
+    schedule: str | None = flag(group="optimisation", choices=("onecycle", "cosine", "step", "constant"),
+                                help="per-batch lr schedule")
+    warmup_epochs: float | None = flag(group="optimisation", metavar="E",
+                                       help="linear warmup (one-cycle: the rise)")
+    label_smoothing: float | None = flag(group="optimisation", metavar="EPS")
+    early_stop: int | None = flag(group="optimisation", metavar="PATIENCE",
+                                  help="stop after PATIENCE evaluations without a better test accuracy")
+    eval_every: int = flag(1, group="optimisation", metavar="N", help="evaluate every N epochs (and the last)")
+    tta: bool = flag(False, group="optimisation", help="evaluate on each image and its horizontal flip")
     # -- hardware and speed
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    nproc: int = 1
-    threads: int | None = None  # CPU threads of torch's intra-op pool; None: the recipe's, else torch's
+    seed: int = flag(0, group="hardware", metavar="N")
+    device: str = flag("auto", group="hardware", metavar="DEV", choices=("auto", "cpu", "cuda", "mps"),
+                       help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")
+    precision: str = flag("auto", group="hardware", choices=("auto", "fp32", "bf16", "fp16"),
+                          help="auto: bf16 (else fp16) on CUDA, fp32 on CPU")
+    channels_last: bool = flag(False, group="hardware", help="NHWC memory format")
+    compile: bool = flag(False, group="hardware", help="torch.compile the model")
+    sync_bn: bool = flag(False, group="hardware", help="synchronise BatchNorm across processes")
+    nproc: int = flag(1, group="hardware", metavar="N",
+                      help="data-parallel processes on this machine, started through torchrun; "
+                           "--batch-size stays the global batch")
+    threads: int | None = flag(group="hardware", metavar="N",
+                               help="CPU threads for torch (default: the recipe's, else torch's)")
     # -- output
-    out: str | None = None  # run folder; None: runs/<dataset>-<model>-<timestamp>
-    resume: str | None = None
-    log_grad_norms: bool = False
+    out: str | None = flag(group="output", metavar="RUN_DIR",
+                           help="run folder (default runs/<dataset>-<model>-<time>)")
+    resume: str | None = flag(group="output", metavar="RUN_DIR",
+                              help="continue an interrupted run with its saved config")
+    log_grad_norms: bool = flag(False, group="output", help="record per-stage gradient norms in metrics.jsonl")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -80,8 +122,46 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+# Defaults of ``resnetkit finetune`` and ``--recipe finetune``, for small photo datasets.
+# AdamW at 1e-3 trains a new head fast without tuning; the backbone at 1e-4 (x0.1) keeps the
+# ImageNet features while adapting them (the usual discriminative fine-tuning rates, Howard &
+# Ruder 2018, arXiv:1801.06146). Two frozen epochs first let the random head settle so its large
+# early gradients do not wreck the pretrained features (Kumar et al. 2022, arXiv:2202.10054).
+FINETUNE_RECIPE: dict[str, Any] = {
+    "model": "resnet18",
+    "pretrained": "imagenet",
+    "freeze_epochs": 2,
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "optimizer": "adamw",
+    "weight_decay": 0.01,  # decoupled: shrinks weights by lr * 0.01 per step
+    "schedule": "cosine",
+    "warmup_epochs": None,
+    "label_smoothing": 0.1,
+    "augment": "basic",
+}
+
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(RunConfig)]
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The values RunConfig field ``name`` takes (its metadata)."""
+    return next(f.metadata["choices"] for f in dataclasses.fields(RunConfig) if f.name == name)
+
+
+def check_choice(name: str, value: Any) -> Any:
+    """``value`` when it is one of RunConfig field ``name``'s choices (``device`` also takes
+    DEVICE:N), else a UserError naming them."""
+    allowed = choices(name)
+    base = value.split(":")[0] if name == "device" and re.fullmatch(r"[a-z]+:\d+", str(value)) else value
+    if base not in allowed:
+        hint = " (or cuda:N)" if name == "device" else ""
+        raise UserError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of {', '.join(allowed)}{hint}")
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

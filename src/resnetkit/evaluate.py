@@ -16,8 +16,13 @@ import numpy as np
 import torch
 
 from .calibrate import temperature_of, with_temperature
+from .checkpoint import load_checkpoint
 from .config import RunConfig, recorded_config
+from .data import build_eval_loader
 from .errors import UserError
+from .report import classification_report, evidence, plot_confusion
+from .runtime import cpu_threads, resolve_device, resolve_precision
+from .train.steps import evaluate_batches
 
 
 def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir: str | None = None,
@@ -30,12 +35,6 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     ``tta``: average the logits of each image and its horizontal flip; None does what the run
     did (its --tta). ``precision``: None uses the run's. ``confusion_png``: also draw the matrix.
     """
-    from .data import build_eval_loader
-    from .report import classification_report, evidence, plot_confusion
-    from .train.checkpoint import load_checkpoint
-    from .train.runtime import cpu_threads, resolve_device, resolve_precision
-    from .train.steps import evaluate_batches
-
     dev = resolve_device(device)
     loaded = load_checkpoint(path, map_location=dev)
     cfg = run_config(loaded.config, dataset=dataset, data_dir=data_dir, batch_size=batch_size)

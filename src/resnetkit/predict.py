@@ -3,7 +3,8 @@
 The preprocessing comes from the checkpoint's DatasetSpec through
 :func:`resnetkit.data.transforms.eval_transform`, the very steps of the test loader. Models run
 behind a *backend*: any object with ``predict_logits(batch) -> logits`` (CPU float tensors,
-batch NCHW normalized). ``torch`` is built in; others register a factory in :data:`BACKENDS`.
+batch NCHW normalized; see :mod:`resnetkit.backends`). :data:`BACKENDS` maps each ``--backend``
+name to the factory that opens a checkpoint or an exported file with it.
 """
 from __future__ import annotations
 
@@ -12,35 +13,22 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
 from . import calibrate, explain as cam
-from .data.specs import DatasetSpec
+from ._io import write_atomic
+from .backends import Backend, OnnxBackend, TorchBackend, TorchScriptBackend, exported_file
+from .checkpoint import load_checkpoint
+from .data.transforms import ImageReadError, Normalizer, eval_geometry, eval_transform, is_image_file
 from .errors import UserError
+from .runtime import resolve_device
+from .specs import DatasetSpec
 
 ImageInput = Union[str, "os.PathLike[str]", Any, torch.Tensor]  # path, PIL image or tensor
 UNKNOWN = "unknown"
-
-
-class Backend(Protocol):
-    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) normalized float32 on the CPU -> (N, num_classes) float logits on the CPU."""
-        ...
-
-
-class TorchBackend:
-    """A PyTorch module in eval mode on a device, fp32."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model = model.to(device).eval()
-        self.device = device
-
-    @torch.no_grad()
-    def predict_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch.to(self.device)).float().cpu()
 
 
 @dataclass
@@ -76,8 +64,6 @@ class Classifier:
 
     def _predict_chunk(self, items: Sequence[tuple[str, Any]], topk: int,
                        min_confidence: float | None) -> list[dict[str, Any]]:
-        from .data.transforms import ImageReadError
-
         out: list[dict[str, Any]] = []
         tensors, slots = [], []
         for name, item in items:
@@ -128,8 +114,6 @@ class Classifier:
 
     def _explain_chunk(self, items: Sequence[tuple[str, Any]], target: int | None,
                        method: str) -> list[dict[str, Any]]:
-        from .data.transforms import ImageReadError
-
         out: list[dict[str, Any]] = []
         tensors, slots = [], []
         for name, item in items:
@@ -160,8 +144,6 @@ class Classifier:
         return out
 
     def _preprocess(self, item: Any) -> torch.Tensor:
-        from .data.transforms import Normalizer, eval_geometry
-
         if isinstance(item, torch.Tensor):
             if item.dtype == torch.uint8:
                 x = eval_geometry(self.spec)(item)
@@ -171,8 +153,6 @@ class Classifier:
 
     @functools.cached_property
     def _transform(self) -> Callable[[Any], torch.Tensor]:
-        from .data.transforms import eval_transform
-
         return eval_transform(self.spec)
 
 
@@ -195,27 +175,32 @@ def _as_items(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]
 
 # ------------------------------------------------------------------ loading
 def _torch_classifier(path: str | os.PathLike[str], device: str) -> Classifier:
-    from .train.checkpoint import load_checkpoint
-    from .train.runtime import resolve_device
-
     dev = resolve_device(device)
     loaded = load_checkpoint(path, map_location=dev)
-    return Classifier(TorchBackend(loaded.model, dev), loaded.spec, loaded.classes,
-                      model=loaded.model, path=loaded.path, temperature=calibrate.temperature_of(loaded.meta))
+    return Classifier(TorchBackend(loaded.model, dev), loaded.spec, loaded.classes, model=loaded.model,
+                      path=loaded.path, temperature=calibrate.temperature_of(loaded.meta))
+
+
+def exported_classifier(path: str | os.PathLike[str], device: str = "auto", fmt: str = "onnx") -> Classifier:
+    """A Classifier running an exported file (or the one beside a checkpoint); its metadata
+    supplies the classes and the preprocessing, so no checkpoint is read."""
+    file = exported_file(path, fmt)
+    if fmt == "onnx":
+        backend: OnnxBackend | TorchScriptBackend = OnnxBackend(file, device=None if device == "auto" else device)
+    else:
+        backend = TorchScriptBackend(file, device=resolve_device(device))
+    return Classifier(backend, backend.spec, backend.classes, path=file,
+                      temperature=calibrate.temperature_of(backend.info.extra))
 
 
 def _exported(fmt: str) -> Callable[[str | os.PathLike[str], str], Classifier]:
-    def factory(path: str | os.PathLike[str], device: str) -> Classifier:
-        from .export import exported_classifier
-
-        return exported_classifier(path, device, fmt)
-    return factory
+    return lambda path, device: exported_classifier(path, device, fmt)
 
 
 # name -> factory(path, device) -> Classifier; `resnetkit predict --backend` lists these.
 BACKENDS: dict[str, Callable[[str | os.PathLike[str], str], Classifier]] = {
     "torch": _torch_classifier, "onnx": _exported("onnx"), "torchscript": _exported("torchscript")}
-# Exported files carry their classes and preprocessing in their metadata (resnetkit.export).
+# Exported files carry their classes and preprocessing in their metadata (resnetkit.backends).
 EXPORTED_SUFFIXES = {".onnx": "onnx", ".ts": "torchscript"}
 
 
@@ -236,8 +221,6 @@ def collect_images(inputs: Sequence[str]) -> list[str]:
     A name that neither exists nor matches anything is kept, so that it is reported as an
     error in its place instead of vanishing.
     """
-    from .data.transforms import is_image_file
-
     found: list[str] = []
     for arg in inputs:
         p = Path(arg)
@@ -268,3 +251,15 @@ def output_names(paths: Sequence[str]) -> list[str]:
         taken.add(name)
         names.append(name)
     return names
+
+
+def annotate_file(result: Mapping[str, Any], dest: str | os.PathLike[str]) -> None:
+    """Write the image file of a :meth:`Classifier.predict` result to ``dest`` (PNG) with its
+    answer, "class 97.3%" (or "unknown (class 41.0%)"), drawn across its top."""
+    from PIL import Image, ImageOps
+
+    best = f"{result['top'][0]['class']} {100 * result['top'][0]['prob']:.1f}%"
+    text = best if result.get("label") != UNKNOWN else f"{UNKNOWN} ({best})"
+    with Image.open(result["path"]) as im:
+        labelled = cam.label_image(ImageOps.exif_transpose(im), text)
+    write_atomic(dest, lambda tmp: labelled.save(tmp, format="PNG"))

@@ -15,12 +15,13 @@ which refuses anything but tensors and plain containers. Loading adapts what can
 says so, one line each: a new head for another number of classes, conv1 summed (1 channel) or
 repeated and rescaled (more than 3, as timm's ``adapt_input_conv``), conv1 left freshly
 initialised for the small-input 3x3 stem. Anything else that does not fit is a UserError naming
-the keys. The weights' own preprocessing (torchvision's ``weights.transforms()``: resize, crop,
-mean, std, interpolation) becomes the run's DatasetSpec, so the checkpoint predicts with it.
+the keys; :func:`load_pretrained` returns what it adapted (:class:`Loaded`). The weights' own
+preprocessing (torchvision's ``weights.transforms()``: resize, crop, mean, std, interpolation) is
+:func:`weights_preprocessing`; the trainer passes it to the data, so the run's DatasetSpec and
+its checkpoint predict with it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -35,15 +36,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from .checkpoint import read_metadata, resolve_checkpoint_path
 from .config import RunConfig
-from .data.specs import DatasetSpec
-from .errors import UserError
-from .train import finetune
+from .errors import UserError, first_line
+from .models import HEAD
+from .specs import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, Preprocessing
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, on the 0..1 scale
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_RATIO = 256 / 224  # eval resize before the center crop (the ImageNet habit)
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")  # timm, torchvision, Lightning
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar", ".safetensors")
@@ -66,17 +65,6 @@ class Source:
         return str(self.path)
 
 
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the weights were trained with, as DatasetSpec fields."""
-
-    img_size: int  # the center crop
-    resize_size: int | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-
-
 @dataclass
 class Weights:
     """The tensors of a source, with a resnetkit checkpoint's metadata when it is one."""
@@ -85,6 +73,15 @@ class Weights:
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What :func:`load_pretrained` did: one line per thing loaded or adapted, and the modules
+    left freshly initialised (the head aside), which fine-tuning trains even while frozen."""
+
+    notes: list[str]
+    fresh_modules: list[str]
 
 
 # ------------------------------------------------------------------ resolving a source
@@ -96,8 +93,6 @@ def resolve_source(text: str, arch: str | None) -> Source:
         return Source(t, "torchvision", weights=torchvision_weights(arch, "DEFAULT", t))
     if path.exists():
         if path.is_dir():
-            from .train.checkpoint import resolve_checkpoint_path
-
             path = resolve_checkpoint_path(path)
         return Source(t, "resnetkit" if _resnetkit_meta(path) else "file", path=path)
     if os.sep in t or "/" in t or path.suffix.lower() in WEIGHT_SUFFIXES:
@@ -143,7 +138,7 @@ def fetch(weights: Any) -> Path:
         torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=match.group(1) if match else None,
                                        progress=sys.stderr.isatty())
     except Exception as e:  # noqa: BLE001 - any failure here means: fetch the file another way
-        reason = _first_line(e)
+        reason = first_line(e, 160)
         raise UserError(f"cannot download {weights} ({reason}); offline, download {weights.url} and put "
                         f"{path.name} in {path.parent}, then run again") from None
     return path
@@ -162,8 +157,6 @@ def check_source(text: str, arch: str | None) -> Source:
 def read_weights(source: Source) -> Weights:
     """The tensors of ``source``, unwrapped from checkpoint dicts and wrapper prefixes."""
     if source.kind == "resnetkit":
-        from .train.checkpoint import read_metadata
-
         meta, tensors = read_metadata(source.path)
         return Weights(source, tensors, meta)
     path = fetch(source.weights) if source.kind == "torchvision" else source.path
@@ -215,7 +208,7 @@ def _torch_load(path: Path) -> Any:
             raise UserError(f"refusing to load {path}: unpickling it would run code ({code.group(1)}); "
                             f"only plain tensors are read (torch.load weights_only=True): save "
                             f"model.state_dict() instead, or convert the file to .safetensors") from None
-        raise UserError(f"{path} is not a readable weights file ({_first_line(e)}); pass a .pth/.pt "
+        raise UserError(f"{path} is not a readable weights file ({first_line(e, 160)}); pass a .pth/.pt "
                         f"state_dict, a torchvision or timm checkpoint, or a .safetensors file") from None
 
 
@@ -225,7 +218,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # noqa: BLE001
-        raise UserError(f"{path} is not a readable safetensors file ({_first_line(e)})") from None
+        raise UserError(f"{path} is not a readable safetensors file ({first_line(e, 160)})") from None
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -247,13 +240,6 @@ def _resnetkit_meta(path: Path) -> dict[str, str] | None:
     except Exception:  # noqa: BLE001 - reported when the tensors are read
         return None
     return meta if "format_version" in meta and "arch" in meta else None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e)
-    inner = re.search(r"WeightsUnpickler error: ?\s*(\S.*)", text)
-    line = (inner.group(1) if inner else text.strip().split("\n")[0] if text.strip() else "").strip()
-    return (line[:160] if line else type(e).__name__).rstrip(".")
 
 
 # ------------------------------------------------------------------ adapting to a model
@@ -353,10 +339,10 @@ def guess_arch(keys: Sequence[str] | Mapping[str, Any]) -> str | None:
 
 
 def load_pretrained(model: nn.Module, text: str, *, arch: str | None = None,
-                    classes: Sequence[str] | None = None) -> list[str]:
-    """Load ``--pretrained text`` into ``model`` in place, adapting head and conv1; the lines
-    saying what was loaded and what was adapted. ``classes``: the data's (a resnetkit checkpoint
-    keeps its head only for the very same classes)."""
+                    classes: Sequence[str] | None = None) -> Loaded:
+    """Load ``--pretrained text`` into ``model`` in place, adapting head and conv1; what was
+    loaded and adapted. ``classes``: the data's (a resnetkit checkpoint keeps its head only for
+    the very same classes)."""
     arch = arch or type(model).__name__
     source = resolve_source(text, arch)
     weights = read_weights(source)
@@ -368,9 +354,8 @@ def load_pretrained(model: nn.Module, text: str, *, arch: str | None = None,
     merged = {**model.state_dict(), **state}  # a missing num_batches_tracked keeps the model's 0
     model.load_state_dict(merged, strict=True)
     fresh = {k.rsplit(".", 1)[0] for k in merged if k not in state and not k.endswith("num_batches_tracked")}
-    model.fresh_modules = sorted(fresh - {finetune.HEAD})  # type: ignore[assignment]
     first = f"pretrained: {source.label}, {len(state)} tensors loaded into {arch}"
-    return [first, *weights.notes, *notes]
+    return Loaded([first, *weights.notes, *notes], sorted(fresh - {HEAD}))
 
 
 # ------------------------------------------------------------------ preprocessing
@@ -378,7 +363,7 @@ def source_preprocessing(source: Source) -> Preprocessing | None:
     """The preprocessing the weights were trained with; None when the file does not say."""
     if source.kind == "torchvision":
         t = source.weights.transforms()
-        return Preprocessing(int(t.crop_size[0]), int(t.resize_size[0]), tuple(t.mean), tuple(t.std),
+        return Preprocessing(tuple(t.mean), tuple(t.std), int(t.crop_size[0]), int(t.resize_size[0]),
                              str(t.interpolation.value))
     if source.kind == "resnetkit":
         meta = _resnetkit_meta(source.path) or {}
@@ -386,40 +371,21 @@ def source_preprocessing(source: Source) -> Preprocessing | None:
             spec = DatasetSpec.from_dict(json.loads(meta["spec"]))
         except (KeyError, TypeError, ValueError):
             return None
-        return Preprocessing(spec.img_size, spec.resize_size, spec.mean, spec.std, spec.interpolation)
+        return Preprocessing(spec.mean, spec.std, spec.img_size, spec.resize_size, spec.interpolation)
     return None
 
 
-def channel_stats(values: Sequence[float], in_chans: int) -> tuple[float, ...]:
-    """Per-channel statistics for ``in_chans`` channels, mapped as conv1 is: averaged for 1 channel,
-    repeated for more."""
-    values = tuple(float(v) for v in values)
-    if len(values) == in_chans:
-        return values
-    if in_chans == 1:
-        return (round(sum(values) / len(values), 6),)
-    return tuple(values[i % len(values)] for i in range(in_chans))
+def weights_preprocessing(cfg: RunConfig) -> Preprocessing:
+    """What ``cfg.pretrained`` was trained with: torchvision weights and resnetkit checkpoints say;
+    for a file that does not, ImageNet's mean and std at the data's own size."""
+    pre = source_preprocessing(resolve_source(cfg.pretrained, cfg.model or "resnet18"))
+    return pre or Preprocessing(IMAGENET_MEAN, IMAGENET_STD)
 
 
 def pretrained_spec(spec: DatasetSpec, cfg: RunConfig) -> DatasetSpec:
-    """The data's spec with the weights' preprocessing (the default when fine-tuning).
-
-    torchvision weights and resnetkit checkpoints say what they were trained with; a file that
-    does not keeps the data's size with ImageNet's mean and std. A user's ``--img-size`` other than
-    the weights' crop wins, with the eval resize at img_size * 256/224."""
-    if not cfg.pretrained:
-        return spec
-    pre = source_preprocessing(resolve_source(cfg.pretrained, cfg.model or "resnet18"))
-    n = spec.in_chans
-    if pre is None:
-        return dataclasses.replace(spec, mean=channel_stats(IMAGENET_MEAN, n),
-                                   std=channel_stats(IMAGENET_STD, n))
-    size = cfg.img_size or pre.img_size
-    resize = pre.resize_size
-    if size != pre.img_size and resize is not None:
-        resize = round(size * RESIZE_RATIO)
-    return dataclasses.replace(spec, img_size=size, resize_size=resize, mean=channel_stats(pre.mean, n),
-                               std=channel_stats(pre.std, n), interpolation=pre.interpolation)
+    """The data's spec with the weights' preprocessing (the default when fine-tuning); a user's
+    ``--img-size`` other than the weights' crop wins."""
+    return spec.with_preprocessing(weights_preprocessing(cfg), cfg.img_size) if cfg.pretrained else spec
 
 
 def describe_spec(spec: DatasetSpec) -> str:
@@ -428,31 +394,3 @@ def describe_spec(spec: DatasetSpec) -> str:
     fmt = lambda v: "(" + ", ".join(f"{x:.4g}" for x in v) + ")"  # noqa: E731
     return (f"preprocessing: {geometry} ({spec.interpolation}), mean {fmt(spec.mean)}, "
             f"std {fmt(spec.std)}")
-
-
-# ------------------------------------------------------------------ the trainer's hook
-def prepare(model: nn.Module, cfg: RunConfig, spec: DatasetSpec | None = None) -> list[str]:
-    """Load ``cfg.pretrained`` into ``model`` and freeze it for epoch 1; the lines to print and
-    keep in the run (what was loaded, adapted, and the freeze schedule)."""
-    notes: list[str] = []
-    if cfg.pretrained:
-        notes += load_pretrained(model, cfg.pretrained, arch=cfg.model,
-                                 classes=spec.classes if spec is not None else None)
-        if spec is not None:
-            notes.append(describe_spec(spec))
-    if finetune.is_finetune(cfg):
-        finetune.set_epoch(model, cfg, 1)
-        notes += finetune.describe_plan(cfg)
-        plan = finetune.freeze_plan(cfg)
-        fresh = [m for m in getattr(model, "fresh_modules", ()) if plan.what != "none"]
-        if fresh:
-            notes.append(f"{', '.join(fresh)}: freshly initialised, so trained even while frozen")
-        if plan.what != "none" and not cfg.pretrained:
-            notes.append("warning: --freeze without --pretrained freezes randomly initialised layers")
-    return notes
-
-
-def prepare_model(model: nn.Module, cfg: RunConfig, spec: DatasetSpec | None = None) -> nn.Module:
-    """:func:`prepare`, keeping its lines on ``model.pretrained_notes``; returns ``model``."""
-    model.pretrained_notes = prepare(model, cfg, spec)  # type: ignore[assignment]
-    return model

@@ -5,6 +5,7 @@ int8 per output channel, activations uint8 with ranges calibrated (MinMax) on re
 Conv + BatchNorm are folded before calibration (``quant_pre_process``), so the int8 graph has
 one quantized conv per residual conv. If static quantization fails, dynamic quantization
 (weights only, activations quantized on the fly) is the fallback, and the report says so.
+:func:`int8_copy` is ``resnetkit export --int8``: quantize, then compare with fp32 and PyTorch.
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
+from .backends import (ExportInfo, OnnxBackend, Parity, _require_ort, batches, check_parity, dataset_loader,
+                       sample_inputs, save_onnx)
+from .checkpoint import LoadedCheckpoint
 from .errors import UserError
-from .export import ExportInfo, OnnxBackend, _require_ort, images_per_second, save_onnx
+from .runtime import images_per_second
 
 
 @dataclass(frozen=True)
@@ -132,4 +136,23 @@ def speed(fp32: OnnxBackend, int8: OnnxBackend, sample: torch.Tensor,
     return f, i
 
 
-__all__ = ["quantize_onnx", "Quantized", "Int8Report", "accuracy_and_agreement", "speed"]
+def int8_copy(fp32_path: Path, ckpt: LoadedCheckpoint, n_check: int, calib: int,
+              data_dir: str | os.PathLike[str] | None) -> tuple[Path, Parity, Int8Report]:
+    """``<name>-int8.onnx`` beside ``fp32_path``: its path, its parity with the checkpoint's eager
+    model, and its report (accuracy and speed against fp32 when the test set is at hand)."""
+    # Calibrate on training images: ranges fitted to the test set would flatter its accuracy.
+    calib_x, calib_source = sample_inputs(ckpt.config, ckpt.spec, calib, "train", data_dir)
+    int8_path = fp32_path.with_name(f"{fp32_path.stem}-int8.onnx")
+    q = quantize_onnx(fp32_path, int8_path, batches(calib_x, 32), calib_source=f"{len(calib_x)} {calib_source}")
+    fp32_b, int8_b = OnnxBackend(fp32_path), OnnxBackend(int8_path)
+    inputs, source = sample_inputs(ckpt.config, ckpt.spec, n_check, "test", data_dir)
+    parity = check_parity(ckpt.model, int8_b, inputs, source, atol=None)
+    loader = dataset_loader(ckpt.config, ckpt.spec, "test", data_dir)
+    accs: tuple[float | None, ...] = (None, None, parity.top1_agreement, len(inputs))
+    if loader is not None:
+        accs = accuracy_and_agreement(fp32_b, int8_b, loader)
+    fp32_ips, int8_ips = speed(fp32_b, int8_b, inputs)
+    return int8_path, parity, Int8Report(q, fp32_ips, int8_ips, accs[0], accs[1], accs[2], int(accs[3]))
+
+
+__all__ = ["quantize_onnx", "Quantized", "Int8Report", "accuracy_and_agreement", "speed", "int8_copy"]

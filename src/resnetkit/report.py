@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ._io import write_atomic
+from ._version import __version__
 
 ANNOTATE_MAX = 20  # classes up to which the confusion image prints every count
 TICKS_MAX = 40  # classes up to which its axes name every class
@@ -175,8 +176,6 @@ def device_name(device: torch.device) -> str:
 def evidence(*, device: torch.device, seed: int, precision: str,
              wall_time_s: float | None = None) -> dict[str, Any]:
     """What a reader needs to trust or reproduce a number: versions, hardware, seed, time."""
-    from . import __version__
-
     out = {"resnetkit_version": __version__, "git_commit": git_commit(),
            "torch_version": torch.__version__, "python_version": platform.python_version(),
            "platform": platform.platform(), "device": str(device), "device_name": device_name(device),

@@ -27,13 +27,18 @@ from torch import nn
 from . import calibrate, explain, interpret
 from . import report as reports
 from ._io import write_json_atomic, write_text_atomic
+from ._version import __version__
+from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import RunConfig, recorded_config
+from .data import build_eval_loader
 from .errors import DataWarning, UserError
+from .runtime import cpu_threads, resolve_device
 
 TOP_LOSSES = 12  # gallery size: two rows on a laptop screen, scrollable on a phone
 FILENAME = "report.html"
-# (run config, model) -> [{"first", "last", "what", "frozen": [module names]}]: the fine-tuning
-# schedule; passed in by the caller, which owns the training code this module must not import.
+# (run config, model) -> [{"first", "last", "what", "frozen": [module names], "lr"}]: the
+# fine-tuning schedule, passed in by the trainer (this module must not import it) and kept in
+# report.json as ``freeze_timeline``.
 FreezeTimeline = Callable[[RunConfig, nn.Module], list[dict[str, Any]]]
 
 
@@ -50,10 +55,6 @@ def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.dev
                      method: str = "gradcam") -> dict[str, Any]:
     """Evaluate the run's best checkpoint on its test split once more, per sample, and write
     report.html (and class_indices.json; ``ece`` into report.json). Returns report.json's content."""
-    # function-local: checkpoint and runtime still live in the train package, which calls this
-    from .train.checkpoint import load_checkpoint, resolve_checkpoint_path
-    from .train.runtime import cpu_threads, resolve_device
-
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")
@@ -76,12 +77,15 @@ def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: Fr
         if "confusion_matrix" not in rep:
             rep.update(reports.classification_report(interp.logits.topk(min(5, len(loaded.classes)), 1).indices,
                                                      interp.targets, loaded.classes))
-        write_json_atomic(run / "report.json", rep)
-    timeline = freeze(cfg, loaded.model) if freeze is not None else []
+    if freeze is not None:  # recorded, so that `resnetkit report` can show it without the trainer
+        rep["freeze_timeline"] = freeze(cfg, loaded.model)
+    timeline = rep.get("freeze_timeline") or []
     page = render(run=run, cfg=cfg, report=rep, history=_read_jsonl(run / "metrics.jsonl"),
                   classes=loaded.classes, interp=interp, gallery=_gallery(loaded, interp, method),
                   temperature=temperature, calibration=loaded.meta.get("calibration"),
                   timeline=timeline, data_note=data_note, title=f"{loaded.arch} on {cfg.dataset}")
+    if rep:
+        write_json_atomic(run / "report.json", rep)
     write_text_atomic(run / FILENAME, page)
     return rep
 
@@ -89,8 +93,6 @@ def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: Fr
 def _interpret(loaded: Any, cfg: RunConfig, dev: torch.device, temperature: float,
                top_k: int) -> tuple[interpret.Interpretation | None, str]:
     """The per-sample pass over the test split, or None and why (its data is not on this machine)."""
-    from .data import build_eval_loader  # function-local: data is a package of layer 2 importing much
-
     model = interpret.FlipAveraged(loaded.model) if cfg.tta else loaded.model  # as report.json's numbers
     with warnings.catch_warnings():  # skipped files and the like: the run has said so already
         warnings.simplefilter("ignore", DataWarning)
@@ -248,8 +250,6 @@ def render(*, run: Path, cfg: RunConfig, report: Mapping[str, Any], history: Seq
     sections.append(("settings", "Settings and environment", _settings(cfg, report)))
     nav = "".join(f'<a href="#{sid}">{_e(name)}</a>' for sid, name, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{_e(name)}</h2>{content}</section>' for sid, name, content in sections)
-    from . import __version__
-
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

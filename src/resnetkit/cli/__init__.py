@@ -3,38 +3,38 @@
 Each sub-command lives in its own module of this package with two functions,
 ``add_parser(subparsers)`` and ``run(args) -> int``; this module only parses and dispatches.
 A :class:`~resnetkit.errors.UserError` becomes one line on stderr and exit status 2.
+
+The command modules import nothing heavy at module level, so ``--version`` and every ``--help``
+answer without torch; each ``run`` imports its job's module when the command runs (lazy dispatch).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
+import os
 import sys
+import warnings
 from typing import Iterator, Sequence
 
+from .._version import __version__
 from ..errors import DataWarning, UserError
+from . import (bench, calibrate, data, evaluate, experiment, explain, export, finetune, models, predict, report,
+               summary, train)
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
-COMMANDS = ("train", "evaluate", "predict", "finetune", "models", "summary", "data",
-            "export", "bench", "experiment", "report", "explain", "calibrate")
+_MODULES = (train, evaluate, predict, finetune, models, summary, data, export, bench, experiment,
+            report, explain, calibrate)
+COMMANDS = tuple(m.__name__.rsplit(".", 1)[1] for m in _MODULES)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
     parser = argparse.ArgumentParser(
         prog="resnetkit",
         description="Residual networks: build, train, evaluate, predict, export.",
     )
     parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __name__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue  # command not built yet
-            raise
+    for module in _MODULES:
         module.add_parser(sub)
     return parser
 
@@ -51,19 +51,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:
-        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
-        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
-        if e.errno is None or isinstance(e, BrokenPipeError):
-            raise
-        import os
-
-        where = f" {e.filename}" if e.filename else ""
-        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("resnetkit: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError as e:
         if _stdout_is_closed():
             # the reader went away (`resnetkit models | head`): stop quietly, as Unix tools do
@@ -71,14 +58,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 141
         print(f"resnetkit: error: {e}", file=sys.stderr)  # a pipe of something else broke
         return 1
+    except OSError as e:
+        # the machine refused a read or write no check foresaw (a disk filling up, a folder made
+        # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
+        if e.errno is None:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("resnetkit: interrupted", file=sys.stderr)
+        return 130
 
 
 @contextlib.contextmanager
 def _one_line_warnings() -> Iterator[None]:
     """Show resnetkit's own warnings (skipped images, class order) as one line each, without
     the file, line and source text of the code that raised them."""
-    import warnings
-
     show = warnings.showwarning
 
     def one_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
@@ -106,8 +102,6 @@ def _stdout_is_closed() -> bool:
 
 def _silence_stdout() -> None:
     """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())

@@ -7,6 +7,10 @@ import logging
 import sys
 from typing import Any
 
+from ..errors import UserError
+from .summary import parse_input_size
+from .train import add_model_arg, parse_model_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -18,9 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "speed-up over fp32 eager. A setting that cannot run here (e.g. torch.compile "
                     "without a C++ compiler) is reported as failed.")
     p.add_argument("--model", required=True, metavar="M", help="registry name (see `resnetkit models`)")
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="builder keyword argument, JSON value (repeatable), e.g. "
-                        "--model-arg widths=[32,64,128] --model-arg stem_stride=2")
+    add_model_arg(p)
     p.add_argument("--input-size", metavar="C,H,W",
                    help="input channels, height and width (default: the model's, e.g. 3,32,32); "
                         "C sets the model's in_chans")
@@ -41,41 +43,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bench import bench_grid, environment, fastest, format_table, setting_name
-    from ..errors import UserError
-    from ..models import model_info
-    from ..train.runtime import resolve_device
-    from .summary import parse_input_size
-    from .train import parse_model_args
+    from .. import bench, models, runtime  # lazy dispatch: torch loads only to run
 
-    info = model_info(args.model)
+    info = models.model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
     if args.batch_size < 1 or args.steps < 1 or args.warmup < 0:
         raise UserError("--batch-size and --steps must be positive and --warmup not negative")
-    device = resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     model_args = parse_model_args(args.model_arg)
     modes = args.modes or ["train", "infer"]
     # its "No CUDA runtime is found" warning on CPU-only machines says nothing about the result
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not args.json:
-        print(header(args, size, environment(device)), flush=True)
+        print(header(args, size, bench.environment(device)), flush=True)
 
     def progress(row: dict[str, Any]) -> None:
-        print(f"  {row['mode']} {setting_name(row)}: "
+        print(f"  {row['mode']} {bench.setting_name(row)}: "
               f"{row['error'] or format(row['images_per_s'], ',.0f') + ' images/s'}",
               file=sys.stderr, flush=True)
 
-    rows = bench_grid(args.model, size, batch_size=args.batch_size, modes=modes, steps=args.steps,
-                      warmup=args.warmup, device=device, compile=args.compile, model_args=model_args,
-                      progress=progress)
+    rows = bench.bench_grid(args.model, size, batch_size=args.batch_size, modes=modes, steps=args.steps,
+                            warmup=args.warmup, device=device, compile=args.compile, model_args=model_args,
+                            progress=progress)
     if args.json:
-        best = {m: (setting_name(b) if (b := fastest(rows, m)) else None) for m in modes}
+        best = {m: (bench.setting_name(b) if (b := bench.fastest(rows, m)) else None) for m in modes}
         print(json.dumps({"model": args.model, "model_args": model_args,
                           "input_size": list(size), "batch_size": args.batch_size,
-                          "steps": args.steps, "warmup": args.warmup, "environment": environment(device),
+                          "steps": args.steps, "warmup": args.warmup,
+                          "environment": bench.environment(device),
                           "rows": rows, "fastest": best}, indent=2))
     else:
-        print(format_table(rows))
+        print(bench.format_table(rows))
     return 0
 
 

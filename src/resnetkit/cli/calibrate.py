@@ -26,19 +26,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..calibrate import calibrate_checkpoint
-    from ..report_html import FILENAME, write_run_report
-    from ..train.checkpoint import resolve_checkpoint_path
-    from ..train.finetune import freeze_timeline
+    from .. import calibrate, report_html  # lazy dispatch: torch loads only to run
 
-    path = resolve_checkpoint_path(args.checkpoint)
-    record = calibrate_checkpoint(path, split=args.split, device=args.device)
+    record = calibrate.calibrate_checkpoint(args.checkpoint, split=args.split, device=args.device)
     run_dir = Path(args.checkpoint)
-    if run_dir.is_dir() and (run_dir / FILENAME).is_file():
-        write_run_report(run_dir, device=args.device, freeze=freeze_timeline)
+    if run_dir.is_dir() and (run_dir / report_html.FILENAME).is_file():
+        report_html.write_run_report(run_dir, device=args.device)
     if args.json:
         print(json.dumps(record))
         return 0
+    path = run_dir / record["checkpoint"] if run_dir.is_dir() else run_dir
     print(f"{path}: temperature {record['temperature']:.4f} (fitted on {record['fit_images']} "
           f"{record['fit_on']} images)")
     print(f"ECE (15 bins) on {record['fit_on']}: {100 * record['ece_before']:.2f}% -> "

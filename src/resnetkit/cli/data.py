@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any, Mapping
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,26 +29,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed of that split (default 0)")
     c.add_argument("--workers", type=int, metavar="N", help="processes decoding images")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
-    c.set_defaults(func=run_check)
+    c.set_defaults(func=run)
 
     ls = sub.add_parser("list", help="the datasets resnetkit knows, with their presets")
-    ls.set_defaults(func=run_list)
+    ls.set_defaults(func=run)
 
 
-def run_check(args: argparse.Namespace) -> int:
-    from ..data.check import check_dataset, format_report
+def run(args: argparse.Namespace) -> int:
+    from ..data import check, presets  # lazy dispatch: torch loads only to run
 
-    report = check_dataset(args.dataset, args.data_dir, args.batch_size, val_fraction=args.val_fraction,
-                           seed=args.seed, workers=args.workers)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    if args.data_command == "list":
+        return run_list(presets.PRESETS)
+    report = check.check_dataset(args.dataset, args.data_dir, args.batch_size, val_fraction=args.val_fraction,
+                                 seed=args.seed, workers=args.workers)
+    print(json.dumps(report, indent=2) if args.json else check.format_report(report))
     return 0
 
 
-def run_list(args: argparse.Namespace) -> int:
-    from ..data.presets import PRESETS
-
+def run_list(presets: Mapping[str, Any]) -> int:
     rows = [("dataset", "size", "channels", "augmentation", "")]
-    for p in PRESETS.values():
+    for p in presets.values():
         aug = ["pad %d crop" % p.pad if p.pad else "", "flip" if p.flip else "",
                "random resized crop" if p.rrc_scale else ""]
         rows.append((p.name, f"{p.img_size}px", str(p.in_chans), ", ".join(a for a in aug if a) or "-",
@@ -56,6 +57,3 @@ def run_list(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[4])
     return 0
-
-
-run = run_check

@@ -30,20 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import default_confusion_path, evaluate
-    from ..report import format_report
-    from ..train.checkpoint import resolve_checkpoint_path
+    from .. import checkpoint, evaluate, report  # lazy dispatch: torch loads only to run
 
-    path = resolve_checkpoint_path(args.checkpoint)
-    png = Path(args.out) if args.out else default_confusion_path(path, args.split)
-    result = evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+    path = checkpoint.resolve_checkpoint_path(args.checkpoint)
+    png = Path(args.out) if args.out else evaluate.default_confusion_path(path, args.split)
+    result = evaluate.evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
                       device=args.device, batch_size=args.batch_size, confusion_png=png)
     if args.json:
         print(json.dumps(result))
         return 0
     title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
-    print(format_report(result, title=title))
+    print(report.format_report(result, title=title))
     scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
     if "confusion_png_error" in result:
         print(f"loss {result['loss']:.4f}{scaled}")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .train import choices_metavar
+
 DEGRADATION_HELP = """\
 Trains plain-N and ResNet-N for each depth N with one recipe and one seed (one run folder per
 net under --out), then writes degradation.png (train error dashed, test error solid; plain
@@ -39,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     d.add_argument("--subset", type=int, metavar="N", help="training images (0: all)")
     d.add_argument("--batch-size", type=int, metavar="N")
     d.add_argument("--lr", type=float, metavar="LR")
-    d.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    d.add_argument("--precision", metavar=choices_metavar("precision"))
     d.add_argument("--seed", type=int, metavar="N", help="one seed for every net")
     d.add_argument("--device", metavar="DEV", help="auto | cpu | cuda[:N] | mps")
     d.add_argument("--data-dir", metavar="DIR", help="default $RESNETKIT_DATA, else ~/.cache/resnetkit/data")
@@ -49,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiments import degradation
+    from ..experiments import degradation  # lazy dispatch: torch loads only to run
 
     names = ("dataset", "depths", "epochs", "subset", "batch_size", "lr", "precision", "seed",
              "device", "data_dir")

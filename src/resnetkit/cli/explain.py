@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .._io import write_atomic
+from ..errors import UserError
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
@@ -26,19 +29,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._io import write_atomic
-    from ..errors import UserError
-    from ..predict import collect_images, load, output_names
+    from .. import predict  # lazy dispatch: torch loads only to run
 
-    paths = collect_images(args.images)
+    paths = predict.collect_images(args.images)
     if not paths:
         raise UserError(f"no image files found in {', '.join(args.images)}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    clf = load(args.checkpoint, device=args.device)
+    clf = predict.load(args.checkpoint, device=args.device)
     if args.target is not None:
         clf.class_index(args.target)  # an unknown class stops here, before any work
-    out, names = Path(args.out), output_names(paths)
+    out, names = Path(args.out), predict.output_names(paths)
     failed = 0
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]

@@ -39,7 +39,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_checkpoint
+    from ..export import export_checkpoint  # lazy dispatch: torch loads only to run
 
     result = export_checkpoint(args.checkpoint, fmt=args.fmt, out=args.out,
                                dynamic_batch=args.dynamic_batch, opset=args.opset, check=args.check,

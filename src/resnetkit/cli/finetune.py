@@ -10,15 +10,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..config import FINETUNE_RECIPE as R
 from ..errors import UserError
+from .train import FLAGS, S, config_values
 
 SKIP = ("--dataset", "--data-dir", "--download", "--resume")  # DATA_DIR says it all; resume: train
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..train.finetune import FINETUNE_RECIPE as R
-    from .train import FLAGS, S
-
     p = subparsers.add_parser(
         "finetune", help="fine-tune a pretrained ImageNet ResNet on a folder of images",
         description=f"Fine-tune a pretrained ResNet on DATA_DIR (one sub-folder of images per class, or "
@@ -40,39 +39,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def finetune_values(args: argparse.Namespace) -> dict[str, Any]:
     """RunConfig fields: the folder, the finetune recipe, then --config and flags on top."""
-    from .train import config_values
-
     values = config_values(args)
     values.pop("data_dir", None)
     return {"recipe": "finetune", **values, "dataset": "imagefolder", "data_dir": args.data_dir}
 
 
-def plan_lines(values: dict[str, Any]) -> list[str]:
-    """The resolved plan, printed before any image is decoded."""
-    from .. import pretrained
-    from ..config import RunConfig
-    from ..data import dataset_spec
-    from ..train import finetune
-    from ..train.recipes import resolve_config
-
-    cfg = resolve_config(RunConfig.from_dict(values), set(values))
-    finetune.freeze_plan(cfg)  # a bad --freeze fails here, not after the data is read
-    source = pretrained.check_source(cfg.pretrained, cfg.model) if cfg.pretrained else None
-    spec = dataset_spec(cfg)
-    origin = f"from {source.label}" if source else "from scratch (no --pretrained)"
-    # The preprocessing and the freeze schedule follow from the trainer, once the weights are in.
-    return [f"fine-tune plan: {cfg.model} {origin}",
-            f"  data: {cfg.data_dir}, {spec.num_classes} classes; {cfg.epochs} epochs, "
-            f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule}"]
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from ..train import finetune, train  # lazy dispatch: torch loads only to train
 
     values = finetune_values(args)
     if values.get("resume"):
         raise UserError("finetune --resume: continue a run with 'resnetkit train --resume RUN_DIR'")
-    for line in plan_lines(values):
+    for line in finetune.plan_lines(values):
         print(line, flush=True)
     train(values)
     return 0

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+
+from ..errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,23 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def describe(name: str) -> dict[str, Any]:
-    """Name, parameter count at the builder's default classes, options and description."""
-    import torch
-
-    from ..models import create_model, model_info
-
-    info = model_info(name)
-    with torch.device("meta"):  # shapes only: no memory, no initialization
-        model = create_model(name)
-    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
-            "num_classes": info.num_classes, "input_size": list(info.input_size),
-            "options": list(info.options), "description": info.description}
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..models import list_models
+    from ..models import describe, list_models  # lazy dispatch: torch loads only to run
 
     names = list_models(args.pattern)
     if not names:

@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import collect_images, load, output_names
+    from ..predict import annotate_file, collect_images, load, output_names  # lazy dispatch: torch loads to run
 
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise UserError(f"--min-confidence is a probability in [0, 1], got {args.min_confidence}")
@@ -65,36 +65,5 @@ def run(args: argparse.Namespace) -> int:
             failed += "error" in r
             emit(r, writer, args.json)
             if args.annotate and "error" not in r:
-                annotate(r, Path(args.annotate) / f"{names[i]}.png")
+                annotate_file(r, Path(args.annotate) / f"{names[i]}.png")
     return 1 if failed else 0
-
-
-def annotate(r: dict[str, Any], dest: Path) -> None:
-    """The image file of result ``r`` with its answer drawn on it, written to ``dest``."""
-    from PIL import Image, ImageOps
-
-    from .._io import write_atomic
-    from ..explain import label_image
-
-    with Image.open(r["path"]) as im:
-        picture = ImageOps.exif_transpose(im)
-        best = f"{r['top'][0]['class']} {100 * r['top'][0]['prob']:.1f}%"
-        text = best if r["label"] != "unknown" else f"unknown ({best})"
-        labelled = label_image(picture, text)
-    write_atomic(dest, lambda tmp: labelled.save(tmp, format="PNG"))
-
-
-def emit(r: dict[str, Any], writer: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(r), flush=True)
-    elif writer is not None:
-        if "error" in r:
-            print(f"resnetkit: cannot read {r['path']}: {r['error']}", file=sys.stderr)
-        else:
-            writer.writerow([r["path"], r["label"], f"{r['top'][0]['prob']:.6f}"])
-    elif "error" in r:
-        print(f"{r['path']}  error: {r['error']}", flush=True)
-    else:
-        top = "  ".join(f"{t['class']} ({100 * t['prob']:.1f}%)" for t in r["top"])
-        head = "unknown; best:" if r["label"] == "unknown" else "->"
-        print(f"{r['path']}  {head} {top}", flush=True)

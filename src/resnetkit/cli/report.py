@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..errors import UserError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -24,15 +27,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
-    from ..report_html import FILENAME, write_run_report
-    from ..train.finetune import freeze_timeline
+    from .. import report_html  # lazy dispatch: torch loads only to run
 
     if args.top_losses < 0:
         raise UserError(f"--top-losses must be >= 0, got {args.top_losses}")
-    rep = write_run_report(args.run_dir, device=args.device, freeze=freeze_timeline,
-                           top_k=args.top_losses, method=args.method)
+    rep = report_html.write_run_report(args.run_dir, device=args.device, top_k=args.top_losses,
+                                       method=args.method)
     ece = rep.get("ece")
-    print(f"wrote {args.run_dir.rstrip('/')}/{FILENAME}"
+    print(f"wrote {Path(args.run_dir) / report_html.FILENAME}"
           + (f"  (test top-1 {100 * rep['top1']:.2f}%, ECE {100 * ece:.2f}%)" if ece is not None else ""))
     return 0

@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UserError
+from .train import add_model_arg, parse_model_args
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,6 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="input channels, height and width (default 3,224,224 for the ImageNet nets, "
                         "3,32,32 for the CIFAR and simple nets); C sets the model's in_chans")
     p.add_argument("--num-classes", type=int, metavar="N", help="classes of the head (default: the model's)")
+    add_model_arg(p)
     p.add_argument("--depth", type=int, choices=(1, 2), default=1,
                    help="1: one row per stage (default); 2: also one row per block")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -23,8 +27,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def parse_input_size(text: str) -> tuple[int, int, int]:
-    from ..errors import UserError
-
     parts = text.replace("x", ",").split(",")
     try:
         size = tuple(int(p) for p in parts)
@@ -36,12 +38,12 @@ def parse_input_size(text: str) -> tuple[int, int, int]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..models import create_model, model_info
-    from ..models.summary import format_summary, summarize
+    from ..models import create_model, model_info, summary  # lazy dispatch: torch loads only to run
 
     info = model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0])
-    d = summarize(model, size, depth=args.depth, name=args.model)
-    print(json.dumps(d, indent=2) if args.json else format_summary(d))
+    model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0],
+                         **parse_model_args(args.model_arg))
+    d = summary.summarize(model, size, depth=args.depth, name=args.model)
+    print(json.dumps(d, indent=2) if args.json else summary.format_summary(d))
     return 0

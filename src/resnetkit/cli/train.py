@@ -1,81 +1,56 @@
 """``resnetkit train``: one flag per RunConfig field, ``--config FILE`` for defaults.
 
-Every flag defaults to argparse.SUPPRESS, so the namespace holds exactly the flags given: they
-win over the config file, which wins over the recipe, which fills everything left unset.
+The flags come from RunConfig's fields and their metadata (:func:`resnetkit.config.flag`), so a
+new field is a new flag. Every flag defaults to argparse.SUPPRESS, so the namespace holds exactly
+the flags given: they win over the config file, which wins over the recipe, which fills
+everything left unset.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
 from typing import Any
 
+from ..config import RunConfig, choices, load_config_file
 from ..errors import UserError
 
 S = argparse.SUPPRESS
 BOOL = argparse.BooleanOptionalAction
 
-# (flag, argparse keywords) per RunConfig field, in help order, grouped.
-FLAGS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "model": [
-        ("--model", dict(metavar="NAME", help="registry name (resnetkit models); default: the recipe's")),
-        ("--model-arg", dict(metavar="KEY=VALUE", action="append", dest="model_arg",
-                             help="builder argument, repeatable; VALUE is read as JSON when it "
-                                  "parses (true, 3, \"B\"), else as text. e.g. small_input=true")),
-        ("--pretrained", dict(metavar="WEIGHTS", help="imagenet, a torchvision weights name or a file")),
-        ("--freeze", dict(metavar="WHAT", help="none | backbone | stages:N (with --pretrained)")),
-        ("--freeze-epochs", dict(type=int, metavar="N", help="epochs before unfreezing the backbone")),
-        ("--backbone-lr-mult", dict(type=float, metavar="X", help="backbone lr = lr * X after unfreezing")),
-    ],
-    "data": [
-        ("--dataset", dict(metavar="NAME", help="digits (default, bundled), mnist, fashion-mnist, "
-                                                "cifar10, cifar100, imagefolder")),
-        ("--data-dir", dict(metavar="DIR", help="where datasets live (default $RESNETKIT_DATA, else "
-                                                "~/.cache/resnetkit/data); the folder for imagefolder")),
-        ("--download", dict(action=BOOL, help="let torchvision download a missing MNIST, Fashion-MNIST "
-                                              "or CIFAR dataset")),
-        ("--img-size", dict(type=int, metavar="PX", help="model input size (default: the dataset's)")),
-        ("--augment", dict(choices=("none", "basic", "strong"), help="training augmentation")),
-        ("--val-fraction", dict(type=float, metavar="F", help="held-out share of an image folder "
-                                                              "without val/ or test/ (default 0.2)")),
-        ("--subset", dict(type=int, metavar="N", help="train on N samples (stratified, seeded)")),
-        ("--strict", dict(action=BOOL, help="unreadable image files are an error, not a warning")),
-        ("--workers", dict(type=int, metavar="N", help="loader processes for image folders")),
-    ],
-    "optimisation": [
-        ("--recipe", dict(metavar="NAME", help="preset of the values below: default, fast (MNIST, "
-                                               "Fashion-MNIST), finetune (a pretrained ResNet-18)")),
-        ("--epochs", dict(type=int, metavar="N")),
-        ("--batch-size", dict(type=int, metavar="N", help="global batch size")),
-        ("--lr", dict(type=float, metavar="LR", help="peak learning rate")),
-        ("--optimizer", dict(choices=("sgd", "adam", "adamw"), help="sgd: momentum 0.9, Nesterov")),
-        ("--weight-decay", dict(type=float, metavar="WD", help="on conv and linear weights only")),
-        ("--schedule", dict(choices=("onecycle", "cosine", "step", "constant"), help="per-batch lr schedule")),
-        ("--warmup-epochs", dict(type=float, metavar="E", help="linear warmup (one-cycle: the rise)")),
-        ("--label-smoothing", dict(type=float, metavar="EPS")),
-        ("--early-stop", dict(type=int, metavar="PATIENCE", help="stop after PATIENCE evaluations "
-                                                                 "without a better test accuracy")),
-        ("--eval-every", dict(type=int, metavar="N", help="evaluate every N epochs (and the last)")),
-        ("--tta", dict(action=BOOL, help="evaluate on each image and its horizontal flip")),
-    ],
-    "hardware": [
-        ("--seed", dict(type=int, metavar="N")),
-        ("--device", dict(metavar="DEV", help="auto (cuda, else mps, else cpu) | cpu | cuda[:N] | mps")),
-        ("--precision", dict(choices=("auto", "fp32", "bf16", "fp16"),
-                             help="auto: bf16 (else fp16) on CUDA, fp32 on CPU")),
-        ("--channels-last", dict(action=BOOL, help="NHWC memory format")),
-        ("--compile", dict(action=BOOL, help="torch.compile the model")),
-        ("--sync-bn", dict(action=BOOL, help="synchronise BatchNorm across processes")),
-        ("--nproc", dict(type=int, metavar="N", help="data-parallel processes on this machine, started "
-                                                     "through torchrun; --batch-size stays the global batch")),
-        ("--threads", dict(type=int, metavar="N", help="CPU threads for torch (default: the recipe's, "
-                                                       "else torch's)")),
-    ],
-    "output": [
-        ("--out", dict(metavar="RUN_DIR", help="run folder (default runs/<dataset>-<model>-<time>)")),
-        ("--resume", dict(metavar="RUN_DIR", help="continue an interrupted run with its saved config")),
-        ("--log-grad-norms", dict(action=BOOL, help="record per-stage gradient norms in metrics.jsonl")),
-    ],
-}
+
+def _flag(f: dataclasses.Field, annotation: Any) -> tuple[str, dict[str, Any]]:
+    """The flag and argparse keywords of one RunConfig field, from its metadata and type."""
+    meta = dict(f.metadata)
+    name = meta.pop("flag", "--" + f.name.replace("_", "-"))
+    meta.pop("group")
+    if meta.pop("choices", None) and "metavar" not in meta:
+        meta["metavar"] = choices_metavar(f.name)
+    kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
+    if kinds[0] is bool:
+        meta["action"] = BOOL
+    elif kinds[0] in (int, float):
+        meta["type"] = kinds[0]
+    return name, meta
+
+
+def choices_metavar(name: str) -> str:
+    """RunConfig field ``name``'s choices as argparse shows them, {a,b,c}. They are checked once,
+    by :func:`resnetkit.config.check_choice`, when the config is resolved."""
+    return "{" + ",".join(choices(name)) + "}"
+
+
+def flag_table() -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """(flag, argparse keywords) per RunConfig field, grouped in field order."""
+    hints = typing.get_type_hints(RunConfig)
+    table: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for f in dataclasses.fields(RunConfig):
+        table.setdefault(f.metadata["group"], []).append(_flag(f, hints[f.name]))
+    return table
+
+
+FLAGS = flag_table()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -94,6 +69,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    """``--model-arg KEY=VALUE``, repeatable, as ``resnetkit train`` takes it, for every command
+    that builds a network; ``args.model_arg`` is the list given (:func:`parse_model_args`)."""
+    flag, kw = next((f, kw) for f, kw in FLAGS["model"] if f == "--model-arg")
+    parser.add_argument(flag, default=[], **kw)
+
+
 def parse_model_args(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -109,8 +91,6 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
 
 def config_values(args: argparse.Namespace) -> dict[str, Any]:
     """The RunConfig fields set by --config and by flags (flags win); nothing else."""
-    from ..config import load_config_file
-
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
     values = load_config_file(args.config) if hasattr(args, "config") else {}
     if "model_arg" in given:
@@ -137,14 +117,6 @@ def train_argv(args: argparse.Namespace, drop: tuple[str, ...] = ("nproc",)) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import distributed, train
+    from .launch import train_or_launch  # lazy dispatch: torch loads only to train
 
-    values = config_values(args)
-    nproc = distributed.requested_nproc(values)
-    if nproc > 1 and distributed.launched_world_size() == 1:  # --nproc N: become torchrun
-        distributed.precheck(values, nproc)
-        return distributed.launch(train_argv(args), nproc)
-    result = train(values)
-    if result.stopped_early and distributed.is_main_process():
-        print(f"stopped early after epoch {result.last_metrics['epoch']}")
-    return 0
+    return train_or_launch(config_values(args), train_argv(args))

@@ -12,7 +12,7 @@ from ._util import DataWarning
 from .check import check_dataset
 from .loaders import Loaders, build_eval_loader, build_loaders, dataset_spec
 from .presets import list_datasets
-from .specs import DatasetSpec
+from ..specs import DatasetSpec
 
 __all__ = ["build_loaders", "build_eval_loader", "dataset_spec", "DatasetSpec", "check_dataset",
            "list_datasets", "Loaders", "DataWarning"]

@@ -25,9 +25,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import RunConfig
 from ..errors import UserError
+from ..specs import DatasetSpec
 from .datasets import ArraySplit
 from .decode import default_workers
 from .folders import FolderSplit
+from .loaders import _load_array, _locate, _Plan, layout
 from .presets import get_preset
 from .transforms import ImageReadError, load_image, to_mode
 
@@ -81,8 +83,6 @@ class _Stats:
 def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | None = None, *,
                   val_fraction: float = 0.2, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
     """Inspect a dataset's splits as the loaders see them; return the report as a dict."""
-    from .loaders import _load_array, _locate, _Plan, layout
-
     preset = get_preset(dataset)
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
                     batch_size=batch_size, workers=workers)
@@ -98,8 +98,6 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
         if index is not None:
             _scan_folder_split(getattr(index, split), st, in_chans, workers)
         else:
-            from .specs import DatasetSpec
-
             spec = DatasetSpec(dataset, classes, in_chans, preset.img_size, preset.mean, preset.std)
             _scan_array_split(_load_array(_Plan(preset, spec, "none", bs, root, kind), cfg, split), st)
         stats[split] = st

@@ -34,7 +34,7 @@ from .folders import FolderIndex, FolderSplit, index_imagefolder
 from .memory import MemoryLoader, to_device
 from .presets import Preset, check_augment, default_classes, get_preset
 from .sampling import stratified_subset
-from .specs import DatasetSpec
+from ..specs import DatasetSpec, Preprocessing
 from .streaming import FolderDataset, FolderLoader, probe_split, train_transform
 from .transforms import Geometry, Normalizer, eval_geometry, match_channels
 
@@ -64,14 +64,16 @@ class _Plan:
     index: FolderIndex | None = None
 
 
-def dataset_spec(cfg: RunConfig) -> DatasetSpec:
+def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None) -> DatasetSpec:
     """The resolved spec (classes, channels, size, statistics) without decoding any image."""
-    return _plan(cfg).spec
+    return _plan(cfg, preprocessing=preprocessing).spec
 
 
-def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0,
-                  world_size: int = 1) -> Loaders:
-    plan = _plan(cfg, world_size=world_size)
+def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, world_size: int = 1,
+                  preprocessing: Preprocessing | None = None) -> Loaders:
+    """Train and test loaders; ``preprocessing``: pretrained weights' (size, mean, std), which
+    replaces the dataset's."""
+    plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing)
     device = torch.device(device)
     train = _split_loader(plan, cfg, "train", True, device, rank, world_size)
     test = _split_loader(plan, cfg, "test", False, device, rank, world_size)
@@ -93,7 +95,8 @@ def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
 
 
 # ------------------------------------------------------------------ resolving a config
-def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1) -> _Plan:
+def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
+          preprocessing: Preprocessing | None = None) -> _Plan:
     preset = get_preset(cfg.dataset)
     augment = check_augment(cfg.augment)
     batch_size = cfg.batch_size or preset.batch_size
@@ -110,10 +113,8 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1) 
     if spec is None:
         spec = DatasetSpec(cfg.dataset, classes, preset.in_chans, img_size, preset.mean, preset.std,
                            preset.resize_size(img_size))
-        if cfg.pretrained:  # the weights' own preprocessing (mean, std, resize, crop)
-            from ..pretrained import pretrained_spec
-
-            spec = pretrained_spec(spec, cfg)
+        if preprocessing is not None:
+            spec = spec.with_preprocessing(preprocessing, cfg.img_size)
     elif kind != "folder" and tuple(spec.classes) != tuple(classes):
         raise UserError(f"the model's classes ({summarize_names(list(spec.classes))}) are not "
                         f"{cfg.dataset}'s ({summarize_names(list(classes))})")

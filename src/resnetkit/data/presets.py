@@ -11,15 +11,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from ..config import check_choice
 from ..errors import UserError
-
-AUGMENT_LEVELS = ("none", "basic", "strong")
-
-# ImageNet statistics: the customary choice for photos, and what pretrained torchvision weights expect.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Eval resize of photos: shorter side to img_size * 256/224, then center crop (the ImageNet habit).
-PHOTO_RESIZE_RATIO = 256 / 224
+from ..specs import IMAGENET_MEAN, IMAGENET_STD, PHOTO_RESIZE_RATIO
 
 
 @dataclass(frozen=True)
@@ -32,7 +26,6 @@ class Preset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     batch_size: int  # fallback when neither the flag nor the recipe sets one
-    in_memory: bool  # always on the in-memory fast path
     # -- augmentation at level "basic" ("strong" adds cutout; "none" nothing)
     pad: int = 0  # random-crop padding, in pixels at native_size (scaled with img_size)
     pad_mode: str = "constant"  # constant (black) | reflect
@@ -62,26 +55,26 @@ PRESETS: dict[str, Preset] = {
         Preset("digits", "scikit-learn's 1,797 8x8 handwritten digits (bundled, no download)",
                in_chans=1, img_size=8, native_size=8,
                # computed on the fixed 80% training split, pixels scaled 0..16 -> 0..255
-               mean=(0.3054,), std=(0.3760,), batch_size=64, in_memory=True,
+               mean=(0.3054,), std=(0.3760,), batch_size=64,
                pad=1, cutout=0.375),
         Preset("mnist", "MNIST handwritten digits, 60,000 train / 10,000 test, 28x28",
                in_chans=1, img_size=28, native_size=28, mean=(0.1307,), std=(0.3081,),
-               batch_size=128, in_memory=True, pad=2),
+               batch_size=128, pad=2),
         Preset("fashion-mnist", "Fashion-MNIST clothing, 60,000 train / 10,000 test, 28x28",
                in_chans=1, img_size=28, native_size=28, mean=(0.2860,), std=(0.3530,),
-               batch_size=128, in_memory=True, pad=2, flip=True),
+               batch_size=128, pad=2, flip=True),
         Preset("cifar10", "CIFAR-10, 50,000 train / 10,000 test, 32x32 RGB",
                in_chans=3, img_size=32, native_size=32,
                mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-               batch_size=128, in_memory=True, pad=4, pad_mode="reflect", flip=True, cutout=0.5),
+               batch_size=128, pad=4, pad_mode="reflect", flip=True, cutout=0.5),
         Preset("cifar100", "CIFAR-100, 50,000 train / 10,000 test, 32x32 RGB",
                in_chans=3, img_size=32, native_size=32,
                mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-               batch_size=128, in_memory=True, pad=4, pad_mode="reflect", flip=True, cutout=0.5),
+               batch_size=128, pad=4, pad_mode="reflect", flip=True, cutout=0.5),
         # 64 px: small enough to train on a laptop CPU and to take the cached in-memory path.
         Preset("imagefolder", "your photos: --data-dir DIR with one sub-folder per class",
                in_chans=3, img_size=64, native_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-               batch_size=64, in_memory=False, flip=True, rrc_scale=(0.35, 1.0), photo=True),
+               batch_size=64, flip=True, rrc_scale=(0.35, 1.0), photo=True),
     )
 }
 
@@ -100,10 +93,7 @@ def get_preset(name: str) -> Preset:
 
 
 def check_augment(level: str | None) -> str:
-    level = level or "basic"
-    if level not in AUGMENT_LEVELS:
-        raise UserError(f"unknown --augment {level!r}; choose one of {', '.join(AUGMENT_LEVELS)}")
-    return level
+    return check_choice("augment", level or "basic")
 
 
 def default_classes(name: str) -> tuple[str, ...] | None:

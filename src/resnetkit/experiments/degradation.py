@@ -23,9 +23,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
+from .. import report as reports
 from .._io import write_json_atomic, write_text_atomic
+from ..checkpoint import LAST, read_metadata
 from ..config import RunConfig
 from ..errors import UserError
+from ..models import create_model, list_models
+from ..report import _figure, _save_png
+from ..runtime import resolve_device
+from ..train import train
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,6 @@ GPU_COMMAND = "resnetkit experiment degradation --preset paper --out runs/degrad
 
 def valid_depths() -> list[int]:
     """Depths with both a plain and a residual CIFAR net in the registry (6n+2)."""
-    from ..models import list_models
-
     names = set(list_models())
     depths = (int(n[5:]) for n in names if n.startswith("plain") and n[5:].isdigit())
     # plain18/34 are the ImageNet nets of the same registry
@@ -148,8 +154,6 @@ class NetRun:
 
 def train_net(s: Settings, net: str, run_dir: Path, *, verbose: bool = True) -> NetRun:
     """Train one net, or reuse its finished run folder, or resume an interrupted one."""
-    from ..train import train
-
     cfg = run_config(s, net, run_dir)
     if (run_dir / "config.json").is_file():
         check_same_config(cfg, run_dir)
@@ -180,11 +184,6 @@ def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
 
 def count_params(run_dir: Path) -> int:
     """Parameters of the net as its checkpoint rebuilds it (classes and channels of the data)."""
-    import torch
-
-    from ..models import create_model
-    from ..train.checkpoint import LAST, read_metadata
-
     meta, _ = read_metadata(run_dir / LAST)
     with torch.device("meta"):  # shapes only
         model = create_model(meta["arch"], **meta["model_args"])
@@ -255,9 +254,6 @@ def verdict(runs: Sequence[NetRun]) -> dict[str, Any]:
 
 
 def build_report(s: Settings, runs: Sequence[NetRun], wall: float) -> dict[str, Any]:
-    from .. import report as reports
-    from ..train.runtime import resolve_device
-
     nets = {r.name: {"kind": r.kind, "depth": r.depth, "run_dir": r.run_dir.name, "params": r.params,
                      "seconds": round(r.seconds, 1), "reused": r.reused, "epochs": len(r.history),
                      "final_train_error": r.train_error, "final_test_error": r.test_error,
@@ -322,8 +318,6 @@ def _colours(runs: Sequence[NetRun]) -> dict[int, Any]:
 
 def plot_degradation(runs: Sequence[NetRun], path: Path, title: str = "") -> None:
     """Fig. 6 of the paper: train error dashed, test error solid; plain left, residual right."""
-    from ..report import _figure, _save_png
-
     fig, axes = _figure(10, 4, ncols=2)
     colour = _colours(runs)
     top = max(max(1 - h["train_acc"], 1 - (h["test_acc"] or 0)) for r in runs for h in r.history)
@@ -344,8 +338,6 @@ def plot_degradation(runs: Sequence[NetRun], path: Path, title: str = "") -> Non
 def plot_first_stage_grads(runs: Sequence[NetRun], path: Path) -> None:
     """Left: the first stage's gradient norm per epoch; right: each stage's in the last epoch.
     Plain nets dashed, residual nets solid, one colour per depth, log y."""
-    from ..report import _figure, _save_png
-
     fig, (ax_epoch, ax_stage) = _figure(10, 4, ncols=2)
     colour = _colours(runs)
     for r in runs:

@@ -7,11 +7,11 @@
 """
 from __future__ import annotations
 
-from ._registry import ModelInfo, create_model, list_models, model_info, register_model
+from ._registry import ModelInfo, create_model, describe, list_models, model_info, register_model
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
-from .resnet import CifarResNet, ResNet, SimpleResNet
+from .resnet import HEAD, CifarResNet, ResNet, SimpleResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
-    "SimpleResNet", "create_model", "list_models", "model_info", "register_model",
+    "HEAD", "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
+    "SimpleResNet", "create_model", "describe", "list_models", "model_info", "register_model",
 ]

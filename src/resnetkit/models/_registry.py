@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -136,3 +137,13 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
         _check_value(name, "num_classes", int, num_classes)
         kwargs["num_classes"] = num_classes
     return info.builder(in_chans=in_chans, **kwargs)
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Name, parameter count at the builder's default classes, options and description."""
+    info = model_info(name)
+    with torch.device("meta"):  # shapes only: no memory, no initialization
+        model = create_model(name)
+    return {"name": name, "params": sum(p.numel() for p in model.parameters()),
+            "num_classes": info.num_classes, "input_size": list(info.input_size),
+            "options": list(info.options), "description": info.description}

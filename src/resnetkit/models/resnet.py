@@ -29,8 +29,26 @@ else:  # pragma: no cover
     from typing_extensions import Unpack
 
 
+HEAD = "fc"  # torchvision's name of the classifier, kept by every resnetkit model
+
+
 class _Net(nn.Module):
-    """What every net here shares: ``stages`` and the weight initialization."""
+    """What every net here shares: ``stages``, the weight initialization, and frozen BatchNorm
+    staying in eval mode."""
+
+    def train(self, mode: bool = True) -> "_Net":
+        """As ``nn.Module.train``, except that a BatchNorm whose weight and bias are frozen
+        (``requires_grad`` False, as fine-tuning leaves them) stays in eval mode: updating its
+        running statistics under frozen affine parameters would shift every later layer's input.
+        Unfreezing (``requires_grad`` True) is enough to put it back into training mode."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                params = list(m.parameters(recurse=False))
+                if (isinstance(m, nn.modules.batchnorm._BatchNorm) and params
+                        and not any(p.requires_grad for p in params)):
+                    m.training = False
+        return self
 
     @property
     def stages(self) -> list[tuple[str, nn.Module]]:

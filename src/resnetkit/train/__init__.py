@@ -1,4 +1,4 @@
-"""Training: ``train(cfg) -> TrainResult``, checkpoints, recipes, optimisers and steps."""
+"""Training: ``train(cfg) -> TrainResult``, recipes, optimisers, steps, fine-tuning, data parallelism."""
 from __future__ import annotations
 
 import sys

@@ -1,7 +1,7 @@
 """Data parallelism: one process per device, started by torchrun, joined by a process group.
 
 ``torchrun --nproc-per-node N -m resnetkit train ...`` (or ``resnetkit train --nproc N``, which
-runs the same launcher) starts N copies of the trainer. Each reads its rank from the
+runs the same launcher, :mod:`resnetkit.cli.launch`) starts N copies of the trainer. Each reads its rank from the
 environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), joins the
 group (nccl on CUDA, gloo on CPU), trains a DistributedDataParallel replica on its shard of every
 global batch and takes part in the collectives below; only rank 0 writes files and prints.
@@ -13,26 +13,21 @@ partition, no padding duplicates), so each evaluates its part with the plain mod
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
-
-if TYPE_CHECKING:
-    from .steps import EvalOutput
+from .steps import EvalOutput
 
 TIMEOUT_ENV = "RESNETKIT_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
 DEFAULT_TIMEOUT_S = 300  # rank 0 may write a large checkpoint meanwhile; a hang ends in minutes
-EXIT_AT_ENV = "RESNETKIT_TEST_EXIT_AT"  # "RANK:STEP": that rank dies at that step (failure-handling tests)
 
 
 class LostPeer(UserError):
@@ -44,7 +39,6 @@ class Context:
     rank: int
     world_size: int
     local_rank: int
-    device: torch.device  # this process's device: cuda:LOCAL_RANK, or cpu
 
     @property
     def is_main(self) -> bool:
@@ -120,7 +114,7 @@ def process_group(device: torch.device) -> Iterator[Context]:
                         f"use --device cpu or a CUDA machine")
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timeout())
     try:
-        yield Context(rank, world, local, device)
+        yield Context(rank, world, local)
     except (dist.DistError, RuntimeError) as e:
         if not _is_peer_failure(e):
             raise
@@ -149,15 +143,6 @@ def rank_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None:
         return torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def test_exit_step(rank: int) -> int | None:
-    """The step at which this rank should die, from ``$RESNETKIT_TEST_EXIT_AT`` ("RANK:STEP")."""
-    raw = os.environ.get(EXIT_AT_ENV)
-    if not raw:
-        return None
-    who, _, step = raw.partition(":")
-    return int(step) if int(who) == rank else None
 
 
 # ------------------------------------------------------------------ the model
@@ -311,11 +296,9 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
-def gather_eval(out: "EvalOutput", device: torch.device) -> "EvalOutput":
+def gather_eval(out: EvalOutput, device: torch.device) -> EvalOutput:
     """One EvalOutput for the whole split from each rank's part: summed loss, predictions and
     targets in rank order, which with the loaders' contiguous partition is the dataset order."""
-    from .steps import EvalOutput
-
     if not is_distributed():
         return out
     k = all_max(out.top5.shape[1] if out.count else 0, device)
@@ -325,59 +308,3 @@ def gather_eval(out: "EvalOutput", device: torch.device) -> "EvalOutput":
     top5, targets = gather_rows(top5), gather_rows(targets)
     return EvalOutput(loss_sum.float(), int(targets.shape[0]), top5, targets)
 
-
-# ------------------------------------------------------------------ the launcher
-def requested_nproc(values: Mapping[str, Any]) -> int:
-    """Processes a ``resnetkit train`` command asks for: --nproc, else the resumed run's."""
-    if values.get("nproc"):
-        return int(values["nproc"])
-    if values.get("resume"):
-        import json
-        from pathlib import Path
-
-        path = Path(values["resume"]) / "config.json"
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            return int(json.loads(path.read_text(encoding="utf-8")).get("nproc") or 1)
-    return 1
-
-
-def precheck(values: Mapping[str, Any], nproc: int) -> None:
-    """Refuse what every process would refuse, once, before starting any."""
-    from .recipes import resolve_config
-    from .trainer import as_config, resume_config
-
-    config, explicit = as_config(dict(values), {})
-    if config.resume:
-        config, explicit = resume_config(config, explicit)
-    if nproc < 1:
-        raise UserError(f"--nproc must be a positive integer, got {nproc}")
-    check_batch_size(resolve_config(config, explicit).batch_size, nproc)
-
-
-def torchrun_args(train_args: Sequence[str], nproc: int) -> list[str]:
-    """torchrun's arguments for ``resnetkit train TRAIN_ARGS`` on ``nproc`` local processes."""
-    return ["--standalone", f"--nproc-per-node={nproc}", "--module", "resnetkit", "train", *train_args]
-
-
-def launch(train_args: Sequence[str], nproc: int) -> int:
-    """Run ``resnetkit train TRAIN_ARGS`` in ``nproc`` processes on this machine through torchrun's
-    agent; its exit status. When one process fails the agent stops the others (within a second)
-    and this prints one line naming it."""
-    from torch.distributed import run as torchrun
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    # torchrun's own default is one thread per process; share the cores instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    for name in list(logging.root.manager.loggerDict):  # the agent's notes; the line below says it all
-        if name.startswith("torch.distributed.elastic"):
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-    try:
-        torchrun.run(torchrun.parse_args(torchrun_args(train_args, nproc)))
-    except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode
-        how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with status {code}"
-        print(f"resnetkit: error: training process {rank} of {nproc} {how}; the other processes were "
-              f"stopped (its own message, if any, is above)", file=sys.stderr, flush=True)
-        return code if code > 0 else 1
-    return 0

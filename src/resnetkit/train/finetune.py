@@ -3,7 +3,8 @@
 A fine-tuning run has two parts: the head (``fc``) and the backbone (everything else). While
 frozen, a parameter has ``requires_grad=False``, so it gets no gradient and every torch optimizer
 skips it: no update, no weight decay, no momentum. Frozen BatchNorm layers also stay in eval mode
-(their running statistics and ``num_batches_tracked`` do not move), whoever calls ``train()``.
+(their running statistics and ``num_batches_tracked`` do not move), whoever calls ``train()``: the
+models' ``train`` sees to it (:mod:`resnetkit.models.resnet`).
 
 The plan is stateless in the epoch, so a resumed run freezes exactly as an uninterrupted one:
 :func:`set_epoch` puts the model in the state of the given epoch.
@@ -16,38 +17,19 @@ The plan is stateless in the epoch, so a resumed run freezes exactly as an unint
 from __future__ import annotations
 
 import re
-import types
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
+from .. import pretrained
 from ..config import RunConfig
+from ..data import dataset_spec
 from ..errors import UserError
-
-HEAD = "fc"  # torchvision's name of the classifier, kept by every resnetkit model
+from ..models import HEAD
+from ..specs import DatasetSpec
+from .recipes import resolve_config
 _STAGES = re.compile(r"^stages:(\d+)$")
-
-# Defaults of ``resnetkit finetune`` and ``--recipe finetune``, for small photo datasets.
-# AdamW at 1e-3 trains a new head fast without tuning; the backbone at 1e-4 (x0.1) keeps the
-# ImageNet features while adapting them (the usual discriminative fine-tuning rates, Howard &
-# Ruder 2018, arXiv:1801.06146). Two frozen epochs first let the random head settle so its large
-# early gradients do not wreck the pretrained features (Kumar et al. 2022, arXiv:2202.10054).
-FINETUNE_RECIPE: dict[str, Any] = {
-    "model": "resnet18",
-    "pretrained": "imagenet",
-    "freeze_epochs": 2,
-    "epochs": 10,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "optimizer": "adamw",
-    "weight_decay": 0.01,  # decoupled: shrinks weights by lr * 0.01 per step
-    "schedule": "cosine",
-    "warmup_epochs": None,
-    "label_smoothing": 0.1,
-    "augment": "basic",
-}
-
 
 @dataclass(frozen=True)
 class FreezePlan:
@@ -124,17 +106,16 @@ def _frozen(name: str, prefixes: list[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def apply_freeze(model: nn.Module, what: str) -> list[str]:
+def apply_freeze(model: nn.Module, what: str, fresh: Sequence[str] = ()) -> list[str]:
     """Freeze ``what`` and unfreeze the rest; returns the frozen module names.
 
-    Layers that loading left freshly initialised (``model.fresh_modules``, set by
-    :func:`resnetkit.pretrained.load_pretrained`, e.g. the small-input conv1) always train:
-    a frozen random layer would feed noise to everything after it."""
+    ``fresh``: layers that loading left freshly initialised (:class:`resnetkit.pretrained.Loaded`,
+    e.g. the small-input conv1); they always train: a frozen random layer would feed noise to
+    everything after it."""
     prefixes = frozen_prefixes(model, what)
-    fresh = list(getattr(model, "fresh_modules", ()))
+    fresh = list(fresh)
     for name, p in model.named_parameters():
         p.requires_grad_(not _frozen(name, prefixes) or _frozen(name, fresh))
-    guard_batchnorm(model)
     model.train(model.training)  # re-apply the mode so frozen BatchNorm goes to eval now
     return prefixes
 
@@ -144,57 +125,19 @@ def frozen_state(model: nn.Module) -> bool:
     return any(not p.requires_grad for p in model.parameters())
 
 
-# ------------------------------------------------------------------ BatchNorm stays frozen
-def _bn_train(self: nn.Module, mode: bool = True) -> nn.Module:
-    params = list(self.parameters(recurse=False))
-    frozen = bool(params) and not any(p.requires_grad for p in params)
-    return nn.Module.train(self, mode and not frozen)
-
-
-def guard_batchnorm(model: nn.Module) -> None:
-    """Make every BatchNorm whose weight and bias are frozen stay in eval mode on ``train()``.
-
-    The check runs at each ``train()`` call, so unfreezing (requires_grad True) is enough to
-    put the layer back into training mode; the trainer's ``model.train()`` needs no help.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and "train" not in m.__dict__:
-            m.train = types.MethodType(_bn_train, m)  # type: ignore[method-assign]
-
-
-# ------------------------------------------------------------------ schedule and optimizer
-def set_epoch(model: nn.Module, cfg: RunConfig, epoch: int) -> list[str]:
-    """Put ``model`` in the freeze state of ``epoch`` (1-based); lines to log when it changes."""
+# ------------------------------------------------------------------ the schedule
+def set_epoch(model: nn.Module, cfg: RunConfig, epoch: int, fresh: Sequence[str] = ()) -> list[str]:
+    """Put ``model`` in the freeze state of ``epoch`` (1-based); lines to log when it changes.
+    ``fresh``: the freshly initialised layers, which always train (:func:`apply_freeze`)."""
     if not is_finetune(cfg):
         return []
     plan = freeze_plan(cfg)
     what = plan.frozen_at(epoch)
     was_frozen = frozen_state(model)
-    apply_freeze(model, what)
+    apply_freeze(model, what, fresh)
     if was_frozen and what == "none":
         return [f"epoch {epoch}: unfreezing the backbone; it trains at lr x {plan.backbone_lr_mult:g}"]
     return []
-
-
-def param_groups(model: nn.Module, cfg: RunConfig) -> list[dict[str, Any]]:
-    """Optimizer param groups. Fine-tuning: head and backbone (backbone lr = lr * mult), each split
-    into decayed weights and undecayed BatchNorm/bias parameters, as :func:`optim.param_groups`
-    does; frozen parameters are included (they unfreeze later) and skipped while gradient-free.
-    Otherwise the trainer's usual groups. Groups carry a ``name`` for logs and tests."""
-    from .optim import param_groups as plain_groups
-
-    if not is_finetune(cfg):
-        return plain_groups(model, cfg.weight_decay)
-    mult = freeze_plan(cfg).backbone_lr_mult
-    head = {id(p) for p in head_module(model).parameters()}
-    buckets: dict[str, list[nn.Parameter]] = {"head": [], "head.no_decay": [], "backbone": [],
-                                              "backbone.no_decay": []}
-    for p in model.parameters():
-        part = "head" if id(p) in head else "backbone"
-        buckets[part if p.ndim > 1 else part + ".no_decay"].append(p)
-    return [{"name": name, "params": params, "lr": cfg.lr * (1.0 if name.startswith("head") else mult),
-             "weight_decay": 0.0 if name.endswith("no_decay") else cfg.weight_decay}
-            for name, params in buckets.items() if params]
 
 
 def describe_plan(cfg: RunConfig) -> list[str]:
@@ -212,6 +155,48 @@ def describe_plan(cfg: RunConfig) -> list[str]:
     end = f"-{epochs}" if epochs else "+"
     return [f"epochs 1-{plan.epochs}: {what} frozen (BatchNorm statistics too), head lr {lr:g}",
             f"epochs {plan.epochs + 1}{end}: all layers train, backbone lr {lr * mult:g} (lr x {mult:g})"]
+
+
+# ------------------------------------------------------------------ the trainer's hook
+@dataclass(frozen=True)
+class Prepared:
+    notes: list[str]  # what was loaded, adapted, and the freeze schedule: printed and kept in the run
+    fresh_modules: list[str]  # freshly initialised layers, trained even while frozen
+
+
+def prepare(model: nn.Module, cfg: RunConfig, spec: DatasetSpec | None = None) -> Prepared:
+    """Load ``cfg.pretrained`` into ``model`` and freeze it for epoch 1."""
+    notes: list[str] = []
+    fresh: list[str] = []
+    if cfg.pretrained:
+        loaded = pretrained.load_pretrained(model, cfg.pretrained, arch=cfg.model,
+                                            classes=spec.classes if spec is not None else None)
+        notes += loaded.notes
+        fresh = loaded.fresh_modules
+        if spec is not None:
+            notes.append(pretrained.describe_spec(spec))
+    if is_finetune(cfg):
+        set_epoch(model, cfg, 1, fresh)
+        notes += describe_plan(cfg)
+        plan = freeze_plan(cfg)
+        if fresh and plan.what != "none":
+            notes.append(f"{', '.join(fresh)}: freshly initialised, so trained even while frozen")
+        if plan.what != "none" and not cfg.pretrained:
+            notes.append("warning: --freeze without --pretrained freezes randomly initialised layers")
+    return Prepared(notes, fresh)
+
+
+def plan_lines(values: dict[str, Any]) -> list[str]:
+    """The resolved plan of ``resnetkit finetune``, printed before any image is decoded."""
+    cfg = resolve_config(RunConfig.from_dict(values), set(values))
+    freeze_plan(cfg)  # a bad --freeze fails here, not after the data is read
+    source = pretrained.check_source(cfg.pretrained, cfg.model) if cfg.pretrained else None
+    spec = dataset_spec(cfg)
+    origin = f"from {source.label}" if source else "from scratch (no --pretrained)"
+    # The preprocessing and the freeze schedule follow from the trainer, once the weights are in.
+    return [f"fine-tune plan: {cfg.model} {origin}",
+            f"  data: {cfg.data_dir}, {spec.num_classes} classes; {cfg.epochs} epochs, "
+            f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule}"]
 
 
 def freeze_timeline(cfg: RunConfig, model: nn.Module) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.optim import lr_scheduler as sched
 
 from ..config import RunConfig
+from .finetune import freeze_plan, head_module, is_finetune
 
 Scheduler = sched.LRScheduler
 ONECYCLE_WARMUP = 0.25  # fraction of the run spent rising to the peak when --warmup-epochs is unset
@@ -19,15 +20,28 @@ WARMUP_START = 0.01  # linear warmup starts at 1% of the peak (Goyal et al. 2017
 STEP_MILESTONES = (0.5, 0.75)  # x0.1 at half and three quarters of the run (He et al. 2015, 4.2)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on conv and linear weights only: decaying BatchNorm scales and biases
-    only hurts (Goyal et al. 2017; "no bias decay", He et al. 2018, arXiv:1812.01187)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, cfg: RunConfig | float) -> list[dict[str, Any]]:
+    """Optimizer param groups of a run (``cfg``) or of a plain weight decay (a float).
+
+    Weight decay on conv and linear weights only: decaying BatchNorm scales and biases only
+    hurts (Goyal et al. 2017; "no bias decay", He et al. 2018, arXiv:1812.01187). A fine-tuning
+    run splits head and backbone too (backbone lr = lr * --backbone-lr-mult); its frozen
+    parameters are included (they unfreeze later) and skipped while gradient-free, and its
+    groups carry a ``name`` for logs and tests."""
+    decay = cfg.weight_decay if isinstance(cfg, RunConfig) else cfg
+    if not (isinstance(cfg, RunConfig) and is_finetune(cfg)):
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
+                {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    head = {id(p) for p in head_module(model).parameters()}
+    groups = []
+    for part, lr in (("head", cfg.lr), ("backbone", cfg.lr * freeze_plan(cfg).backbone_lr_mult)):
+        mine = [p for p in model.parameters() if (id(p) in head) == (part == "head")]
+        for name, params, wd in ((part, [p for p in mine if p.ndim > 1], decay),
+                                 (part + ".no_decay", [p for p in mine if p.ndim <= 1], 0.0)):
+            if params:
+                groups.append({"name": name, "params": params, "lr": lr, "weight_decay": wd})
+    return groups
 
 
 def build_optimizer(params: Iterable[Any], cfg: RunConfig) -> torch.optim.Optimizer:

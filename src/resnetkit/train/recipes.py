@@ -13,9 +13,8 @@ import difflib
 import math
 from typing import Any, Iterable, Mapping
 
-from ..config import RunConfig
+from ..config import FINETUNE_RECIPE, RunConfig, check_choice
 from ..errors import UserError
-from .finetune import FINETUNE_RECIPE
 
 # What every recipe starts from; a dataset entry only lists what differs.
 BASE: dict[str, Any] = {
@@ -73,10 +72,6 @@ RECIPES["finetune"] = {name: dict(FINETUNE_RECIPE) for name in RECIPES["default"
 FALLBACK: dict[str, Any] = {"model": "resnet18", "epochs": 10, "batch_size": 64, "lr": 0.1, **BASE}
 
 
-def list_recipes() -> list[str]:
-    return list(RECIPES)
-
-
 def recipe_values(name: str | None, dataset: str) -> dict[str, Any]:
     """The fields recipe ``name`` (None: default) sets for ``dataset``, base values included."""
     name = name or "default"
@@ -115,21 +110,10 @@ def resolve_config(cfg: RunConfig, explicit: Iterable[str] | None = None) -> Run
     return check_config(cfg)
 
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
 def check_config(cfg: RunConfig) -> RunConfig:
     """Reject values no run can use, with the flag to fix."""
-    for key, allowed in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
-                         ("precision", PRECISIONS)):
-        if getattr(cfg, key) not in allowed:
-            raise UserError(f"unknown --{key} {getattr(cfg, key)!r}; choose one of {', '.join(allowed)}")
-    if cfg.device.split(":")[0] not in DEVICES:
-        raise UserError(f"unknown --device {cfg.device!r}; choose one of {', '.join(DEVICES)} "
-                        f"(or cuda:N)")
+    for key in ("optimizer", "schedule", "precision", "device"):
+        check_choice(key, getattr(cfg, key))
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
                 "nproc": cfg.nproc, **({"threads": cfg.threads} if cfg.threads is not None else {})}
     for key, value in positive.items():

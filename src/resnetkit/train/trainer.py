@@ -15,9 +15,7 @@ decides something (losses, accuracies, early stop, divergence) is reduced over a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
-import os
 import random
 import sys
 import time
@@ -30,17 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import models, pretrained
 from .. import report as reports
 from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
+from ..data import build_loaders
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from . import distributed, finetune
-from .optim import build_optimizer, build_scheduler, current_lr
+from .optim import build_optimizer, build_scheduler, current_lr, param_groups
 from .recipes import describe, resolve_config
-from .runtime import cpu_threads, precision_note, resolve_device, resolve_precision
+from ..runtime import cpu_threads, precision_note, resolve_device, resolve_precision
 from .steps import EvalOutput, evaluate_batches, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -170,21 +170,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def prepare_model(model: nn.Module, cfg: RunConfig, spec: Any) -> nn.Module:
-    """Transfer-learning hook, the single call site: ``resnetkit.pretrained.prepare_model``
-    loads pretrained weights and freezes layers per --pretrained / --freeze when it exists."""
-    try:
-        pretrained = importlib.import_module("resnetkit.pretrained")
-    except ModuleNotFoundError as e:
-        if e.name != "resnetkit.pretrained":
-            raise
-        if cfg.pretrained or cfg.freeze != "none":
-            print("resnetkit: warning: --pretrained/--freeze are recorded but have no effect in this "
-                  "build (resnetkit.pretrained is missing)", file=sys.stderr)
-        return model
-    return pretrained.prepare_model(model, cfg, spec)
-
-
 class Trainer:
     """Owns one run: ``Trainer(cfg).fit() -> TrainResult``."""
 
@@ -211,26 +196,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from .. import models
-        from ..data import build_loaders
-
         cfg = self.cfg
         seed_everything(cfg.seed)
-        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size)
+        # fine-tuning: the data takes the weights' own preprocessing (size, mean, std)
+        weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
+        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
+                                     preprocessing=weights)
         self.spec = self.loaders.spec
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
                            **cfg.model_args}
         model = models.create_model(cfg.model, **self.model_args)
-        if cfg.sync_bn and self.world_size > 1:  # before prepare_model, which patches BatchNorm layers
+        if cfg.sync_bn and self.world_size > 1:  # before freezing, which sets BatchNorm modes
             model = distributed.convert_sync_batchnorm(model, self.device)
-        model = prepare_model(model, cfg, self.spec)
-        self.transfer_notes: list[str] = list(getattr(model, "pretrained_notes", []))
-        self.transfer_notes += [n for n in (precision_note(self.precision),) if n]
+        prepared = finetune.prepare(model, cfg, self.spec)
+        self.fresh_modules = prepared.fresh_modules
+        self.transfer_notes = prepared.notes + [n for n in (precision_note(self.precision),) if n]
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build_optimizer(finetune.param_groups(model, cfg), cfg)  # + head/backbone
+        self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
         self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
         self.scaler = self.precision.grad_scaler()
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -239,7 +224,6 @@ class Trainer:
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
-        self.exit_at = distributed.test_exit_step(self.rank)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
@@ -368,7 +352,7 @@ class Trainer:
         loader = self.loaders.train
         loader.set_epoch(epoch)
         before = distributed.trainable(self.model)
-        for line in finetune.set_epoch(self.model, self.cfg, epoch):  # --freeze-epochs
+        for line in finetune.set_epoch(self.model, self.cfg, epoch, self.fresh_modules):  # --freeze-epochs
             self.log(line)
         if self.world_size > 1 and distributed.trainable(self.model) != before:
             self.net = self.wrap(self.model)  # DDP synchronises the parameters trainable at its start
@@ -386,8 +370,6 @@ class Trainer:
             loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
                                     autocast=autocast, scaler=self.scaler,
                                     before_update=grad_norms.add if grad_norms else None)
-            if step == self.exit_at:
-                os._exit(1)  # a test's simulated crash of this rank
             self.scheduler.step()
             loss_sum += loss * y.shape[0]
             correct += hits

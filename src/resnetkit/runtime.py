@@ -1,27 +1,29 @@
-"""Device and numeric precision: the choices ``--device`` and ``--precision`` resolve to."""
+"""Device and numeric precision (what ``--device`` and ``--precision`` resolve to), CPU threads,
+and the one timing loop that every images/s figure comes from."""
 from __future__ import annotations
 
 import contextlib
+import statistics
+import time
 from dataclasses import dataclass
-from typing import ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 
-from ..errors import UserError
+from .config import check_choice
+from .errors import UserError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
     """auto: CUDA if available, else Apple MPS, else CPU. An unavailable device is a UserError."""
+    check_choice("device", name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown --device {name!r}; choose auto, cpu, cuda, cuda:N or mps") from None
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here; use --device cpu or auto")
     if device.type == "mps" and not _mps_available():
@@ -67,8 +69,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             name = "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise UserError(f"unknown --precision {name!r}; choose auto, fp32, bf16 or fp16")
+    check_choice("precision", name)
     if name == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16 needs a GPU; on CPU use bf16 or fp32")
     return Precision(name, device.type)
@@ -97,3 +98,44 @@ def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ timing
+def sync(device: torch.device | str | None) -> None:
+    """Wait for the work queued on ``device`` (CUDA and MPS run asynchronously; CPU does not)."""
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device is not None and device.type == "mps":
+        torch.mps.synchronize()
+
+
+def timed(fn: Callable[[], Any], *, steps: int = 1, min_seconds: float = 0.0, warmup: int = 0,
+          device: torch.device | str | None = None) -> tuple[int, float]:
+    """(calls, seconds) of ``fn()`` repeated at least ``steps`` times and for at least
+    ``min_seconds``, after ``warmup`` untimed calls. The device is synchronised before each read
+    of the clock, so queued GPU work is counted."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while True:
+        fn()
+        n += 1
+        if n >= steps:
+            sync(device)
+            seconds = time.perf_counter() - start
+            if seconds >= min_seconds:
+                return n, seconds
+
+
+def images_per_second(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, *, runs: int = 3,
+                      min_seconds: float = 0.2, warmup: int = 1) -> float:
+    """Median over ``runs`` of images/s; each run repeats ``fn(x)`` for at least ``min_seconds``."""
+    for _ in range(warmup):
+        fn(x)
+    rates = []
+    for _ in range(runs):
+        n, seconds = timed(lambda: fn(x), min_seconds=min_seconds)
+        rates.append(n * len(x) / seconds)
+    return statistics.median(rates)

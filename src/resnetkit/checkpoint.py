@@ -25,9 +25,11 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .._io import write_atomic
-from ..data.specs import DatasetSpec
-from ..errors import UserError
+from . import models
+from ._io import write_atomic
+from ._version import __version__
+from .errors import UserError, first_line
+from .specs import DatasetSpec
 
 FORMAT_VERSION = "1"
 BEST, LAST, STATE = "best.safetensors", "last.safetensors", "state.pt"
@@ -57,8 +59,6 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, arch: str,
                     model_args: Mapping[str, Any], spec: DatasetSpec, config: Mapping[str, Any],
                     metrics: Mapping[str, Any]) -> None:
-    from .. import __version__
-
     meta = {"arch": arch, "model_args": dict(model_args), "spec": spec.to_dict(),
             "classes": list(spec.classes), "config": dict(config), "metrics": dict(metrics),
             "resnetkit_version": __version__}
@@ -145,8 +145,6 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint file or run folder, weights loaded, in eval mode."""
-    from .. import models
-
     p = resolve_checkpoint_path(path)
     meta, tensors = read_metadata(p)
     spec = _checked_spec(p, meta)
@@ -260,8 +258,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
                         f"than tensors, numbers and strings, and was not loaded; a resnetkit run "
                         f"never writes such a file, so do not load it another way") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"refusing to resume from {p}: not a readable resume state ({first[:200]})") from None
+        raise UserError(f"refusing to resume from {p}: not a readable resume state ({first_line(e)})") from None
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
         raise UserError(f"{p} is not a resnetkit resume state")
     return state
