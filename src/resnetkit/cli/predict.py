@@ -67,3 +67,19 @@ def run(args: argparse.Namespace) -> int:
             if args.annotate and "error" not in r:
                 annotate_file(r, Path(args.annotate) / f"{names[i]}.png")
     return 1 if failed else 0
+
+
+def emit(r: dict[str, Any], writer: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r), flush=True)
+    elif writer is not None:
+        if "error" in r:
+            print(f"resnetkit: cannot read {r['path']}: {r['error']}", file=sys.stderr)
+        else:
+            writer.writerow([r["path"], r["label"], f"{r['top'][0]['prob']:.6f}"])
+    elif "error" in r:
+        print(f"{r['path']}  error: {r['error']}", flush=True)
+    else:
+        top = "  ".join(f"{t['class']} ({100 * t['prob']:.1f}%)" for t in r["top"])
+        head = "unknown; best:" if r["label"] == "unknown" else "->"
+        print(f"{r['path']}  {head} {top}", flush=True)
