@@ -206,12 +206,13 @@ def test_default_classes_and_stages() -> None:
 # ------------------------------------------------------------------ registry
 def test_list_models_and_patterns() -> None:
     names = list_models()
-    assert set(IMAGENET + CIFAR + ["simple_resnet", "simple_plain"]) == set(names)
+    assert set(IMAGENET + CIFAR + ["simple_resnet", "simple_plain", "resnet9"]) == set(names)
     assert list_models("plain*") == [n for n in names if n.startswith("plain")]
     assert list_models("resnet1??") == ["resnet101", "resnet152", "resnet110"]
     assert list_models("nothing*") == []
-    for name in names:
-        assert "arXiv:1512.03385" in model_info(name).description
+    for name in names:  # every description cites its source
+        cited = "Myrtle.ai 2018" if name == "resnet9" else "arXiv:1512.03385"
+        assert cited in model_info(name).description
 
 
 def test_unknown_model_names_the_closest_ones() -> None:

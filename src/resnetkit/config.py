@@ -66,8 +66,8 @@ class RunConfig:
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
     # -- optimisation
     recipe: str | None = flag(group="optimisation", metavar="NAME",
-                              help="preset of the values below: default, fast (MNIST, Fashion-MNIST), "
-                                   "finetune (a pretrained ResNet-18)")
+                              help="preset of the values below: default, fast (MNIST, Fashion-MNIST; "
+                                   "CIFAR-10 for a GPU), finetune (a pretrained ResNet-18)")
     epochs: int | None = flag(group="optimisation", metavar="N")
     batch_size: int | None = flag(group="optimisation", metavar="N", help="global batch size")
     lr: float | None = flag(group="optimisation", metavar="LR", help="peak learning rate")

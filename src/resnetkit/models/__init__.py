@@ -10,8 +10,9 @@ from __future__ import annotations
 from ._registry import ModelInfo, create_model, describe, list_models, model_info, register_model
 from .blocks import BasicBlock, Bottleneck, ShortcutA, SimpleBlock
 from .resnet import HEAD, CifarResNet, ResNet, SimpleResNet
+from .resnet9 import ResNet9
 
 __all__ = [
-    "HEAD", "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ShortcutA", "SimpleBlock",
-    "SimpleResNet", "create_model", "describe", "list_models", "model_info", "register_model",
+    "HEAD", "BasicBlock", "Bottleneck", "CifarResNet", "ModelInfo", "ResNet", "ResNet9", "ShortcutA",
+    "SimpleBlock", "SimpleResNet", "create_model", "describe", "list_models", "model_info", "register_model",
 ]

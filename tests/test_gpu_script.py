@@ -1,0 +1,36 @@
+"""benchmarks/gpu.py, the one command of a GPU visit, run at toy size on the CPU (--dry-run), so
+that it cannot rot between visits: every step runs, and the JSON and markdown are written."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import write_cifar_pickles
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_runs_every_step(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_cifar_pickles(data)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out),
+                           "--data-dir", str(data)], capture_output=True, text=True, timeout=1900)
+    results = json.loads((out / "gpu.json").read_text())
+    steps = ["environment", "bench", "cifar10_fast", "paper_table6", "ddp", "export"]
+    assert [k for k in results if k in steps] == steps, proc.stdout + proc.stderr
+    assert {k: results[k]["status"] for k in steps} == {k: "ok" for k in steps}, proc.stdout
+    assert proc.returncode == 0
+    assert results["cifar10_fast"]["runs"][0]["top1"] is not None
+    assert set(results["paper_table6"]["nets"]) == {"resnet20", "resnet56"}
+    assert results["ddp"]["same_top1"] is True  # one process under torchrun = the plain run
+    assert "skipped" in results["export"]["onnx_parity_cuda"]
+    md = (out / "gpu.md").read_text()
+    assert "Dry run" in md and "### cifar10_fast (ok)" in md
+    # nothing of the runs is left behind but the results
+    assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.md"]
