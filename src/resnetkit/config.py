@@ -58,7 +58,21 @@ class RunConfig:
     download: bool = flag(False, group="data", help="let torchvision download a missing MNIST, "
                                                     "Fashion-MNIST or CIFAR dataset")
     img_size: int | None = flag(group="data", metavar="PX", help="model input size (default: the dataset's)")
-    augment: str | None = flag(group="data", choices=("none", "basic", "strong"), help="training augmentation")
+    augment: str | None = flag(group="data", choices=("none", "basic", "strong", "randaugment", "trivialaugment"),
+                               help="training augmentation: basic = crop and flip; strong = basic + cutout; "
+                                    "randaugment, trivialaugment = basic + that policy, per image")
+    mixup: float = flag(0.0, group="data", metavar="ALPHA",
+                        help="mixup alpha (Beta(alpha, alpha) weights, Zhang et al. 2017); 0: off; "
+                             "torchvision's references use 0.2")
+    cutmix: float = flag(0.0, group="data", metavar="ALPHA",
+                         help="cutmix alpha (Yun et al. 2019); 0: off; torchvision's references use 1.0")
+    mix_prob: float = flag(1.0, group="data", metavar="P",
+                           help="probability that a batch is mixed (with --mixup or --cutmix)")
+    mix_switch_prob: float = flag(0.5, group="data", metavar="P",
+                                  help="with both --mixup and --cutmix: probability of cutmix for a mixed batch")
+    sampler: str = flag("shuffle", group="data", choices=("shuffle", "balanced"),
+                        help="training order: shuffle (each sample once per epoch) | balanced (classes "
+                             "drawn equally often, with replacement, seeded by --seed and the epoch)")
     val_fraction: float = flag(0.2, group="data", metavar="F",
                                help="held-out share of an image folder without val/ or test/ (default 0.2)")
     subset: int | None = flag(group="data", metavar="N", help="train on N samples (stratified, seeded)")
@@ -74,11 +88,20 @@ class RunConfig:
     optimizer: str | None = flag(group="optimisation", choices=("sgd", "adam", "adamw"),
                                  help="sgd: momentum 0.9, Nesterov")
     weight_decay: float | None = flag(group="optimisation", metavar="WD", help="on conv and linear weights only")
-    schedule: str | None = flag(group="optimisation", choices=("onecycle", "cosine", "step", "constant"),
-                                help="per-batch lr schedule")
+    schedule: str | None = flag(group="optimisation",
+                                choices=("onecycle", "cosine", "step", "constant", "plateau"),
+                                help="lr schedule, per batch; plateau: x0.1 after 3 evaluations without a "
+                                     "lower validation loss")
     warmup_epochs: float | None = flag(group="optimisation", metavar="E",
                                        help="linear warmup (one-cycle: the rise)")
     label_smoothing: float | None = flag(group="optimisation", metavar="EPS")
+    class_weights: str = flag("none", group="optimisation", choices=("none", "balanced"),
+                              help="loss weight per class: balanced = n / (classes * count), as scikit-learn")
+    accum_steps: int = flag(1, group="optimisation", metavar="N",
+                            help="gradient accumulation: one optimizer step per N batches (an effective "
+                                 "batch of N x --batch-size)")
+    clip_grad: float | None = flag(group="optimisation", metavar="NORM",
+                                   help="clip the gradient's global L2 norm to NORM before each update")
     early_stop: int | None = flag(group="optimisation", metavar="PATIENCE",
                                   help="stop after PATIENCE evaluations without a better test accuracy")
     eval_every: int = flag(1, group="optimisation", metavar="N", help="evaluate every N epochs (and the last)")
@@ -103,6 +126,9 @@ class RunConfig:
     resume: str | None = flag(group="output", metavar="RUN_DIR",
                               help="continue an interrupted run with its saved config")
     log_grad_norms: bool = flag(False, group="output", help="record per-stage gradient norms in metrics.jsonl")
+    tensorboard: bool = flag(False, group="output",
+                             help="TensorBoard event files in RUN_DIR/tb/ (needs pip install "
+                                  "'resnetkit[tensorboard]')")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -59,14 +59,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description="Train a residual network. With no arguments: a small ResNet on scikit-learn's "
                     "8x8 digits, about 98% test accuracy in well under a minute on a laptop CPU. "
                     "Flags win over --config, which wins over the recipe.")
+    add_train_flags(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """--config and one flag per RunConfig field (train and lr-find share them)."""
     p.add_argument("--config", metavar="FILE", default=S,
                    help="YAML or JSON file of the same keys (batch_size or batch-size)")
     for group, flags in FLAGS.items():
         g = p.add_argument_group(group)
         for flag, kw in flags:
             g.add_argument(flag, default=S, **kw)
-    p.set_defaults(func=run)
-    return p
 
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:

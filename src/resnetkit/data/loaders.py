@@ -32,6 +32,7 @@ from .datasets import (CIFAR_IMAGE_FOLDERS, IDX_FOLDERS, ArraySplit, cifar_missi
 from .decode import MEMORY_BUDGET, decode_split_cached, fits_in_memory
 from .folders import FolderIndex, FolderSplit, index_imagefolder
 from .memory import MemoryLoader, to_device
+from .policy import POLICIES, BatchPolicy
 from .presets import Preset, check_augment, default_classes, get_preset
 from .sampling import stratified_subset
 from ..specs import DatasetSpec, Preprocessing
@@ -247,9 +248,10 @@ def _memory_loader(plan: _Plan, cfg: RunConfig, data: ArraySplit, train: bool, d
         else:  # too big at the model size: keep the native size and resize each batch on the device
             prepare = lambda x: resize_batch(x, spec.img_size)  # noqa: E731
     augment = _batch_augment(plan, images.shape[-1], source) if train else None
+    policy = BatchPolicy(plan.augment) if train and plan.augment in POLICIES else None
     return MemoryLoader(to_device(images, device), to_device(data.labels, device), batch_size=bs,
                         normalizer=Normalizer(spec.mean, spec.std, device), train=train,
-                        seed=cfg.seed, augment=augment, prepare=prepare, **kw)
+                        seed=cfg.seed, augment=augment, prepare=prepare, policy=policy, **kw)
 
 
 def _geometry_chunked(images: torch.Tensor, geometry: Geometry, chunk: int = 4096) -> torch.Tensor:

@@ -13,7 +13,8 @@ from typing import Callable, Iterator
 import torch
 
 from .augment import BatchAugment
-from .sampling import eval_batches, positions, seeded_generator, train_batches
+from .policy import BatchPolicy
+from .sampling import Sampler, epoch_order, eval_batches, positions, seeded_generator, train_batches
 from .transforms import Normalizer
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -41,7 +42,7 @@ class MemoryLoader:
                  normalizer: Normalizer, train: bool, seed: int = 0,
                  augment: BatchAugment | None = None,
                  prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 policy: BatchPolicy | None = None, rank: int = 0, world_size: int = 1) -> None:
         self.images, self.labels = images, labels
         self.device = images.device
         self.batch_size = batch_size
@@ -50,8 +51,10 @@ class MemoryLoader:
         self.seed = seed
         self.augment = augment if augment is not None and augment.active else None
         self.prepare = prepare
+        self.policy = policy  # --augment randaugment | trivialaugment, after the crop and flip
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.sampler: Sampler | None = None  # the epoch's order; None: a permutation
         n = int(labels.shape[0])
         self.dataset_size = n  # samples in the split, all ranks together
         if train:
@@ -66,11 +69,15 @@ class MemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def targets(self) -> torch.Tensor:
+        """Every training label of the split (all ranks), on the CPU."""
+        return self.labels.cpu()
+
     def epoch_plan(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """This rank's sample indices for the epoch, in order, and their augmentation parameters
         (CPU tensors; a pure function of seed, epoch, rank and world size)."""
         g = seeded_generator(self.seed, self.epoch, "train")
-        perm = torch.randperm(self.dataset_size, generator=g)
+        perm = epoch_order(self.dataset_size, g, self.sampler)
         params = self.augment.sample(self.dataset_size, g) if self.augment else {}
         pos = positions(self._batches)
         return perm[pos], {k: v[pos] for k, v in params.items()}
@@ -83,17 +90,19 @@ class MemoryLoader:
         order = to_device(order, self.device)
         params = {k: to_device(v, self.device) for k, v in params.items()}
         offset = 0
-        for a, b in self._batches:
+        for i, (a, b) in enumerate(self._batches):
             sl = slice(offset, offset + b - a)
             offset += b - a
             idx = order[sl]
             x = self.images[idx]
+            p = {k: v[sl] for k, v in params.items()}
             if self.augment is not None:
-                p = {k: v[sl] for k, v in params.items()}
-                x = self._finish(self.augment.geometry(x, p))
+                x = self.augment.geometry(x, p)
+            if self.policy is not None:
+                x = self.policy(x, self.seed, self.epoch, self.rank, i)
+            x = self._finish(x)
+            if self.augment is not None:
                 x = self.augment.erase(x, p)
-            else:
-                x = self._finish(x)
             yield x, self.labels[idx]
 
     def _iter_eval(self) -> Iterator[Batch]:

@@ -14,6 +14,7 @@ DistributedSampler).
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 import torch
 
@@ -24,6 +25,19 @@ def seeded_generator(*key: object) -> torch.Generator:
     """A CPU generator seeded from a tuple such as (seed, epoch, "train"), mixed by sha256."""
     digest = hashlib.sha256(repr(key).encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+# An epoch's order of sample indices from the epoch's generator (e.g. a weighted sampler).
+Sampler = Callable[[torch.Generator], torch.Tensor]
+
+
+def epoch_order(n: int, generator: torch.Generator, sampler: Sampler | None = None) -> torch.Tensor:
+    """The epoch's sequence of n sample indices: a permutation, or what ``sampler`` draws."""
+    if sampler is None:
+        return torch.randperm(n, generator=generator)
+    order = sampler(generator)
+    assert order.numel() == n, "a sampler draws one index per sample of the split"
+    return order
 
 
 def train_batches(n: int, per_rank: int, world_size: int, rank: int) -> list[tuple[int, int]]:

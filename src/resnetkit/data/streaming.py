@@ -31,8 +31,9 @@ from ..errors import UserError
 from ._util import warn
 from .decode import cache_dir, default_workers
 from .folders import FolderSplit
+from .policy import POLICIES, policy_transform
 from .presets import Preset
-from .sampling import eval_batches, seeded_generator, train_batches
+from .sampling import Sampler, epoch_order, eval_batches, seeded_generator, train_batches
 from .transforms import (Geometry, ImageReadError, Normalizer, interpolation_mode, load_image,
                          to_mode)
 
@@ -74,6 +75,8 @@ def train_transform(preset: Preset, img_size: int, resize: int | None, interpola
         ops.append(v2.RandomHorizontalFlip())
     if augment == "strong" and preset.photo:
         ops.append(v2.TrivialAugmentWide(interpolation=mode))  # Mueller & Hutter 2021
+    if augment in POLICIES:
+        ops.append(policy_transform(augment, mode))
     ops.append(v2.PILToTensor())
     if augment == "strong":
         ops.append(v2.RandomErasing(p=0.5, scale=(0.02, 0.25), value=[round(255 * m) for m in mean]))
@@ -120,6 +123,7 @@ class FolderLoader:
         self.workers = default_workers(len(dataset), workers)
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.sampler: Sampler | None = None  # the epoch's order; None: a permutation
         n = len(dataset)
         self.dataset_size = n
         self._batches = (train_batches if train else eval_batches)(n, batch_size, world_size, rank)
@@ -131,10 +135,14 @@ class FolderLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def targets(self) -> torch.Tensor:
+        """Every training label of the split (all ranks)."""
+        return torch.tensor(self.dataset.labels, dtype=torch.long)
+
     def batch_indices(self) -> list[list[int]]:
         if not self.train:
             return [list(range(a, b)) for a, b in self._batches]
-        perm = torch.randperm(self.dataset_size, generator=seeded_generator(self.seed, self.epoch, "train"))
+        perm = epoch_order(self.dataset_size, seeded_generator(self.seed, self.epoch, "train"), self.sampler)
         return [perm[a:b].tolist() for a, b in self._batches]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -141,6 +141,27 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
     if not isinstance(cfg.model_args, Mapping):
         raise UserError("model_args must be a mapping of builder keyword arguments")
+    return check_toolbox(cfg)
+
+
+def check_toolbox(cfg: RunConfig) -> RunConfig:
+    """Mixing, imbalance, accumulation and clipping values."""
+    for key in ("class_weights", "sampler"):
+        check_choice(key, getattr(cfg, key))
+    for key in ("mixup", "cutmix", "mix_prob", "mix_switch_prob", "clip_grad"):
+        value = getattr(cfg, key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
+    if cfg.mixup < 0 or cfg.cutmix < 0:
+        raise UserError(f"--mixup and --cutmix are Beta(alpha, alpha) parameters: 0 (off) or positive, "
+                        f"got {cfg.mixup} and {cfg.cutmix}")
+    if not (0 <= cfg.mix_prob <= 1 and 0 <= cfg.mix_switch_prob <= 1):
+        raise UserError(f"--mix-prob and --mix-switch-prob are probabilities in [0, 1], got "
+                        f"{cfg.mix_prob} and {cfg.mix_switch_prob}")
+    if not isinstance(cfg.accum_steps, int) or isinstance(cfg.accum_steps, bool) or cfg.accum_steps < 1:
+        raise UserError(f"--accum-steps must be a positive integer, got {cfg.accum_steps!r}")
+    if cfg.clip_grad is not None and not cfg.clip_grad > 0:
+        raise UserError(f"--clip-grad is a gradient norm and must be positive, got {cfg.clip_grad}")
     return cfg
 
 
@@ -153,4 +174,21 @@ def describe(cfg: RunConfig) -> str:
     line2 = (f"{cfg.optimizer} lr={cfg.lr:g} wd={cfg.weight_decay:g} | {cfg.schedule}{warm} | "
              f"label smoothing {cfg.label_smoothing:g} | seed {cfg.seed}"
              f"{f' | {cfg.threads} CPU thread(s)' if cfg.threads else ''}")
-    return f"{line1}\n{line2}"
+    extras = toolbox_summary(cfg)
+    return f"{line1}\n{line2}" + (f"\n{extras}" if extras else "")
+
+
+def toolbox_summary(cfg: RunConfig) -> str:
+    """The toolbox options that are on, as one line ('' when none is)."""
+    parts = []
+    if cfg.mixup or cfg.cutmix:
+        parts.append(f"mixup {cfg.mixup:g} cutmix {cfg.cutmix:g} (p {cfg.mix_prob:g}, switch {cfg.mix_switch_prob:g})")
+    if cfg.class_weights != "none":
+        parts.append(f"class weights {cfg.class_weights}")
+    if cfg.sampler != "shuffle":
+        parts.append(f"sampler {cfg.sampler}")
+    if cfg.accum_steps > 1:
+        parts.append(f"accumulate {cfg.accum_steps} batches (effective batch {cfg.accum_steps * cfg.batch_size})")
+    if cfg.clip_grad:
+        parts.append(f"clip grad norm {cfg.clip_grad:g}")
+    return " | ".join(parts)

@@ -5,8 +5,9 @@ step never waits for the accelerator (the trainer syncs a few times per epoch at
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -17,28 +18,72 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: nn.Module,
                optimizer: torch.optim.Optimizer, autocast: ContextManager[object],
                scaler: torch.amp.GradScaler | None = None,
-               before_update: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               before_update: Callable[[], None] | None = None, clip_grad: float | None = None,
+               loss_scale: float = 1.0, zero_grad: bool = True,
+               update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, update. Returns (mean loss, number correct) as device tensors.
 
-    ``before_update`` runs once the gradients are final and unscaled (gradient-norm logging).
+    ``y``: class indices, or soft targets (N, classes) from mixup/cutmix, where a prediction is
+    correct when it is the dominant label. ``before_update`` runs once the gradients are final
+    and unscaled (gradient-norm logging), before ``clip_grad`` clips their global L2 norm.
+    Gradient accumulation: ``zero_grad`` on a group's first micro-batch, ``update`` on its last,
+    and ``loss_scale`` = the micro-batch's share of the group's samples, so the summed gradient
+    is the mean over the group, as one batch of its size would give.
     """
     with autocast:
         logits = model(x)
     loss = loss_fn(logits.float(), y)  # the loss in fp32 whatever the autocast dtype
-    optimizer.zero_grad(set_to_none=True)
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
+    (scaled if scaler is None else scaler.scale(scaled)).backward()
+    if update:
+        apply_update(model, optimizer, scaler, clip_grad, before_update)
+    labels = y.argmax(1) if y.ndim > 1 else y
+    return loss.detach(), (logits.detach().argmax(1) == labels).sum()
+
+
+def apply_update(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                 clip_grad: float | None, before_update: Callable[[], None] | None) -> None:
+    """Unscale (fp16), observe, clip, step: clipping must see the true gradient, so it follows
+    ``unscale_`` (torch.amp docs, "Gradient clipping"); an fp16 step with inf/NaN is skipped."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if before_update is not None:
+        before_update()
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     if scaler is None:
-        loss.backward()
-        if before_update is not None:
-            before_update()
         optimizer.step()
     else:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if before_update is not None:
-            before_update()
         scaler.step(optimizer)
         scaler.update()
-    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
+def micro_batches(batches: Iterable[Batch], accum_steps: int
+                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, bool, bool]]:
+    """(x, y, share, first, last) per batch, in groups of ``accum_steps`` (the epoch's last
+    group may be shorter); ``share``: the batch's fraction of its group's samples."""
+    group: list[Batch] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield from _group(group)
+            group = []
+    yield from _group(group)
+
+
+def _group(group: list[Batch]) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, bool, bool]]:
+    total = sum(int(y.shape[0]) for _, y in group)
+    for i, (x, y) in enumerate(group):
+        yield x, y, int(y.shape[0]) / total, i == 0, i == len(group) - 1
+
+
+def sync_context(model: nn.Module, sync: bool) -> ContextManager[object]:
+    """DDP's ``no_sync`` for the micro-batches before a group's last: their gradients are only
+    all-reduced once, with the last backward (torch DDP docs, ``no_sync``)."""
+    no_sync = getattr(model, "no_sync", None)
+    return contextlib.nullcontext() if sync or no_sync is None else no_sync()
 
 
 @torch.no_grad()

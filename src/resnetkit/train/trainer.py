@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import sys
 import time
@@ -37,11 +38,12 @@ from ..data import build_loaders
 from ..data.datasets import resolve_data_dir
 from ..errors import UserError
 from .. import checkpoint as ckpt
-from . import distributed, finetune
-from .optim import build_optimizer, build_scheduler, current_lr, param_groups
+from . import distributed, finetune, sampler, tb
+from .mix import Mixer
+from .optim import build_optimizer, build_scheduler, current_lr, param_groups, step_on_metric
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, precision_note, resolve_device, resolve_precision
-from .steps import EvalOutput, evaluate_batches, train_step
+from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
@@ -216,9 +218,12 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
-        self.scheduler = build_scheduler(self.optimizer, cfg, len(self.loaders.train))
+        steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)  # optimizer steps per epoch
+        self.scheduler = build_scheduler(self.optimizer, cfg, steps)
         self.scaler = self.precision.grad_scaler()
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weight = sampler.setup_imbalance(cfg, self.loaders.train, self.spec.num_classes, self.device)
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of test samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
@@ -294,6 +299,8 @@ class Trainer:
         t0 = time.perf_counter()
         self.setup()
         self.start_run_dir()
+        if self.cfg.tensorboard and self.is_main:  # after a resume's restore: it purges later epochs
+            self.callbacks.insert(0, tb.TensorBoardLog(self.run_dir, self.start_epoch))
         where = (f"{self.world_size} processes on {torch.device(self.device).type}"
                  if self.world_size > 1 else str(self.device))
         self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
@@ -337,6 +344,7 @@ class Trainer:
                   "test_loss": test["loss"], "test_acc": test["acc"], "lr": current_lr(self.optimizer),
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
+        step_on_metric(self.scheduler, record)  # --schedule plateau
         improved = do_eval and self.best.improves(record)
         if do_eval:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
@@ -364,13 +372,18 @@ class Trainer:
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
         autocast = self.precision.autocast()
-        for step, (x, y) in enumerate(loader, 1):
+        for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
+            x, target = self.mix(x, y)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, hits = train_step(self.net, x, y, loss_fn=self.loss_fn, optimizer=self.optimizer,
-                                    autocast=autocast, scaler=self.scaler,
-                                    before_update=grad_norms.add if grad_norms else None)
-            self.scheduler.step()
+            with sync_context(self.net, last):  # --accum-steps: all-reduce once per update
+                loss, hits = train_step(self.net, x, target, loss_fn=self.loss_fn, optimizer=self.optimizer,
+                                        autocast=autocast, scaler=self.scaler,
+                                        before_update=grad_norms.add if grad_norms else None,
+                                        clip_grad=self.cfg.clip_grad, loss_scale=share, zero_grad=first,
+                                        update=last)
+            if last:
+                self.scheduler.step()
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
