@@ -105,8 +105,9 @@ def train_args(dataset: str, seed: int | str, out: str, quick: bool) -> list[str
 
 
 def final_accuracy(run_dir: Path) -> float:
-    """report.json's top-1: the test accuracy of best.safetensors, evaluated once more at the end
-    of the run (with the recipe's test-time augmentation), as `resnetkit train` prints it."""
+    """report.json's top-1: the test accuracy of best.safetensors (the checkpoint the validation
+    split chose), from the run's one pass over the test split at its end (with the recipe's
+    test-time augmentation), as `resnetkit train` prints it."""
     return float(json.loads((run_dir / "report.json").read_text())["top1"])
 
 
@@ -167,9 +168,10 @@ def section_tta(seeds: int, quick: bool, cmd: str) -> str:
         "Each run is a new process, with RESNETKIT_DATA pointing at the IDX files, timed from start "
         "to exit (imports, reading the data from disk, "
         "training, final evaluation and report). Accuracy: `top1` of the run's report.json, the "
-        "test accuracy `resnetkit train` reports at the end: that of best.safetensors, the "
-        "evaluated epoch with the best test accuracy (Fashion-MNIST: every 4th epoch, with flip "
-        "TTA). Best checkpoint not the last epoch: "
+        "test accuracy `resnetkit train` reports at the end, from its one pass over the test split: "
+        "that of best.safetensors, the evaluated epoch with the best accuracy on the validation "
+        "split held out of the training images (report.json `selected_on`; Fashion-MNIST: every "
+        "4th epoch, with flip TTA); the test split chose nothing. Best checkpoint not the last epoch: "
         f"{'; '.join(not_last) if not_last else 'none, every run ended on its best epoch'}. "
         "Median over seeds, (min-max). Met: "
         "the median accuracy and the median wall time both meet the target.", "",

@@ -70,8 +70,8 @@ def test_digits_png_through_eval_transform_equals_test_loader(tmp_path, img_size
 
 
 def test_digits_loaders_shapes_and_augmentation_is_light():
-    loaders = build_loaders(RunConfig(batch_size=50), CPU)
-    assert loaders.train.in_memory and loaders.test.in_memory
+    loaders = build_loaders(RunConfig(batch_size=50, val_size=0), CPU)
+    assert loaders.train.in_memory and loaders.test.in_memory and loaders.val is None
     assert loaders.train.dataset_size == 1437 and loaders.test.num_samples == 360
     assert len(loaders.train) == 29  # 1437 = 28 * 50 + 37: a short last batch is kept
     x, y = next(iter(loaders.train))
@@ -87,7 +87,7 @@ def test_idx_datasets_read_without_writing(tiny_mnist_root, name, folder):
     before = tree_snapshot(tiny_mnist_root)
     cfg = RunConfig(dataset=name, data_dir=str(tiny_mnist_root), batch_size=16)
     loaders = build_loaders(cfg, CPU)
-    assert (loaders.train.dataset_size, loaders.test.dataset_size) == (60, 25)
+    assert (loaders.train.dataset_size, loaders.val.dataset_size, loaders.test.dataset_size) == (54, 6, 25)
     assert loaders.spec.in_chans == 1 and loaders.spec.img_size == 28 and loaders.spec.num_classes == 10
     if name == "fashion-mnist":
         assert loaders.spec.classes[0] == "T-shirt/top" and loaders.spec.mean == (0.2860,)
@@ -113,7 +113,7 @@ def test_cifar10_and_cifar100_pickles(tiny_cifar_root):
     import pickle
 
     loaders = build_loaders(RunConfig(dataset="cifar10", data_dir=str(tiny_cifar_root)), CPU)
-    assert (loaders.train.dataset_size, loaders.test.dataset_size) == (60, 20)
+    assert (loaders.train.dataset_size, loaders.val.dataset_size, loaders.test.dataset_size) == (54, 6, 20)
     assert loaders.spec.classes[0] == "airplane" and loaders.spec.in_chans == 3
     x, y = all_batches(loaders.test)
     with open(tiny_cifar_root / "cifar-10-batches-py" / "test_batch", "rb") as f:
@@ -126,7 +126,7 @@ def test_cifar10_and_cifar100_pickles(tiny_cifar_root):
     spec100 = dataset_spec(RunConfig(dataset="cifar100", data_dir=str(tiny_cifar_root)))
     assert spec100.num_classes == 100 and spec100.mean[0] == 0.5071
     assert build_eval_loader(RunConfig(dataset="cifar100", data_dir=str(tiny_cifar_root)),
-                             "train", CPU).dataset_size == 50
+                             "train", CPU).dataset_size == 45  # 50 less a tenth for val
 
 
 def test_cifar_missing_is_a_user_error(tmp_path):
@@ -138,7 +138,7 @@ def test_cifar10_image_folders_take_the_cached_fast_path(tiny_cifar_images_root,
     cfg = RunConfig(dataset="cifar10", data_dir=str(tiny_cifar_images_root), batch_size=8)
     before = tree_snapshot(tiny_cifar_images_root)
     loaders = build_loaders(cfg, CPU)
-    assert loaders.train.in_memory and (loaders.train.dataset_size, loaders.test.dataset_size) == (30, 20)
+    assert loaders.train.in_memory and (loaders.train.dataset_size, loaders.test.dataset_size) == (27, 20)
     assert loaders.spec.classes == tuple(sorted(loaders.spec.classes))[:10] and loaders.spec.img_size == 32
     x, y = all_batches(loaders.test)
     tf = eval_transform(loaders.spec)
@@ -168,13 +168,15 @@ def test_imagefolder_one_tree_stratified_seeded_split(tiny_imagefolder):
     x, _ = next(iter(loaders.train))
     assert x.shape == (8, 3, 64, 64)
 
-    from resnetkit.data.folders import index_imagefolder
+    assert loaders.test is loaders.val and loaders.test_is_val  # one tree: no test split of its own
 
-    a = index_imagefolder(tiny_imagefolder, val_fraction=0.2, seed=0)
-    b = index_imagefolder(tiny_imagefolder, val_fraction=0.2, seed=0)
-    c = index_imagefolder(tiny_imagefolder, val_fraction=0.2, seed=1)
-    assert a.test.files == b.test.files and a.test.files != c.test.files
-    assert not set(a.test.files) & set(a.train.files)
+    from resnetkit.data.folders import index_imagefolder
+    from resnetkit.data.splits import folder_splits
+
+    index = index_imagefolder(tiny_imagefolder)
+    a, b, c = (folder_splits(index, index.train, cfg.replace(seed=s), builtin=False) for s in (0, 0, 1))
+    assert a.val.files == b.val.files and a.val.files != c.val.files
+    assert not set(a.val.files) & set(a.train.files)
 
 
 def test_imagefolder_test_loader_equals_eval_transform(tiny_split_imagefolder):
@@ -286,7 +288,9 @@ def test_eval_loader_follows_a_checkpoint_spec(tiny_split_imagefolder):
     with pytest.raises(UserError, match="fox"):
         build_eval_loader(cfg, "test", CPU, spec=alien)
     with pytest.raises(UserError, match="split"):
-        build_eval_loader(cfg, "val", CPU)
+        build_eval_loader(cfg, "holdout", CPU)
+    # no test/ folder: the val/ folder is the test split too, and the loader says so
+    assert build_eval_loader(cfg, "test", CPU).source == "val split (no test split)"
 
 
 def test_gray_conversion_matches_pillow():
@@ -411,7 +415,7 @@ def test_subset_is_stratified_and_independent_of_seed():
     labels = torch.arange(1000) % 4
     idx = stratified_subset(labels, 100)
     assert len(idx) == 100 and torch.bincount(labels[idx]).tolist() == [25, 25, 25, 25]
-    a = build_loaders(RunConfig(subset=200, seed=1), CPU)
-    b = build_loaders(RunConfig(subset=200, seed=2), CPU)
+    a = build_loaders(RunConfig(subset=200, seed=1, val_size=0), CPU)
+    b = build_loaders(RunConfig(subset=200, seed=2, val_size=0), CPU)
     assert a.train.dataset_size == 200 and a.test.dataset_size == 360
     assert torch.equal(a.train.labels.sort().values, b.train.labels.sort().values)

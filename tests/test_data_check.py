@@ -25,10 +25,10 @@ def test_check_finds_planted_duplicates_and_broken_files(tiny_split_imagefolder)
     assert found["duplicates"]["split"] == "train" and found["duplicates"]["count"] == 1
     assert sorted(found["duplicates"]["examples"][0]) == ["cat/0000.png", "cat/copy.png"]
     assert found["cross_split_duplicates"]["examples"] == [["dog/0001.png", "dog/leak.png"]]
-    assert found["unreadable"]["split"] == "test" and "fox/broken.jpg" in found["unreadable"]["examples"][0]
+    assert found["unreadable"]["split"] == "val" and "fox/broken.jpg" in found["unreadable"]["examples"][0]
     train = report["splits"]["train"]
     assert train["images"] == 25 and train["classes"] == {"cat": 9, "dog": 8, "fox": 8}
-    assert report["splits"]["test"]["unreadable"] == 1 and not report["ok"]
+    assert report["splits"]["val"]["unreadable"] == 1 and not report["ok"]
     assert all(0 < m < 1 for m in train["mean"]) and len(train["std"]) == 3
     assert "pixels" in report["duplicate_hash"]
 

@@ -10,6 +10,7 @@ import torch
 from resnetkit.config import RunConfig
 from resnetkit.data import build_eval_loader, build_loaders, dataset_spec
 from resnetkit.data.folders import index_imagefolder
+from resnetkit.data.splits import folder_splits
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,9 +35,10 @@ def listing(folder: Path) -> dict[str, tuple[int, int]]:
 def test_idx_datasets(data_root, name, folder, first_labels):
     before = listing(data_root / folder)
     loaders = build_loaders(RunConfig(dataset=name), CPU)  # data_dir from $RESNETKIT_DATA
-    assert (loaders.train.dataset_size, loaders.test.dataset_size) == (60_000, 10_000)
+    sizes = (loaders.train.dataset_size, loaders.val.dataset_size, loaders.test.dataset_size)
+    assert sizes == (55_000, 5_000, 10_000)
     assert loaders.train.in_memory and loaders.spec.num_classes == 10
-    _, y = next(iter(build_eval_loader(RunConfig(dataset=name), "train", CPU)))
+    _, y = next(iter(build_eval_loader(RunConfig(dataset=name, val_size=0), "train", CPU)))
     assert y[:10].tolist() == first_labels
     assert listing(data_root / folder) == before
 
@@ -44,14 +46,15 @@ def test_idx_datasets(data_root, name, folder, first_labels):
 def test_sign_language_digits_split_by_val_fraction(data_root):
     folder = data_root / "sign-language-digits"
     before = listing(folder)
-    index = index_imagefolder(folder, val_fraction=0.2, seed=0)
+    index = index_imagefolder(folder)
     assert index.classes == tuple(str(i) for i in range(10))
-    assert len(index.train) + len(index.test) == 2062
-    assert abs(len(index.test) - 0.2 * 2062) <= 10
+    assert len(index.train) == 2062 and index.val is None and index.test is None
     cfg = RunConfig(dataset="imagefolder", data_dir=str(folder), img_size=32, batch_size=64)
+    fs = folder_splits(index, index.train, cfg, builtin=False)
+    assert abs(len(fs.val) - 0.2 * 2062) <= 10 and fs.test_is_val
     loaders = build_loaders(cfg, CPU)  # decodes 2,062 photos (3 of them 3024x3024) once
     assert loaders.train.in_memory and loaders.spec.in_chans == 3
-    assert loaders.train.dataset_size + loaders.test.dataset_size == 2062
+    assert loaders.train.dataset_size + loaders.val.dataset_size == 2062 and loaders.test is loaders.val
     x, _ = next(iter(loaders.train))
     assert x.shape == (64, 3, 32, 32)
     assert listing(folder) == before

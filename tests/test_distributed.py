@@ -193,7 +193,8 @@ def _ddp_worker(rank: int, port: int, phase: str, cfg: dict, out: str) -> None:
     def after_epoch(trainer, record):
         result["wrapped"] = type(trainer.net).__name__
         result["unwrapped_is_model"] = trainer_module.ckpt.unwrap_model(trainer.net) is trainer.model
-        result["test_count"] = trainer.evaluate().count
+        result["val_count"] = trainer.evaluate(trainer.loaders.val).count
+        result["test_count"] = trainer.evaluate(trainer.loaders.test).count
         if phase == "first":
             result["eval"] = _gathered_eval_checks(trainer.model, rank)
             raise KeyboardInterrupt  # an interrupted run, for the resume phase
@@ -257,8 +258,10 @@ def test_ddp_replicas_stay_identical_evaluate_exactly_resume_and_match_one_proce
     first = spawn("first", cfg, tmp_path)
     for r in first:
         assert r["interrupted"] and r["wrapped"] == "DistributedDataParallel" and r["unwrapped_is_model"]
-        assert len(r["step_diffs"]) == 3 and max(r["step_diffs"]) == 0.0  # 60 samples / 20 per global batch
+        # 60 samples less 6 for val / 20 per global batch
+        assert len(r["step_diffs"]) == 3 and max(r["step_diffs"]) == 0.0
         assert r["test_count"] == 25  # odd: 12 on rank 0, 13 on rank 1, none twice
+        assert r["val_count"] == 6
         for n, e in r["eval"].items():
             assert e["count"] == int(n) and e["targets"] and e["top5"] and e["acc"] == e["ref_acc"]
             assert e["loss"] == pytest.approx(e["ref_loss"], rel=1e-6)
@@ -268,7 +271,7 @@ def test_ddp_replicas_stay_identical_evaluate_exactly_resume_and_match_one_proce
     second = spawn("resume", cfg, tmp_path)
     for r in second:
         assert len(r["step_diffs"]) == 3 and max(r["step_diffs"]) == 0.0
-        assert r["test_count"] == 25 and [h["epoch"] for h in r["history"]] == [1, 2]
+        assert r["test_count"] == 25 and r["val_count"] == 6 and [h["epoch"] for h in r["history"]] == [1, 2]
     report = second[0]["report"]
     assert second[1]["report"] == {}  # only rank 0 reports
     assert report["num_samples"] == 25 and sum(sum(row) for row in report["confusion_matrix"]) == 25
@@ -298,12 +301,13 @@ def test_nproc_2_from_the_command_line_writes_one_complete_run_folder(tmp_path: 
     for name in ("config.json", "classes.json", "metrics.jsonl", "best.safetensors", "last.safetensors",
                  "state.pt", "curves.png", "confusion.png", "report.json"):
         assert (run / name).is_file(), name
-    assert proc.stdout.count("epoch 1/1") == 1 and proc.stdout.count("best test accuracy") == 1
+    assert proc.stdout.count("epoch 1/1") == 1 and proc.stdout.count("chosen on val") == 1
     config = json.loads((run / "config.json").read_text())
     assert config["nproc"] == 2 and config["batch_size"] == 64  # the global batch, as asked
     report = json.loads((run / "report.json").read_text())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert report["num_samples"] == 360 and report["top1"] == history[0]["test_acc"]
+    assert report["num_samples"] == 360 and report["val"]["top1"] == history[0]["val_acc"]
+    assert report["data"]["val_size"] == 144 and report["selected_on"] == "val"
 
 
 # Started before anything else in each process on PYTHONPATH: rank 1 dies in its second step.

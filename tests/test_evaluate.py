@@ -21,26 +21,30 @@ def run(tmp_path_factory: pytest.TempPathFactory):
 
 def test_evaluate_reproduces_the_reported_accuracy_exactly(run) -> None:
     result = resnetkit.evaluate(run.run_dir)
-    assert result["top1"] == run.best_metrics["test_acc"] == run.report["top1"]
-    assert result["loss"] == run.best_metrics["test_loss"]
+    assert result["top1"] == run.test_metrics["top1"] == run.report["top1"]
+    assert result["loss"] == run.test_metrics["loss"] == run.report["loss"]
     assert result["num_samples"] == 360 and result["split"] == "test" and result["dataset"] == "digits"
     assert result["confusion_matrix"] == run.report["confusion_matrix"]
-    last = resnetkit.evaluate(run.run_dir / "last.safetensors")
-    assert last["top1"] == run.last_metrics["test_acc"]
+    # the val split is rebuilt from the checkpoint's config and seed: the numbers that chose it
+    val = resnetkit.evaluate(run.run_dir, split="val")
+    assert val["num_samples"] == 30 and val["source"].startswith("val split")
+    assert (val["top1"], val["loss"]) == (run.best_metrics["val_acc"], run.best_metrics["val_loss"])
+    last = resnetkit.evaluate(run.run_dir / "last.safetensors", split="val")
+    assert last["top1"] == run.last_metrics["val_acc"]
 
 
 def test_the_function_survives_importing_the_module(run) -> None:
     import resnetkit.evaluate  # noqa: F401 - sets the attribute resnetkit.evaluate to the module
     import resnetkit.train  # noqa: F401
 
-    assert resnetkit.evaluate(run.run_dir, split="train")["num_samples"] == 300  # the run's subset
+    assert resnetkit.evaluate(run.run_dir, split="train")["num_samples"] == 270  # subset 300 less val
     assert callable(resnetkit.train)
 
 
 def test_cli_text_json_confusion_image_and_tta(run, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["evaluate", str(run.run_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"top-1 {100 * run.best_metrics['test_acc']:.2f}%" in out and "precision" in out
+    assert f"top-1 {100 * run.report['top1']:.2f}%" in out and "precision" in out and "test split" in out
     png = run.run_dir / "confusion-test.png"
     assert png.read_bytes().startswith(PNG_MAGIC)
 

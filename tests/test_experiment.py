@@ -76,11 +76,12 @@ def test_table_and_report(toy_run: tuple[Path, dict, str]) -> None:
     assert [r.split("|")[1].strip() for r in rows] == NETS
     assert set(report["nets"]) == set(NETS)
     for net, r in report["nets"].items():
-        assert r["epochs"] == 2 and len(r["train_error"]) == len(r["test_error"]) == 2
+        assert r["epochs"] == 2 and len(r["train_error"]) == len(r["val_error"]) == 2
+        assert r["final_val_error"] == r["val_error"][-1] and 0 <= r["test_error"] <= 1
         assert r["final_train_error"] == r["train_error"][-1] and 0 <= r["final_train_error"] <= 1
         assert r["params"] > 0 and r["seconds"] >= 0
-        assert f"| {net} | {100 * r['final_train_error']:.2f}% | {100 * r['final_test_error']:.2f}% | " \
-               f"{r['params']:,} |" in table
+        assert f"| {net} | {100 * r['final_train_error']:.2f}% | {100 * r['final_val_error']:.2f}% | " \
+               f"{100 * r['test_error']:.2f}% | {r['params']:,} |" in table
     assert report["nets"]["plain20"]["params"] > report["nets"]["plain8"]["params"]
     assert report["settings"]["depths"] == [8, 20] and report["settings"]["epochs"] == 2
     assert report["evidence"]["wall_time_s"] > 0
@@ -106,7 +107,7 @@ def test_verdict_follows_the_numbers(toy_run: tuple[Path, dict, str]) -> None:
 def test_verdict_both_ways() -> None:
     def run(name: str, err: float) -> degradation.NetRun:
         kind, depth = name.rstrip("0123456789"), int(name.lstrip("plainresnet"))
-        return degradation.NetRun(name, kind, depth, Path(name), [{"train_acc": 1 - err, "test_acc": 0.5}], 1, 1.0)
+        return degradation.NetRun(name, kind, depth, Path(name), [{"train_acc": 1 - err, "val_acc": 0.5}], 1, 1.0)
 
     v = degradation.verdict([run("plain20", 0.05), run("plain56", 0.08), run("resnet20", 0.04),
                              run("resnet56", 0.03)])

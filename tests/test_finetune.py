@@ -264,6 +264,6 @@ def test_sign_language_digits(tmp_path: Path, weights_dir: Path, arch: str) -> N
                              val_fraction=0.1, batch_size=16, epochs=2, freeze_epochs=1,
                              out=str(tmp_path / "run"), device="cpu", verbose=False)
     assert [r["epoch"] for r in result.history] == [1, 2]
-    assert all(0 <= r["test_acc"] <= 1 for r in result.history)
+    assert all(0 <= r["val_acc"] <= 1 for r in result.history)
     assert result.report["transfer"][0].startswith("pretrained: ")
     assert load_checkpoint(result.run_dir).spec.num_classes == 10

@@ -196,16 +196,22 @@ def test_bad_input_gives_one_line_and_loses_nothing(case: str, run: Path, tmp_pa
 def test_a_symlink_loop_is_walked_once(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from resnetkit.data.folders import index_imagefolder
 
+    from resnetkit.config import RunConfig
+    from resnetkit.data.splits import folder_splits
+
+    def splits(index):  # train and the validation split held out of the one tree
+        return folder_splits(index, index.train, RunConfig(dataset="imagefolder"), builtin=False)
+
     root = write_class_folders(tmp_path / "photos", {"0": 15, "1": 15})
-    plain = index_imagefolder(root, seed=0)
+    plain = splits(index_imagefolder(root))
     (root / "0" / "loop").symlink_to(root / "0", target_is_directory=True)
     (root / "1" / "twin.png").symlink_to(root / "1" / "0000.png")
     with pytest.warns(UserWarning, match="skipped 2 link") as caught:
-        looped = index_imagefolder(root, seed=0)
+        looped = splits(index_imagefolder(root))
     assert len(caught) == 1
     assert sorted(looped.train.files) == sorted(plain.train.files)
-    assert sorted(looped.test.files) == sorted(plain.test.files)
-    assert not set(looped.train.files) & set(looped.test.files)
+    assert sorted(looped.val.files) == sorted(plain.val.files)
+    assert not set(looped.train.files) & set(looped.val.files)
     # the command line shows it as one line, without the source line that raised it
     out = tmp_path / "run"
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(root), "--model", "resnet8",

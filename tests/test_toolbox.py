@@ -34,15 +34,17 @@ def test_plateau_divides_the_lr_after_the_patience_and_resumes() -> None:
         sched.step()  # warmup: 4 steps up to the peak, then per-step nothing
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)
     for loss in (1.0, 0.9, 0.95, 0.95):
-        step_on_metric(sched, {"test_loss": loss})
+        step_on_metric(sched, {"val_loss": loss})
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # a patience of 2 evaluations...
-    step_on_metric(sched, {"test_loss": 0.95})
+    step_on_metric(sched, {"val_loss": 0.95})
     assert opt.param_groups[0]["lr"] == pytest.approx(0.1)  # ...and on the third, x0.1
     saved = sched.state_dict()
     fresh = Plateau(torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0), warmup=4)
     fresh.load_state_dict(saved)
     assert fresh.plateau.best == pytest.approx(0.9) and fresh.steps == 6
-    step_on_metric(sched, {"val_loss": 0.5, "test_loss": 9.0})  # the validation loss wins
+    step_on_metric(sched, {"val_loss": 0.5, "test_loss": 9.0})  # the validation loss decides
+    assert sched.plateau.best == pytest.approx(0.5)
+    step_on_metric(sched, {"val_loss": None, "test_loss": 0.1})  # the test split never does
     assert sched.plateau.best == pytest.approx(0.5)
 
 

@@ -18,7 +18,7 @@ from resnetkit import checkpoint as ckpt
 from resnetkit.train import train
 
 TINY = ["--model", "resnet8", "--subset", "200", "--batch-size", "64"]
-METRIC_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"}
+METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,7 +40,8 @@ def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.C
     run = tmp_path / "run"
     assert main(["train", *TINY, "--epochs", "2", "--out", str(run), "--log-grad-norms"]) == 0
     out = capsys.readouterr().out
-    assert "epoch 1/2" in out and "epoch 2/2" in out and "best test accuracy" in out
+    assert "epoch 1/2" in out and "epoch 2/2" in out and "test accuracy" in out
+    assert "chosen on val" in out and " val loss " in out and "test loss" not in out
 
     config = json.loads((run / "config.json").read_text())
     assert set(config) == set(field_names())
@@ -50,9 +51,9 @@ def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.C
     history = read_jsonl(run / "metrics.jsonl")
     assert [h["epoch"] for h in history] == [1, 2]
     for h in history:
-        assert METRIC_KEYS <= set(h)
-        assert 0 <= h["train_acc"] <= 1 and 0 <= h["test_acc"] <= 1
-        assert h["train_loss"] > 0 and h["test_loss"] > 0 and h["lr"] >= 0 and h["seconds"] > 0
+        assert METRIC_KEYS <= set(h) and not [k for k in h if k.startswith("test")]
+        assert 0 <= h["train_acc"] <= 1 and 0 <= h["val_acc"] <= 1
+        assert h["train_loss"] > 0 and h["val_loss"] > 0 and h["lr"] >= 0 and h["seconds"] > 0
         assert set(h["grad_norms"]) == {"layer1", "layer2", "layer3"}
         assert all(math.isfinite(v) and v > 0 for v in h["grad_norms"].values())
 
@@ -60,7 +61,7 @@ def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.C
         data = (run / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
 
-    best = max(history, key=lambda h: (h["test_acc"], -h["test_loss"]))
+    best = max(history, key=lambda h: (h["val_acc"], -h["val_loss"]))
     with safe_open(str(run / "best.safetensors"), framework="pt") as f:
         meta = f.metadata()
     assert meta["format_version"] == "1"
@@ -74,7 +75,9 @@ def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.C
     assert decoded["resnetkit_version"] == resnetkit.__version__
 
     report = json.loads((run / "report.json").read_text())
-    assert report["top1"] == best["test_acc"]
+    assert report["selected_on"] == "val" and report["split"] == "test" and report["best_epoch"] == best["epoch"]
+    assert report["val"] == {"top1": best["val_acc"], "loss": best["val_loss"]}
+    assert report["data"]["train_size"] == 180 and report["data"]["val_size"] == 20  # --subset 200
     assert 0 <= report["top5"] <= 1 and report["top5"] >= report["top1"]
     assert [r["class"] for r in report["per_class"]] == [str(i) for i in range(10)]
     assert sum(r["support"] for r in report["per_class"]) == report["num_samples"] == 360
@@ -229,7 +232,7 @@ def test_exploding_lr_in_the_first_epoch_is_reported(tmp_path: Path, capsys: pyt
 def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from resnetkit.train.steps import EvalOutput
 
-    # a test accuracy that never improves after the first evaluation
+    # a val accuracy that never improves after the first evaluation
     monkeypatch.setattr(EvalOutput, "summary", lambda self: {"loss": 1.0, "acc": 0.5})
     threads = torch.get_num_threads()
     result = resnetkit.train({"model": "resnet8", "subset": 200, "epochs": 5}, early_stop=2,
@@ -248,4 +251,4 @@ def test_default_train_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.Mo
     (run,) = (tmp_path / "runs").iterdir()
     report = json.loads((run / "report.json").read_text())
     assert report["top1"] >= 0.97
-    assert "best test accuracy" in capsys.readouterr().out
+    assert "chosen on val" in capsys.readouterr().out

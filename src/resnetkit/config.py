@@ -73,9 +73,17 @@ class RunConfig:
     sampler: str = flag("shuffle", group="data", choices=("shuffle", "balanced"),
                         help="training order: shuffle (each sample once per epoch) | balanced (classes "
                              "drawn equally often, with replacement, seeded by --seed and the epoch)")
-    val_fraction: float = flag(0.2, group="data", metavar="F",
-                               help="held-out share of an image folder without val/ or test/ (default 0.2)")
-    subset: int | None = flag(group="data", metavar="N", help="train on N samples (stratified, seeded)")
+    val_size: int | None = flag(group="data", metavar="N",
+                                help="images held out of the training split to choose the checkpoint "
+                                     "(stratified, seeded by --seed); 0: train on all, keep the last "
+                                     "epoch. Default: 5000 for MNIST, Fashion-MNIST and CIFAR, else a "
+                                     "tenth of the training images")
+    val_fraction: float | None = flag(group="data", metavar="F",
+                                      help="the validation split as a share of the training images, "
+                                           "instead of --val-size (image folders without val/: default 0.2)")
+    subset: int | None = flag(group="data", metavar="N",
+                              help="use N samples of the training split (stratified, the same for "
+                                   "every seed); the val split is held out of them")
     strict: bool = flag(False, group="data", help="unreadable image files are an error, not a warning")
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
     # -- optimisation
@@ -103,8 +111,10 @@ class RunConfig:
     clip_grad: float | None = flag(group="optimisation", metavar="NORM",
                                    help="clip the gradient's global L2 norm to NORM before each update")
     early_stop: int | None = flag(group="optimisation", metavar="PATIENCE",
-                                  help="stop after PATIENCE evaluations without a better test accuracy")
-    eval_every: int = flag(1, group="optimisation", metavar="N", help="evaluate every N epochs (and the last)")
+                                  help="stop after PATIENCE evaluations without a better val accuracy")
+    eval_every: int = flag(1, group="optimisation", metavar="N",
+                           help="evaluate the val split every N epochs (and the last); the test split "
+                                "is read once, at the end")
     tta: bool = flag(False, group="optimisation", help="evaluate on each image and its horizontal flip")
     # -- hardware and speed
     seed: int = flag(0, group="hardware", metavar="N")

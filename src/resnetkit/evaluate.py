@@ -3,6 +3,8 @@
 ``evaluate(path)`` repeats the test evaluation of the run that wrote the checkpoint (same
 loader, batch size, loss, precision, memory format and CPU threads), so on the same device it
 reproduces the accuracy the run reported, to the last digit (with --compile, rare ties may differ).
+``split="val"`` rebuilds the validation split from the run's config and seed (and reproduces the
+val accuracy of the epoch that wrote the checkpoint); ``split="train"`` the images it trained on.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
              batch_size: int | None = None, precision: str | None = None,
              confusion_png: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Top-1, top-5 (more than 5 classes), loss, per-class precision/recall/F1 and the confusion
-    matrix of checkpoint (or run folder) ``path`` on ``split`` of its dataset or of ``dataset``.
+    matrix of checkpoint (or run folder) ``path`` on ``split`` (test, val or train) of its dataset
+    or of ``dataset``.
 
     ``tta``: average the logits of each image and its horizontal flip; None does what the run
     did (its --tta). ``precision``: None uses the run's. ``confusion_png``: also draw the matrix.
@@ -52,7 +55,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
-              "split": split, "tta": tta, "loss": out.summary()["loss"], "temperature": temperature, **rep,
+              "split": split, "source": loader.source, "tta": tta, "loss": out.summary()["loss"],
+              "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:
         try:

@@ -110,12 +110,12 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLi
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
-    """Loss and accuracy per epoch, train and test (epochs without evaluation are skipped)."""
+    """Loss and accuracy per epoch, train and val (epochs without evaluation are skipped)."""
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = _figure(10, 4, ncols=2)
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        for split, style in (("train", "-o"), ("test", "-s")):
+        for split, style in (("train", "-o"), ("val", "-s")):
             points = [(h["epoch"], h[f"{split}_{key}"]) for h in history
                       if h.get(f"{split}_{key}") is not None]
             if points:

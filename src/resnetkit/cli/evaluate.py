@@ -16,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--dataset", metavar="NAME", help="another dataset with the same classes "
                                                      "(default: the one it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (default: as trained)")
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="test: the held-out split (default)")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test",
+                   help="test (default): the split read once at the end of training; val: the "
+                        "split that chose the checkpoint; train: the images it trained on. All "
+                        "three are rebuilt from the checkpoint's config and seed")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average the logits of each image and its horizontal flip (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
@@ -44,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     print(report.format_report(result, title=title))
     scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
     if "confusion_png_error" in result:
-        print(f"loss {result['loss']:.4f}{scaled}")
+        print(f"{result['source']}; loss {result['loss']:.4f}{scaled}")
         print(f"resnetkit: warning: no confusion matrix image: {result['confusion_png_error']}",
               file=sys.stderr)
     else:
-        print(f"loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
+        print(f"{result['source']}; loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
     return 0

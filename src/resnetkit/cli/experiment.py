@@ -7,7 +7,7 @@ from .train import choices_metavar
 
 DEGRADATION_HELP = """\
 Trains plain-N and ResNet-N for each depth N with one recipe and one seed (one run folder per
-net under --out), then writes degradation.png (train error dashed, test error solid; plain
+net under --out), then writes degradation.png (train error dashed, val error solid; plain
 nets left, residual nets right, as Fig. 6 of He et al. 2015), grad_norms.png (per-stage
 gradient norms), table.md and report.json, and says whether the deeper plain net trained
 worse than the shallower one while the deeper residual net did not.

@@ -1,8 +1,9 @@
 """Datasets, presets and loaders.
 
-``build_loaders(cfg, device)`` turns a RunConfig into a :class:`DatasetSpec` and train/test
-loaders that yield normalized batches on the device; ``build_eval_loader`` gives one split for
-evaluation; ``dataset_spec`` resolves the spec alone; ``check_dataset`` reports on the data.
+``build_loaders(cfg, device)`` turns a RunConfig into a :class:`DatasetSpec` and train, val
+and test loaders (a :class:`Loaders` bundle) that yield normalized batches on the device;
+``build_eval_loader`` gives one split (train, val or test) for evaluation; :mod:`.splits` says
+where each split comes from; ``dataset_spec`` resolves the spec alone; ``check_dataset`` reports on the data.
 See :mod:`.loaders` for the two loader paths, :mod:`.folders` for image-folder rules,
 :mod:`.transforms` for reading images and the eval transform that predict shares.
 """

@@ -28,9 +28,10 @@ from ..errors import UserError
 from ..specs import DatasetSpec
 from .datasets import ArraySplit
 from .decode import default_workers
-from .folders import FolderSplit
+from .folders import FolderIndex, FolderSplit
 from .loaders import _load_array, _locate, _Plan, layout
 from .presets import get_preset
+from .splits import folder_splits
 from .transforms import ImageReadError, load_image, to_mode
 
 IMBALANCE_RATIO = 1.5
@@ -81,7 +82,7 @@ class _Stats:
 
 
 def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | None = None, *,
-                  val_fraction: float = 0.2, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
+                  val_fraction: float | None = None, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
     """Inspect a dataset's splits as the loaders see them; return the report as a dict."""
     preset = get_preset(dataset)
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
@@ -93,10 +94,12 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
     in_chans = preset.in_chans
     stats: dict[str, _Stats] = {}
     problems: list[dict[str, Any]] = []
-    for split in ("train", "test"):
+    parts = _folder_parts(index, cfg) if index is not None else {}
+    names = list(parts) or ["train", "test"]
+    for split in names:
         st = _Stats(split, classes, in_chans)
         if index is not None:
-            _scan_folder_split(getattr(index, split), st, in_chans, workers)
+            _scan_folder_split(parts[split], st, in_chans, workers)
         else:
             spec = DatasetSpec(dataset, classes, in_chans, preset.img_size, preset.mean, preset.std)
             _scan_array_split(_load_array(_Plan(preset, spec, "none", bs, root, kind), cfg, split), st)
@@ -105,7 +108,8 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
         problems += [_problem("structure", None, msg) for msg in index.problems]
     for st in stats.values():
         problems += _split_problems(st)
-    problems += _cross_duplicates(stats["train"], stats["test"])
+    for held in names[1:]:
+        problems += _cross_duplicates(stats["train"], stats[held])
     n_train = sum(stats["train"].counts)
     if n_train % bs == 1:
         problems.append(_problem(
@@ -119,6 +123,14 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
         "splits": {k: v.summary() for k, v in stats.items()},
         "problems": problems, "ok": not problems,
     }
+
+
+def _folder_parts(index: FolderIndex, cfg: RunConfig) -> dict[str, FolderSplit]:
+    """The trees as found; a tree with no val/ or test/ is split as the loaders split it."""
+    if index.held_out() or index.problems:
+        return {"train": index.train, **dict(index.held_out())}
+    fs = folder_splits(index, index.train, cfg, builtin=False)
+    return {"train": fs.train, "val": fs.val} if fs.val is not None else {"train": fs.train}
 
 
 def _problem(kind: str, split: str | None, message: str, examples: list | None = None,
@@ -220,7 +232,7 @@ def _cross_duplicates(train: _Stats, test: _Stats) -> list[dict[str, Any]]:
         return []
     n = sum(len(test.hashes[d]) for d in shared)
     examples = [[train.hashes[d][0][0], test.hashes[d][0][0]] for d in shared]
-    return [_problem("cross_split_duplicates", "test",
+    return [_problem("cross_split_duplicates", test.split,
                      f"{n} held-out image(s) also in the training split (leakage: test accuracy is inflated)",
                      examples, n)]
 

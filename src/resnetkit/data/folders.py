@@ -1,11 +1,11 @@
 """Image folders: one sub-folder per class, either in train/ and val/ (or test/) trees or in one
 tree that is split here.
 
-Layout. ``DIR/train`` with ``DIR/val`` or ``DIR/test`` is a split layout (val/ is preferred
-when both exist: it is the held-out split for model selection; keep test/ for the end).
-Otherwise ``DIR`` (or ``DIR/train`` alone) is one tree, split per class by ``--val-fraction``
-with a generator seeded by ``--seed`` and the class name: stratified, reproducible, and adding
-a class does not reshuffle the others.
+Layout. ``DIR/train`` with ``DIR/val`` and/or ``DIR/test`` is a split layout: val/ chooses the
+checkpoint, test/ is read once at the end. Otherwise ``DIR`` (or ``DIR/train`` alone) is one
+tree. Where val/ is missing, :mod:`.splits` holds the validation split out of the training tree,
+per class by ``--val-fraction`` (:func:`split_by_fraction`, a generator seeded by ``--seed`` and
+the class name: stratified, reproducible, and adding a class does not reshuffle the others).
 
 Class order. Class names and their indices are saved with every run (``spec.classes``), so the
 order only has to be stable. If every class folder name is an integer (``1, 2, 10``), classes
@@ -64,12 +64,19 @@ class FolderSplit:
 
 @dataclass
 class FolderIndex:
+    """The trees of an image folder as found: val/ and test/ are None when absent."""
+
     root: Path
     classes: tuple[str, ...]
     train: FolderSplit
-    test: FolderSplit
+    val: FolderSplit | None
+    test: FolderSplit | None
     layout: str  # a sentence for reports
     problems: list[str] = field(default_factory=list)  # structural problems (tolerant mode)
+
+    def held_out(self) -> list[tuple[str, FolderSplit]]:
+        """(name, files) of the val/ and test/ trees that exist."""
+        return [(n, s) for n, s in (("val", self.val), ("test", self.test)) if s is not None]
 
 
 def natural_order(names: Sequence[str]) -> list[str]:
@@ -84,15 +91,12 @@ def class_dirs(tree: Path) -> list[str]:
         return [e.name for e in it if e.is_dir() and not e.name.startswith(".")]
 
 
-def detect_layout(root: Path) -> tuple[Path, Path | None]:
-    """(train tree, held-out tree or None when the train tree must be split)."""
+def detect_layout(root: Path) -> tuple[Path, dict[str, Path]]:
+    """(train tree, {"val": tree, "test": tree} of the held-out trees present)."""
     train = root / "train"
     if train.is_dir():
-        for name in HELD_OUT_NAMES:
-            if (root / name).is_dir():
-                return train, root / name
-        return train, None
-    return root, None
+        return train, {n: root / n for n in HELD_OUT_NAMES if (root / n).is_dir()}
+    return root, {}
 
 
 def _walk_class(folder: Path, label: int, out: FolderSplit, seen: set[str]) -> int:
@@ -211,31 +215,27 @@ def split_by_fraction(split: FolderSplit, classes: Sequence[str], val_fraction: 
     return split.select(sorted(train_idx)), split.select(sorted(held_idx))
 
 
-def index_imagefolder(root: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0,
-                      classes: Sequence[str] | None = None, tolerant: bool = False) -> FolderIndex:
-    """Scan an image folder (file listing and stat only, no decoding) into train and held-out
-    splits. ``classes`` fixes the class order (a checkpoint's); ``tolerant`` records structural
-    problems in ``.problems`` instead of raising (for ``data check``)."""
+def index_imagefolder(root: str | os.PathLike[str], *, classes: Sequence[str] | None = None,
+                      tolerant: bool = False) -> FolderIndex:
+    """Scan an image folder (file listing and stat only, no decoding) into its train tree and its
+    val/ and test/ trees where present. ``classes`` fixes the class order (a checkpoint's);
+    ``tolerant`` records structural problems in ``.problems`` instead of raising (for ``data
+    check``). The validation split of a folder without val/ is made by :mod:`.splits`."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise UserError(f"image folder {root} not found; point --data-dir at a folder with one "
                         f"sub-folder of images per class (or train/ and val/ trees of them)")
     problems: list[str] | None = [] if tolerant else None
-    train_tree, held_tree = detect_layout(root)
-    trees = [train_tree] + ([held_tree] if held_tree else [])
-    names = _resolve_classes(trees, classes, problems)
+    train_tree, held_trees = detect_layout(root)
+    names = _resolve_classes([train_tree, *held_trees.values()], classes, problems)
     seen: set[str] = set()
     train = scan_tree(train_tree, names, problems, seen)
-    if held_tree is not None:
-        held = scan_tree(held_tree, names, problems, seen)
-        layout = f"split folders {train_tree.name}/ and {held_tree.name}/"
+    held = {n: scan_tree(tree, names, problems, seen) for n, tree in held_trees.items()}
+    if held:
+        layout = f"split folders {', '.join(t.name + '/' for t in (train_tree, *held_trees.values()))}"
     else:
-        if not train.files:
-            raise UserError(f"no image files found in the class folders of {train_tree}")
-        train, held = split_by_fraction(train, names, val_fraction, seed)
-        held.ignored = []  # the tree's non-image files are reported once, with train
         tree = "" if train_tree == root else f" ({train_tree.name}/ only)"
-        layout = f"one tree{tree} split per class by --val-fraction {val_fraction} with seed {seed}"
-    if not train.files or not held.files:
+        layout = f"one tree{tree}"
+    if not train.files or any(not h.files for h in held.values()):
         raise UserError(f"no image files found in the class folders of {root}")
-    return FolderIndex(root, names, train, held, layout, problems or [])
+    return FolderIndex(root, names, train, held.get("val"), held.get("test"), layout, problems or [])

@@ -9,6 +9,10 @@ NCHW at ``spec.img_size``, y int64):
   decoded once and cached;
 - streaming (:class:`~resnetkit.data.streaming.FolderLoader`): other image folders.
 
+Splits (:mod:`.splits`): ``train`` trains, ``val`` chooses the checkpoint, ``test`` is read once
+at the end. For the arrays of the built-in datasets the training split is decoded and copied to
+the device once; train and val are two index selections of that tensor.
+
 Batch size: ``cfg.batch_size`` (else the preset's) is the global batch; each of ``world_size``
 ranks gets ``batch_size // world_size``. Evaluation batches are twice the per-rank training
 batch (no activations are kept for backward). ``--subset N`` keeps N training samples, chosen
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import torch
 
@@ -36,22 +40,29 @@ from .policy import POLICIES, BatchPolicy
 from .presets import Preset, check_augment, default_classes, get_preset
 from .sampling import stratified_subset
 from ..specs import DatasetSpec, Preprocessing
+from .splits import SPLITS, FolderSplits, array_val_source, folder_splits, holdout, val_count
 from .streaming import FolderDataset, FolderLoader, probe_split, train_transform
 from .transforms import Geometry, Normalizer, eval_geometry, match_channels
 
 Loader = Union[MemoryLoader, FolderLoader]
 PRESET_CLASSES = {n: default_classes(n) or () for n in ("digits", "mnist", "fashion-mnist")}
-SPLITS = ("train", "test")
 LAYOUTS = {"digits": "bundled with scikit-learn, fixed stratified 80/20 split, random_state 0",
            "idx": "uncompressed IDX files", "cifar-pickle": "python pickles"}
 
 
 @dataclass
 class Loaders:
+    """What a run reads. ``train``: augmented, shuffled. ``val``: chooses the checkpoint (None
+    with --val-size 0: nothing is chosen). ``test``: read once, at the end; when the data has no
+    test split of its own (an image folder without test/) it is the val loader itself and
+    ``test_is_val`` is True. Every loader has a ``source``: where its samples come from."""
+
     spec: DatasetSpec
     train: Loader
+    val: Loader | None
     test: Loader
     info: dict[str, Any] = field(default_factory=dict)  # source, sizes, path taken: for reports
+    test_is_val: bool = False
 
 
 @dataclass
@@ -72,27 +83,68 @@ def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None) -> 
 
 def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, world_size: int = 1,
                   preprocessing: Preprocessing | None = None) -> Loaders:
-    """Train and test loaders; ``preprocessing``: pretrained weights' (size, mean, std), which
-    replaces the dataset's."""
+    """Train, val and test loaders (:class:`Loaders`); ``preprocessing``: pretrained weights'
+    (size, mean, std), which replaces the dataset's."""
     plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing)
-    device = torch.device(device)
-    train = _split_loader(plan, cfg, "train", True, device, rank, world_size)
-    test = _split_loader(plan, cfg, "test", False, device, rank, world_size)
+    kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
+    if plan.kind == "folder":
+        fs = _folder_splits(plan, cfg)
+        train, val = _pool_loaders(plan, cfg, fs, **kw) or (
+            _folder_loader(plan, cfg, fs.train, True, **kw),
+            _folder_loader(plan, cfg, fs.val, False, **kw) if fs.val is not None else None)
+        test = val if fs.test_is_val and val is not None else _folder_loader(plan, cfg, fs.test, False, **kw)
+        test_is_val, val_source = fs.test_is_val, fs.val_source
+    else:
+        pool = _device_pool(plan, cfg, kw["device"])  # once, for train and val
+        train = _array_loader(plan, cfg, *pool.part("train"), True, **kw)
+        val = _array_loader(plan, cfg, *pool.part("val"), False, **kw) if pool.n_val else None
+        test = _memory_loader(plan, cfg, _load_array(plan, cfg, "test"), False, **kw)
+        test_is_val, val_source = False, array_val_source(pool.n_val, cfg)
+    if val is not None:
+        val.source = f"val split: {val_source}"
+    train.source, test.source = "training split", "val split (no test split)" if test_is_val else "test split"
     info = {"dataset": cfg.dataset, "source": _source(plan), "layout": layout(plan.kind, plan.index),
-            "train_size": train.dataset_size, "test_size": test.dataset_size,
-            "in_memory": train.in_memory and test.in_memory, "augment": plan.augment,
-            "batch_size": plan.batch_size, "img_size": plan.spec.img_size}
-    return Loaders(plan.spec, train, test, info)
+            "train_size": train.dataset_size, "val_size": val.dataset_size if val is not None else 0,
+            "test_size": test.dataset_size, "val_source": val_source, "test_is_val": test_is_val,
+            "in_memory": all(x.in_memory for x in (train, val, test) if x is not None),
+            "augment": plan.augment, "batch_size": plan.batch_size, "img_size": plan.spec.img_size}
+    return Loaders(plan.spec, train, val, test, info, test_is_val)
 
 
 def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
                       spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1) -> Loader:
-    """Loader over one split without augmentation or shuffling. With ``spec`` (a checkpoint's),
-    its preprocessing and class order are used."""
+    """Loader over one split (train, val or test) without augmentation or shuffling: the same
+    samples the run with this config had in that split. With ``spec`` (a checkpoint's), its
+    preprocessing and class order are used. ``.source`` says where the samples come from."""
     if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; choose train or test (the held-out split)")
+        raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     plan = _plan(cfg, spec=spec, world_size=world_size)
-    return _split_loader(plan, cfg, split, False, torch.device(device), rank, world_size)
+    kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
+    if plan.kind == "folder":
+        fs = _folder_splits(plan, cfg)
+        files = {"train": fs.train, "val": fs.val, "test": fs.test}[split]
+        _check_present(files is not None, split)
+        pair = _pool_loaders(plan, cfg, fs, False, **kw) if split != "test" else None
+        loader = pair[split == "val"] if pair else _folder_loader(plan, cfg, files, False, **kw)
+        held = fs.val_source if split == "val" else ""
+        test_is_val = fs.test_is_val
+    elif split == "test":
+        loader = _memory_loader(plan, cfg, _load_array(plan, cfg, "test"), False, **kw)
+        held, test_is_val = "", False
+    else:
+        pool = _device_pool(plan, cfg, kw["device"])
+        _check_present(split == "train" or pool.n_val > 0, split)
+        loader = _array_loader(plan, cfg, *pool.part(split), False, **kw)
+        held, test_is_val = array_val_source(pool.n_val, cfg), False
+    loader.source = {"train": "training split", "val": f"val split: {held}",
+                     "test": "val split (no test split)" if test_is_val else "test split"}[split]
+    return loader
+
+
+def _check_present(present: bool, split: str) -> None:
+    if not present:
+        raise UserError(f"this run has no {split} split (it trained with --val-size 0); "
+                        f"evaluate --split test or train instead")
 
 
 # ------------------------------------------------------------------ resolving a config
@@ -134,15 +186,14 @@ def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: 
         if not cfg.data_dir:
             raise UserError("imagefolder needs --data-dir DIR: a folder with one sub-folder of images "
                             "per class (or train/ and val/ trees of them)")
-        index = index_imagefolder(cfg.data_dir, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                                  classes=fixed, tolerant=tolerant)
+        index = index_imagefolder(cfg.data_dir, classes=fixed, tolerant=tolerant)
         return "folder", index.root, index, index.classes
     root = resolve_data_dir(cfg.data_dir)  # cifar10 / cifar100
     if has_cifar_pickles(root, name):
         return "cifar-pickle", root, None, cifar_pickle_classes(root, name)
     for folder in (root / CIFAR_IMAGE_FOLDERS[name], root):
         if (folder / "train").is_dir() and (folder / "test").is_dir():
-            index = index_imagefolder(folder, seed=cfg.seed, classes=fixed, tolerant=tolerant)
+            index = index_imagefolder(folder, classes=fixed, tolerant=tolerant)
             return "folder", folder, index, index.classes
     if cfg.download:
         download_cifar(root, name)
@@ -159,21 +210,47 @@ def _source(plan: _Plan) -> str:
 
 
 # ------------------------------------------------------------------ one split
-def _split_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, device: torch.device,
-                  rank: int, world_size: int) -> Loader:
-    per_rank = plan.batch_size // world_size
-    bs = per_rank if train else 2 * per_rank
+def _folder_splits(plan: _Plan, cfg: RunConfig) -> FolderSplits:
+    pool = plan.index.train
+    if cfg.subset:
+        pool = pool.select(stratified_subset(torch.tensor(pool.labels), cfg.subset).tolist())
+    return folder_splits(plan.index, pool, cfg, builtin=plan.preset.name != "imagefolder")
+
+
+def _folder_loader(plan: _Plan, cfg: RunConfig, fsplit: FolderSplit, train: bool, *,
+                   device: torch.device, rank: int, world_size: int) -> Loader:
+    bs = _batch(plan, train, world_size)
     kw = dict(rank=rank, world_size=world_size)
-    if plan.kind == "folder":
-        fsplit = _subset_folder(getattr(plan.index, split), cfg, split)
-        geometry = _folder_geometry(plan, train)
-        if fits_in_memory(len(fsplit), plan.spec.in_chans, geometry.out, plan.spec.img_size):
-            data = _decode_folder(plan, cfg, fsplit, geometry)
-        else:
-            return _stream_loader(plan, cfg, fsplit, train, device, bs, **kw)
-    else:
-        data = _subset_array(_load_array(plan, cfg, split), cfg, split)
-    return _memory_loader(plan, cfg, data, train, device, bs, **kw)
+    geometry = _folder_geometry(plan, train)
+    if fits_in_memory(len(fsplit), plan.spec.in_chans, geometry.out, plan.spec.img_size):
+        data = _decode_folder(plan, cfg, fsplit, geometry)
+        return _memory_loader(plan, cfg, data, train, device=device, **kw)
+    return _stream_loader(plan, cfg, fsplit, train, device, bs, **kw)
+
+
+def _pool_loaders(plan: _Plan, cfg: RunConfig, fs: FolderSplits, training: bool = True, **kw: Any
+                  ) -> tuple[MemoryLoader, MemoryLoader] | None:
+    """Train and val as two selections of one decoded tensor of the training tree (one decode,
+    one cache entry whatever --seed is), when both use the same geometry and it fits in memory.
+    ``training``: the train loader augments and shuffles."""
+    geometry = eval_geometry(plan.spec)
+    pool = fs.pool
+    if (pool is None or (training and _folder_geometry(plan, True) != geometry)
+            or not fits_in_memory(len(pool), plan.spec.in_chans, geometry.out, plan.spec.img_size)):
+        return None
+    data = _decode_folder(plan, cfg, pool, geometry)
+    bad = {b.split(": ", 1)[0] for b in data.bad}
+    row = {f: r for r, f in enumerate(f for f in pool.files if f not in bad)}  # file -> decoded row
+    images, labels, prepare = _device_arrays(plan, data, kw["device"])
+    train, val = (torch.tensor([row[f] for f in part.files if f in row], dtype=torch.long)
+                  for part in (fs.train, fs.val))
+    return (_array_loader(plan, cfg, images, labels, train, prepare, training, **kw),
+            _array_loader(plan, cfg, images, labels, val, prepare, False, **kw))
+
+
+def _batch(plan: _Plan, train: bool, world_size: int) -> int:
+    per_rank = plan.batch_size // world_size
+    return per_rank if train else 2 * per_rank  # no activations kept for backward
 
 
 def _load_array(plan: _Plan, cfg: RunConfig, split: str) -> ArraySplit:
@@ -184,18 +261,41 @@ def _load_array(plan: _Plan, cfg: RunConfig, split: str) -> ArraySplit:
     return load_cifar_pickle_split(plan.root, plan.preset.name, split)
 
 
-def _subset_array(data: ArraySplit, cfg: RunConfig, split: str) -> ArraySplit:
-    if split != "train" or not cfg.subset:
-        return data
-    idx = stratified_subset(data.labels, cfg.subset)
-    data.images, data.labels = data.images[idx], data.labels[idx]
+@dataclass
+class _DevicePool:
+    """The training split of a built-in dataset on the device, and its train/val indices."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None
+    train_idx: torch.Tensor
+    val_idx: torch.Tensor
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val_idx.numel())
+
+    def part(self, split: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                        Callable[[torch.Tensor], torch.Tensor] | None]:
+        """(images, labels, indices, prepare): the arguments of :func:`_array_loader`."""
+        idx = self.train_idx if split == "train" else self.val_idx
+        return self.images, self.labels, idx, self.prepare
+
+
+def _device_pool(plan: _Plan, cfg: RunConfig, device: torch.device) -> _DevicePool:
+    pool = _array_pool(plan, cfg)
+    train_idx, val_idx = holdout(pool.labels, val_count(len(pool.labels), cfg), cfg.seed)
+    images, labels, prepare = _device_arrays(plan, pool, device)
+    return _DevicePool(images, labels, prepare, train_idx, val_idx)
+
+
+def _array_pool(plan: _Plan, cfg: RunConfig) -> ArraySplit:
+    """The training split after --subset: what train and val are cut from."""
+    data = _load_array(plan, cfg, "train")
+    if cfg.subset:
+        idx = stratified_subset(data.labels, cfg.subset)
+        data.images, data.labels = data.images[idx], data.labels[idx]
     return data
-
-
-def _subset_folder(fsplit: FolderSplit, cfg: RunConfig, split: str) -> FolderSplit:
-    if split != "train" or not cfg.subset:
-        return fsplit
-    return fsplit.select(stratified_subset(torch.tensor(fsplit.labels), cfg.subset).tolist())
 
 
 def _folder_geometry(plan: _Plan, train: bool) -> Geometry:
@@ -236,22 +336,47 @@ def _check_classes_left(labels: list[int], classes: tuple[str, ...], fsplit: Fol
         raise UserError(f"class {summarize_names(empty)} has no readable image in {fsplit.root}")
 
 
-def _memory_loader(plan: _Plan, cfg: RunConfig, data: ArraySplit, train: bool, device: torch.device,
-                   bs: int, **kw: int) -> MemoryLoader:
+def _device_arrays(plan: _Plan, data: ArraySplit, device: torch.device, source: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """(uint8 images, labels) on the device at the model's size, and the per-batch resize when
+    they are kept at their native size. ``source``: keep the stored size for random resized crops."""
     spec = plan.spec
     images = match_channels(data.images, spec.in_chans)
-    source = train and plan.kind == "folder" and images.shape[-1] != spec.img_size and bool(spec.resize_size)
     prepare = None
     if not source and tuple(images.shape[-2:]) != (spec.img_size, spec.img_size):
         if images.shape[0] * spec.in_chans * spec.img_size**2 <= MEMORY_BUDGET:
             images = _geometry_chunked(images, eval_geometry(spec))
         else:  # too big at the model size: keep the native size and resize each batch on the device
             prepare = lambda x: resize_batch(x, spec.img_size)  # noqa: E731
+    return to_device(images, device), to_device(data.labels, device), prepare
+
+
+def _memory_loader(plan: _Plan, cfg: RunConfig, data: ArraySplit, train: bool, *, device: torch.device,
+                   rank: int, world_size: int) -> MemoryLoader:
+    spec = plan.spec
+    source = (train and plan.kind == "folder" and data.images.shape[-1] != spec.img_size
+              and bool(spec.resize_size))
+    images, labels, prepare = _device_arrays(plan, data, device, source)
+    return _array_loader(plan, cfg, images, labels, None, prepare, train, device=device, rank=rank,
+                         world_size=world_size, source=source)
+
+
+def _array_loader(plan: _Plan, cfg: RunConfig, images: torch.Tensor, labels: torch.Tensor,
+                  idx: torch.Tensor | None, prepare: Callable[[torch.Tensor], torch.Tensor] | None,
+                  train: bool, *, device: torch.device, rank: int, world_size: int,
+                  source: bool = False) -> MemoryLoader:
+    """A loader over ``images[idx]`` (all of them when ``idx`` is None or covers them): one gather
+    on the device, made once."""
+    if idx is not None and idx.numel() != labels.shape[0]:
+        idx = to_device(idx, device)
+        images, labels = images[idx], labels[idx]
+    spec = plan.spec
     augment = _batch_augment(plan, images.shape[-1], source) if train else None
     policy = BatchPolicy(plan.augment) if train and plan.augment in POLICIES else None
-    return MemoryLoader(to_device(images, device), to_device(data.labels, device), batch_size=bs,
+    return MemoryLoader(images, labels, batch_size=_batch(plan, train, world_size),
                         normalizer=Normalizer(spec.mean, spec.std, device), train=train,
-                        seed=cfg.seed, augment=augment, prepare=prepare, policy=policy, **kw)
+                        seed=cfg.seed, augment=augment, prepare=prepare, policy=policy, rank=rank,
+                        world_size=world_size)
 
 
 def _geometry_chunked(images: torch.Tensor, geometry: Geometry, chunk: int = 4096) -> torch.Tensor:

@@ -69,8 +69,10 @@ def positions(batches: list[tuple[int, int]]) -> torch.Tensor:
     return torch.cat([torch.arange(a, b) for a, b in batches])
 
 
-def stratified_subset(labels: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> torch.Tensor:
-    """Sorted indices of n samples, each class in proportion to its size, from a seeded shuffle.
+def stratified_subset(labels: torch.Tensor, n: int, seed: int = SUBSET_SEED, key: str = "subset"
+                      ) -> torch.Tensor:
+    """Sorted indices of n samples, each class in proportion to its size, from a shuffle seeded
+    by (seed, key): ``--subset`` and the validation split draw from different streams.
 
     Each sample gets the key (its rank in a shuffled order of its class + u) / class size with u
     uniform in [0, 1); taking the n smallest keys interleaves the classes proportionally.
@@ -78,7 +80,7 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> 
     labels = labels.long()
     if n >= labels.numel():
         return torch.arange(labels.numel())
-    g = seeded_generator(seed, "subset")
+    g = seeded_generator(seed, key)
     shuffled = torch.randperm(labels.numel(), generator=g)
     lab = labels[shuffled]
     order = torch.argsort(lab, stable=True)
@@ -86,6 +88,7 @@ def stratified_subset(labels: torch.Tensor, n: int, seed: int = SUBSET_SEED) -> 
     starts = torch.cumsum(counts, 0) - counts
     rank_in_class = torch.empty_like(order)
     rank_in_class[order] = torch.arange(order.numel()) - starts[lab[order]]
-    key = (rank_in_class.double() + torch.rand(lab.numel(), generator=g, dtype=torch.float64)) / counts[lab]
-    take = shuffled[torch.argsort(key, stable=True)[:n]]
+    order_key = (rank_in_class.double() + torch.rand(lab.numel(), generator=g, dtype=torch.float64)
+                 ) / counts[lab]
+    take = shuffled[torch.argsort(order_key, stable=True)[:n]]
     return torch.sort(take).values

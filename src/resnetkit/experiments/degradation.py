@@ -6,10 +6,12 @@ nets with identity shortcuts do not. This trains plain-N and ResNet-N for each d
 CIFAR-style ``plainN``/``resnetN`` of the registry: same widths, same recipe, same seed) through
 :func:`resnetkit.train.train`, one run folder per net, and writes into the output folder:
 
-- ``degradation.png``: train error (dashed) and test error (solid) per epoch, plain nets left,
-  residual nets right, one colour per depth, one y-axis (the layout of Fig. 6);
+- ``degradation.png``: train error (dashed) and validation error (solid) per epoch, plain nets
+  left, residual nets right, one colour per depth, one y-axis (the layout of Fig. 6; the test
+  split is read once per net, at the end, so it has no curve);
 - ``grad_norms.png``: the first stage's gradient norm per epoch and every stage's at the end;
-- ``table.md``: final train and test error, parameters and seconds per net;
+- ``table.md``: final train and val error, test error of the checkpoint chosen on val,
+  parameters and seconds per net;
 - ``report.json``: the settings, the per-net numbers, the verdict and the evidence.
 
 Train error is measured during each epoch on augmented batches in training mode, as in the paper.
@@ -141,15 +143,20 @@ class NetRun:
     params: int
     seconds: float  # training wall time of the run, also when reused
     reused: bool = False  # finished before this invocation: its numbers were read, not retrained
+    test_top1: float | None = None  # report.json: the one test pass, on the checkpoint val chose
 
     @property
     def train_error(self) -> float:
         return 1.0 - self.history[-1]["train_acc"]
 
     @property
-    def test_error(self) -> float | None:
-        acc = self.history[-1]["test_acc"]
+    def val_error(self) -> float | None:
+        acc = self.history[-1].get("val_acc")
         return None if acc is None else 1.0 - acc
+
+    @property
+    def test_error(self) -> float | None:
+        return None if self.test_top1 is None else 1.0 - self.test_top1
 
 
 def train_net(s: Settings, net: str, run_dir: Path, *, verbose: bool = True) -> NetRun:
@@ -169,7 +176,8 @@ def train_net(s: Settings, net: str, run_dir: Path, *, verbose: bool = True) -> 
         seconds = result.wall_time_s
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     kind, depth = net.rstrip("0123456789"), int(net.lstrip("abcdefghijklmnopqrstuvwxyz"))
-    return NetRun(net, kind, depth, run_dir, history, count_params(run_dir), float(seconds), reused)
+    top1 = json.loads((run_dir / "report.json").read_text()).get("top1")
+    return NetRun(net, kind, depth, run_dir, history, count_params(run_dir), float(seconds), reused, top1)
 
 
 def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -256,9 +264,9 @@ def verdict(runs: Sequence[NetRun]) -> dict[str, Any]:
 def build_report(s: Settings, runs: Sequence[NetRun], wall: float) -> dict[str, Any]:
     nets = {r.name: {"kind": r.kind, "depth": r.depth, "run_dir": r.run_dir.name, "params": r.params,
                      "seconds": round(r.seconds, 1), "reused": r.reused, "epochs": len(r.history),
-                     "final_train_error": r.train_error, "final_test_error": r.test_error,
-                     "train_error": [1 - h["train_acc"] for h in r.history],
-                     "test_error": [None if h["test_acc"] is None else 1 - h["test_acc"] for h in r.history],
+                     "final_train_error": r.train_error, "final_val_error": r.val_error,
+                     "test_error": r.test_error, "train_error": [1 - h["train_acc"] for h in r.history],
+                     "val_error": [None if h.get("val_acc") is None else 1 - h["val_acc"] for h in r.history],
                      "first_stage_grad_norm": [first_stage_norm(h) for h in r.history]}
             for r in runs}
     settings = {k: v for k, v in asdict(s).items() if k != "note"}
@@ -301,9 +309,10 @@ def format_table(runs: Sequence[NetRun]) -> str:
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}%"
 
-    lines = ["| net | train error | test error | params | seconds |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.name} | {pct(r.train_error)} | {pct(r.test_error)} | {r.params:,} | {r.seconds:.0f} |"
-              for r in runs]
+    lines = ["| net | train error | val error | test error (checkpoint chosen on val) | params | seconds |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.name} | {pct(r.train_error)} | {pct(r.val_error)} | {pct(r.test_error)} | {r.params:,} "
+              f"| {r.seconds:.0f} |" for r in runs]
     return "\n".join(lines)
 
 
@@ -317,21 +326,21 @@ def _colours(runs: Sequence[NetRun]) -> dict[int, Any]:
 
 
 def plot_degradation(runs: Sequence[NetRun], path: Path, title: str = "") -> None:
-    """Fig. 6 of the paper: train error dashed, test error solid; plain left, residual right."""
+    """Fig. 6 of the paper: train error dashed, val error solid; plain left, residual right."""
     fig, axes = _figure(10, 4, ncols=2)
     colour = _colours(runs)
-    top = max(max(1 - h["train_acc"], 1 - (h["test_acc"] or 0)) for r in runs for h in r.history)
+    top = max(max(1 - h["train_acc"], 1 - (h.get("val_acc") or 0)) for r in runs for h in r.history)
     for ax, kind, name, word in ((axes[0], "plain", "plain", "plain"), (axes[1], "resnet", "ResNet", "residual")):
         for r in (r for r in runs if r.kind == kind):
             epochs = [h["epoch"] for h in r.history]
             ax.plot(epochs, [100 * (1 - h["train_acc"]) for h in r.history], "--", color=colour[r.depth])
-            test = [(h["epoch"], 100 * (1 - h["test_acc"])) for h in r.history if h["test_acc"] is not None]
-            if test:
-                ax.plot(*zip(*test), "-", linewidth=2, color=colour[r.depth], label=f"{name}-{r.depth}")
+            val = [(h["epoch"], 100 * (1 - h["val_acc"])) for h in r.history if h.get("val_acc") is not None]
+            if val:
+                ax.plot(*zip(*val), "-", linewidth=2, color=colour[r.depth], label=f"{name}-{r.depth}")
         ax.set(xlabel="epoch", ylabel="error (%)", ylim=(0, 100 * top * 1.05),
                title=f"{word} networks{f' on {title}' if title else ''}")
         ax.grid(alpha=0.3)
-        ax.legend(title="dashed: train, solid: test", fontsize=8, title_fontsize=8)
+        ax.legend(title="dashed: train, solid: val", fontsize=8, title_fontsize=8)
     _save_png(fig, path)
 
 

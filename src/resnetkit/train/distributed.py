@@ -6,9 +6,10 @@ environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_POR
 group (nccl on CUDA, gloo on CPU), trains a DistributedDataParallel replica on its shard of every
 global batch and takes part in the collectives below; only rank 0 writes files and prints.
 
-Evaluation never runs the DDP wrapper: ranks hold different numbers of test samples (an exact
-partition, no padding duplicates), so each evaluates its part with the plain module and
-:func:`gather_eval` puts the parts together in dataset order.
+Evaluation (the val split each epoch, the test split once at the end) never runs the DDP
+wrapper: ranks hold different numbers of samples of the split (an exact partition, no padding
+duplicates), so each evaluates its part with the plain module and :func:`gather_eval` puts the
+parts together in dataset order.
 """
 from __future__ import annotations
 

@@ -91,8 +91,8 @@ AnySchedule = Union[Scheduler, Plateau]
 
 def step_on_metric(scheduler: AnySchedule, record: Mapping[str, Any]) -> None:
     """After an evaluation: ``plateau`` steps on the validation loss (the metrics line's
-    ``val_loss``; ``test_loss`` where a run has no validation split)."""
-    loss = record.get("val_loss", record.get("test_loss"))
+    ``val_loss``); the test split never drives a schedule."""
+    loss = record.get("val_loss")
     if isinstance(scheduler, Plateau) and loss is not None:
         scheduler.plateau.step(loss)
 

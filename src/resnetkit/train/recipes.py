@@ -14,6 +14,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from ..config import FINETUNE_RECIPE, RunConfig, check_choice
+from ..data.splits import check_val_options
 from ..errors import UserError
 
 # What every recipe starts from; a dataset entry only lists what differs.
@@ -139,6 +140,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--warmup-epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.early_stop is not None and cfg.early_stop < 1:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
+    check_val_options(cfg)  # sizes against the data are checked when it is read
     if not isinstance(cfg.model_args, Mapping):
         raise UserError("model_args must be a mapping of builder keyword arguments")
     return check_toolbox(cfg)

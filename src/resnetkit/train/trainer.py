@@ -2,8 +2,9 @@
 
 The steps themselves live in :mod:`.steps`. Per epoch the trainer reads the device twice at
 most per ``sync_every`` batches (progress and the finite-loss check) and writes, in order: the
-best checkpoint (when the test accuracy improved), the last checkpoint, the metrics line and
-the resume state, each atomically. The resume state carries the metrics history, so a run
+best checkpoint (when the validation accuracy improved), the last checkpoint, the metrics line
+and the resume state, each atomically. The test split is read once, after the last epoch, on the
+checkpoint the validation split chose (:mod:`resnetkit.data.splits`). The resume state carries the metrics history, so a run
 killed between two of those writes resumes from the last complete epoch and rewrites
 metrics.jsonl to match it.
 
@@ -64,13 +65,15 @@ RUN_FILES = (ckpt.BEST, ckpt.LAST, ckpt.STATE, "metrics.jsonl", "config.json", "
 @dataclass
 class TrainResult:
     run_dir: Path
-    best_metrics: dict[str, Any]  # the metrics line of the best epoch (highest test accuracy)
+    best_metrics: dict[str, Any]  # the metrics line of the chosen epoch (highest val accuracy; the
+    # last epoch with --val-size 0)
     last_metrics: dict[str, Any]
     history: list[dict[str, Any]]  # one metrics line per epoch, as in metrics.jsonl
     config: RunConfig  # resolved: every recipe value filled in
     report: dict[str, Any]  # report.json
     stopped_early: bool = False
     wall_time_s: float = 0.0
+    test_metrics: dict[str, Any] = field(default_factory=dict)  # top1, top5, loss of the one test pass
 
     @property
     def checkpoint(self) -> Path:
@@ -86,7 +89,7 @@ class _Best:
         if not self.metrics:
             return True
         a, b = record, self.metrics
-        return (a["test_acc"], -a["test_loss"]) > (b["test_acc"], -b["test_loss"])
+        return (a["val_acc"], -a["val_loss"]) > (b["val_acc"], -b["val_loss"])
 
 
 def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
@@ -205,6 +208,9 @@ class Trainer:
         self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
                                      preprocessing=weights)
         self.spec = self.loaders.spec
+        if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
+            what = "--early-stop" if cfg.early_stop else "--schedule plateau"
+            raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
                            **cfg.model_args}
         model = models.create_model(cfg.model, **self.model_args)
@@ -225,7 +231,7 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
-        # Evaluation runs the plain module: ranks hold different numbers of test samples, and
+        # Evaluation runs the plain module: ranks hold different numbers of eval samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
@@ -306,6 +312,7 @@ class Trainer:
         self.log(f"run {self.run_dir}  ({where}, {self.precision.name}"
                  f"{', resumed after epoch %d' % self.start_epoch if self.start_epoch else ''})")
         self.log(describe(self.cfg))
+        self.log(split_line(self.loaders))
         for line in self.transfer_notes:
             self.log(line)
         epoch = self.start_epoch
@@ -323,14 +330,15 @@ class Trainer:
                     reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
         stopped_early = epoch < self.cfg.epochs
         if stopped_early:
-            self.log(f"early stop after epoch {epoch}: no better test accuracy in {self.best.bad_evals} "
+            self.log(f"early stop after epoch {epoch}: no better val accuracy in {self.best.bad_evals} "
                      f"evaluations")
         wall = self.wall_before + time.perf_counter() - t0
         report = self.final_report(wall)
         if self.is_main:  # report.html and the ECE, from best.safetensors as written
             report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline)
+        test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
-                           self.cfg, report, stopped_early, wall)
+                           self.cfg, report, stopped_early, wall, test)
 
     def out_of_patience(self) -> bool:
         return bool(self.cfg.early_stop) and self.best.bad_evals >= self.cfg.early_stop
@@ -338,20 +346,21 @@ class Trainer:
     def run_epoch(self, epoch: int, t0: float) -> dict[str, Any]:
         start = time.perf_counter()
         train = self.train_epoch(epoch)
-        do_eval = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
-        test = self.evaluate().summary() if do_eval else {"loss": None, "acc": None}
+        selecting = self.loaders.val is not None  # --val-size 0: nothing is chosen, the last epoch is
+        do_eval = selecting and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs)
+        val = self.evaluate(self.loaders.val).summary() if do_eval else {"loss": None, "acc": None}
         record = {"epoch": epoch, "train_loss": train.pop("train_loss"), "train_acc": train.pop("train_acc"),
-                  "test_loss": test["loss"], "test_acc": test["acc"], "lr": current_lr(self.optimizer),
+                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": current_lr(self.optimizer),
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
         step_on_metric(self.scheduler, record)  # --schedule plateau
         improved = do_eval and self.best.improves(record)
         if do_eval:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
-        if improved:
+        if improved or not selecting:
             self.best.metrics = dict(record)
         self.log(format_epoch(record, self.cfg.epochs, improved))
-        self.save(epoch, record, improved, self.wall_before + time.perf_counter() - t0)
+        self.save(epoch, record, improved or not selecting, self.wall_before + time.perf_counter() - t0)
         for callback in self.callbacks:
             callback(self, record)
         return record
@@ -438,9 +447,11 @@ class Trainer:
                 else f"after epoch {epoch}, {loss}")
         return f"{what}; {kept}; lower --lr (now {self.cfg.lr:g}){fp32}"
 
-    def evaluate(self, tta: bool | None = None) -> EvalOutput:
+    def evaluate(self, loader: Iterable[Any], tta: bool | None = None) -> EvalOutput:
+        """Every sample of ``loader`` (the val split during training, the test split once at the
+        end), as one process would see them."""
         distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
-        out = evaluate_batches(self.eval_net, self.loaders.test, autocast=self.precision.autocast(),
+        out = evaluate_batches(self.eval_net, loader, autocast=self.precision.autocast(),
                                channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
                                tta=self.cfg.tta if tta is None else tta)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
@@ -472,28 +483,29 @@ class Trainer:
         ckpt.save_state(self.run_dir / ckpt.STATE, self.state(epoch, wall))
 
     def final_report(self, wall: float) -> dict[str, Any]:
-        """Evaluate best.safetensors as written on disk: report.json and confusion.png. Under DDP
-        rank 0 reads it and sends the weights to the others, which help evaluate and write nothing."""
+        """The one pass over the test split, on best.safetensors as written on disk: report.json and
+        confusion.png. Under DDP rank 0 reads it and sends the weights to the others, which help
+        evaluate and write nothing."""
         if self.is_main:
             _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
             self.model.load_state_dict(tensors)
         distributed.broadcast_module(self.model)
-        out = self.evaluate()
+        out = self.evaluate(self.loaders.test)
         if not self.is_main:
             return {}
         rep = reports.classification_report(out.top5, out.targets, self.spec.classes)
-        rep = {"dataset": self.cfg.dataset, "split": "test", "model": self.cfg.model,
-               "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"), **rep,
-               "transfer": self.transfer_notes,
-               "best_metrics": self.best.metrics, "data": self.loaders.info,
+        rep = {"dataset": self.cfg.dataset, "split": "val" if self.loaders.test_is_val else "test",
+               "model": self.cfg.model, "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"),
+               **selection(self.best.metrics, self.loaders), **rep, "loss": out.summary()["loss"],
+               "transfer": self.transfer_notes, "best_metrics": self.best.metrics, "data": self.loaders.info,
                "evidence": reports.evidence(device=self.device, seed=self.cfg.seed, wall_time_s=wall,
                                             precision=self.precision.name)}
         reports.plot_confusion(np.asarray(rep["confusion_matrix"]), self.spec.classes,
                                self.run_dir / "confusion.png",
-                               title=f"{self.cfg.model} on {self.cfg.dataset} (test, epoch {rep['best_epoch']})")
+                               title=f"{self.cfg.model} on {self.cfg.dataset} ({rep['split']}, "
+                                     f"epoch {rep['best_epoch']})")
         write_json_atomic(self.run_dir / "report.json", rep)
-        self.log(f"best test accuracy {100 * rep['top1']:.2f}% (epoch {rep['best_epoch']}); "
-                 f"{wall:.1f}s; report in {self.run_dir / 'report.json'}")
+        self.log(final_line(rep, wall, self.run_dir / "report.json"))
         return rep
 
 
@@ -530,9 +542,44 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return path
 
 
+def split_line(loaders: Any) -> str:
+    """Which split chooses and which reports, printed when a run starts."""
+    info = loaders.info
+    if loaders.val is None:
+        return (f"no validation split (--val-size 0): {info['train_size']} images train, nothing is "
+                f"selected, the last epoch is the result; test: {info['test_size']} images, read once "
+                f"at the end")
+    test = ("the val split too (no test split: selection and report share one split)"
+            if loaders.test_is_val else f"{info['test_size']} images, read once at the end")
+    return (f"train {info['train_size']} images | val {info['val_size']} images ({info['val_source']}) "
+            f"chooses the checkpoint | test: {test}")
+
+
+def selection(best: Mapping[str, Any], loaders: Any) -> dict[str, Any]:
+    """The report's account of how the checkpoint was chosen."""
+    if loaders.val is None:
+        return {"selected_on": "none", "val": None,
+                "selection_note": "no validation split (--val-size 0): the last epoch is the result"}
+    out: dict[str, Any] = {"selected_on": "val", "val": {"top1": best.get("val_acc"), "loss": best.get("val_loss")}}
+    if loaders.test_is_val:
+        out["selection_note"] = ("no test split: the checkpoint was chosen on the split it is reported "
+                                 "on, so the accuracy is biased upwards; add a test/ folder")
+    return out
+
+
+def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
+    acc = f"{rep['split']} accuracy {100 * rep['top1']:.2f}%"
+    if rep["selected_on"] == "none":
+        how = f"after the last epoch ({rep['best_epoch']}; nothing selected)"
+    else:
+        how = f"of the checkpoint chosen on val (epoch {rep['best_epoch']}, val {100 * rep['val']['top1']:.2f}%)"
+    note = f"; {rep['selection_note']}" if rep.get("selection_note") and rep["selected_on"] == "val" else ""
+    return f"{acc} {how}{note}; {wall:.1f}s; report in {path}"
+
+
 def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool) -> str:
-    test = ("test loss  -      acc   -    " if r["test_acc"] is None
-            else f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:6.2f}%")
+    test = ("val loss  -      acc   -    " if r["val_acc"] is None
+            else f"val loss {r['val_loss']:.4f} acc {100 * r['val_acc']:6.2f}%")
     width = len(str(epochs))
     return (f"epoch {r['epoch']:>{width}}/{epochs}  train loss {r['train_loss']:.4f} acc "
             f"{100 * r['train_acc']:6.2f}%  {test}  lr {r['lr']:.3g}  {r['seconds']:.1f}s"
