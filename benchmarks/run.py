@@ -1,6 +1,6 @@
 """The benchmarks behind `make bench`; each section is rewritten in BENCHMARKS.md between its markers.
 
-Sections (``--only`` takes a comma-separated subset; all by default):
+Sections (``--only`` takes a comma-separated subset; all but ``compute`` by default):
 
 - ``tta``: time to accuracy of ``resnetkit train --recipe fast`` on Fashion-MNIST and MNIST, each
   run a subprocess timed from start to exit, over ``--seeds`` seeds (median, min-max).
@@ -10,6 +10,8 @@ Sections (``--only`` takes a comma-separated subset; all by default):
   ``loss.item()`` per step), same model, optimizer and batch size, in this process.
 - ``bench``: the ``resnetkit bench`` table of the fast recipe's network (train and infer).
 - ``inference``: benchmarks/bench_inference.py.
+- ``compute``: benchmarks/compute.py: training compute (TFLOP) against final-epoch test accuracy,
+  one row per lever of the fast recipe (``--runs DIR`` keeps and reuses the run folders).
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -19,6 +21,7 @@ works: its numbers are no result, and it writes a file only when ``--write`` is 
     python benchmarks/run.py --only tta --seeds 5
     python benchmarks/run.py --quick --only bench    # print only
     python benchmarks/run.py --quick --write /tmp/bench-smoke.md
+    python benchmarks/run.py --only compute --runs runs/compute
 """
 from __future__ import annotations
 
@@ -43,7 +46,8 @@ import torch  # noqa: E402
 
 from _md import provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference")
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute")
+DEFAULT_SECTIONS = SECTIONS[:-1]
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -418,8 +422,9 @@ def section_inference(quick: bool, cmd: str) -> str:
 # ------------------------------------------------------------------ main
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", default=",".join(DEFAULT_SECTIONS),
+                   help=f"comma-separated sections to run: {','.join(SECTIONS)} (default: all but "
+                        f"compute, which trains dozens of runs)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per dataset for tta (default 3; --quick 1)")
     p.add_argument("--steps", type=int, default=None,
                    help="timed steps per loop for throughput, after 5 warm-up steps (default 60)")
@@ -427,6 +432,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, choices=(0, 2),
                    help="DataLoader workers of the tutorial loop (default 0, as the PyTorch quickstart)")
     p.add_argument("--device", default="auto", help="device for throughput and bench (default auto)")
+    p.add_argument("--runs", type=Path, default=None, metavar="DIR",
+                   help="compute: keep the run folders here and reuse finished ones (default: a temporary folder)")
+    p.add_argument("--levers", default=None, metavar="TEXT,...",
+                   help="compute: only the rows whose name contains one of these (default: every row)")
     p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
     p.add_argument("--write", type=Path, nargs="?", const=DEFAULT_MD, default=None, metavar="FILE",
                    help="markdown file to rewrite (default BENCHMARKS.md); a run without --quick "
@@ -459,7 +468,20 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
                                                  repeats, args.workers, q, cmd),
         "bench": lambda: section_bench(device, q, cmd),
         "inference": lambda: section_inference(q, cmd),
+        "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
     }
+
+
+def run_compute(seeds: int | None, runs: Path | None, levers: str | None, quick: bool, cmd: str) -> str:
+    import compute
+
+    only = [part.strip() for part in levers.split(",") if part.strip()] if levers else None
+    if quick:
+        return "### Training compute to accuracy\n\n" + QUICK_NOTE + " (the section trains full runs; skipped)"
+    if runs is not None:
+        return compute.section_compute(seeds, runs, cmd, only)
+    with tempfile.TemporaryDirectory(prefix="resnetkit-compute-") as tmp:
+        return compute.section_compute(seeds, Path(tmp), cmd, only)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -468,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
-        if name in ("tta", "throughput") and data_root() is None:
+        if name in ("tta", "throughput", "compute") and data_root() is None:
             print(f"run.py: error: {name}: RESNETKIT_DATA is unset or holds no FashionMNIST/raw and "
                   f"MNIST/raw; point it at the datasets (nothing is downloaded)", file=sys.stderr)
             status = 1

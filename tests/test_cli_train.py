@@ -82,7 +82,7 @@ def test_recipes_fill_only_what_the_user_left_open(monkeypatch: pytest.MonkeyPat
     ({"epochs": 0}, "--epochs must be a positive integer"),
     ({"lr": -1.0}, "--lr must be positive"),
     ({"warmup_epochs": 5.0, "epochs": 2}, "--warmup-epochs"),
-    ({"schedule": "linear"}, "unknown --schedule"),
+    ({"schedule": "triangle"}, "unknown --schedule"),
     ({"device": "tpu"}, "unknown --device"),
 ])
 def test_bad_values_are_user_errors(bad: dict, message: str) -> None:

@@ -51,13 +51,22 @@ class RunConfig:
                                    help="backbone lr = lr * X after unfreezing")
     # -- data
     dataset: str = flag("digits", group="data", metavar="NAME",
-                        help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder")
+                        help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder, "
+                              "arrays (a .npz, .npy or .h5 file), csv (a CSV of image paths and labels)")
     data_dir: str | None = flag(group="data", metavar="DIR",
                                 help="where datasets live (default $RESNETKIT_DATA, else "
                                      "~/.cache/resnetkit/data); the folder for imagefolder")
     download: bool = flag(False, group="data", help="let torchvision download a missing MNIST, "
                                                     "Fashion-MNIST or CIFAR dataset")
     img_size: int | None = flag(group="data", metavar="PX", help="model input size (default: the dataset's)")
+    # progressive resizing (in-memory path): the training input size rises linearly from
+    # min_img_size at epoch 1 to img_size at epoch round(progressive_until * epochs), then stays
+    min_img_size: int | None = flag(
+        group="data", metavar="PX", help="progressive resizing (in-memory datasets): training batches "
+                                         "are resized from PX at epoch 1 up to the input size, then kept there")
+    progressive_until: float = flag(0.75, group="data", metavar="F",
+                                    help="fraction of the epochs after which training runs at full size "
+                                         "(default 0.75)")
     augment: str | None = flag(group="data", choices=("none", "basic", "strong", "randaugment", "trivialaugment"),
                                help="training augmentation: basic = crop and flip; strong = basic + cutout; "
                                     "randaugment, trivialaugment = basic + that policy, per image")
@@ -84,8 +93,19 @@ class RunConfig:
     subset: int | None = flag(group="data", metavar="N",
                               help="use N samples of the training split (stratified, the same for "
                                    "every seed); the val split is held out of them")
-    strict: bool = flag(False, group="data", help="unreadable image files are an error, not a warning")
+    strict: bool = flag(False, group="data", help="unreadable image files (and bad CSV rows) are an "
+                                                  "error, not a warning")
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
+    keys: str | None = flag(group="data", metavar="NAMES",
+                            help="--dataset arrays: the array names when they follow no convention: X,Y "
+                                 "or X,Y,XTEST,YTEST, or role=name pairs (x_train, y_train, x_val, y_val, "
+                                 "x_test, y_test, classes)")
+    classes: str | None = flag(group="data", metavar="A,B,...",
+                               help="--dataset arrays or csv: class names, comma-separated, in label order "
+                                    "(integer labels index them); default: list_classes, else the labels")
+    columns: str | None = flag(group="data", metavar="PATH,LABEL[,SPLIT]",
+                               help="--dataset csv: the names of the path, label and (optional) split "
+                                    "columns (default path,label,split)")
     # -- optimisation
     recipe: str | None = flag(group="optimisation", metavar="NAME",
                               help="preset of the values below: default, fast (MNIST, Fashion-MNIST; "
@@ -97,9 +117,9 @@ class RunConfig:
                                  help="sgd: momentum 0.9, Nesterov")
     weight_decay: float | None = flag(group="optimisation", metavar="WD", help="on conv and linear weights only")
     schedule: str | None = flag(group="optimisation",
-                                choices=("onecycle", "cosine", "step", "constant", "plateau"),
-                                help="lr schedule, per batch; plateau: x0.1 after 3 evaluations without a "
-                                     "lower validation loss")
+                                choices=("onecycle", "cosine", "linear", "step", "constant", "plateau"),
+                                help="lr schedule, per batch; linear: warmup, then straight down to zero; "
+                                     "plateau: x0.1 after 3 evaluations without a lower validation loss")
     warmup_epochs: float | None = flag(group="optimisation", metavar="E",
                                        help="linear warmup (one-cycle: the rise)")
     label_smoothing: float | None = flag(group="optimisation", metavar="EPS")
@@ -116,6 +136,9 @@ class RunConfig:
                            help="evaluate the val split every N epochs (and the last); the test split "
                                 "is read once, at the end")
     tta: bool = flag(False, group="optimisation", help="evaluate on each image and its horizontal flip")
+    ema: float | None = flag(group="optimisation", metavar="DECAY",
+                             help="keep an exponential moving average of the weights (e.g. 0.99, warmed up "
+                                  "as in timm); it is evaluated and saved, the raw weights go on training")
     # -- hardware and speed
     seed: int = flag(0, group="hardware", metavar="N")
     device: str = flag("auto", group="hardware", metavar="DEV", choices=("auto", "cpu", "cuda", "mps"),
@@ -232,14 +255,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+# --data-dir is the data itself (not where datasets live) for these: never dropped.
+DATA_IS_PATH = ("imagefolder", "arrays", "csv")
+
+
 def recorded_config(saved: Mapping[str, Any]) -> RunConfig:
     """The config a run folder or checkpoint recorded, as this version reads it: keys it does not
     know are dropped, and a recorded data folder that is not on this machine (the run was moved
     or copied) is dropped too, so that $RESNETKIT_DATA and then the cache apply. An image
-    folder's path is kept: it is the data itself, and its absence is the error to report."""
+    folder's, array file's or CSV's path is kept: it is the data itself, and its absence is
+    the error to report."""
     known = set(field_names())
     values = {k: v for k, v in saved.items() if k in known}
     folder = values.get("data_dir")
-    if folder and values.get("dataset") != "imagefolder" and not Path(folder).expanduser().exists():
+    if folder and values.get("dataset") not in DATA_IS_PATH and not Path(folder).expanduser().exists():
         values["data_dir"] = None
     return RunConfig.from_dict(values)

@@ -5,6 +5,8 @@ import argparse
 import json
 from typing import Any, Mapping
 
+from .train import FLAGS
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("data", help="inspect datasets: check one, list them",
@@ -19,10 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "class imbalance, a last training batch of one sample. Exit status 0 even "
                     "when problems are found.")
     c.add_argument("dataset", metavar="DATASET",
-                   help="digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
+                   help="digits, mnist, fashion-mnist, cifar10, cifar100, imagefolder, arrays or csv")
     c.add_argument("--data-dir", metavar="DIR",
                    help="where the data lives (default $RESNETKIT_DATA, else ~/.cache/resnetkit/data); "
-                        "for imagefolder the folder of class sub-folders")
+                        "for imagefolder the folder of class sub-folders, for arrays and csv the file")
+    for flag, kw in FLAGS["data"]:  # the train flags of the same names
+        if flag in ("--keys", "--classes", "--columns"):
+            c.add_argument(flag, **kw)
     c.add_argument("--batch-size", type=int, metavar="B", help="training batch size to check against")
     c.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
                    help="held-out fraction for a folder with no val/ or test/ (default 0.2)")
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if args.data_command == "list":
         return run_list(presets.PRESETS)
     report = check.check_dataset(args.dataset, args.data_dir, args.batch_size, val_fraction=args.val_fraction,
-                                 seed=args.seed, workers=args.workers)
+                                 seed=args.seed, workers=args.workers, keys=args.keys,
+                                 classes=args.classes, columns=args.columns)
     print(json.dumps(report, indent=2) if args.json else check.format_report(report))
     return 0
 

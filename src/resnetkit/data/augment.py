@@ -128,6 +128,11 @@ def cutout(x: torch.Tensor, cut: torch.Tensor, size: int) -> torch.Tensor:
     return x * (~inside)[:, None].to(x.dtype)
 
 
+def resize_float(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a float batch to size x size (antialiased bilinear: a downscale averages, not skips)."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a uint8-valued batch to size x size (antialiased bilinear), rounded like uint8 data."""
     y = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)

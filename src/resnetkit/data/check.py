@@ -29,8 +29,7 @@ from ..specs import DatasetSpec
 from .datasets import ArraySplit
 from .decode import default_workers
 from .folders import FolderIndex, FolderSplit
-from .loaders import _load_array, _locate, _Plan, layout
-from .presets import get_preset
+from .loaders import _load_array, _locate, _Plan, given_data, layout
 from .splits import folder_splits
 from .transforms import ImageReadError, load_image, to_mode
 
@@ -82,15 +81,19 @@ class _Stats:
 
 
 def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | None = None, *,
-                  val_fraction: float | None = None, seed: int = 0, workers: int | None = None) -> dict[str, Any]:
-    """Inspect a dataset's splits as the loaders see them; return the report as a dict."""
-    preset = get_preset(dataset)
+                  val_fraction: float | None = None, seed: int = 0, workers: int | None = None,
+                  keys: str | None = None, classes: str | None = None, columns: str | None = None,
+                  source: Any = None) -> dict[str, Any]:
+    """Inspect a dataset's splits as the loaders see them; return the report as a dict.
+    ``keys``, ``classes``, ``columns``: as the train flags (arrays, csv); ``source``: data handed
+    over in Python (:func:`resnetkit.data.python.as_source`)."""
     cfg = RunConfig(dataset=dataset, data_dir=data_dir, val_fraction=val_fraction, seed=seed,
-                    batch_size=batch_size, workers=workers)
+                    batch_size=batch_size, workers=workers, keys=keys, classes=classes, columns=columns)
+    preset, source = given_data(cfg, source)
     bs = batch_size or preset.batch_size
     if bs < 1:
         raise UserError(f"--batch-size must be positive, got {bs}")
-    kind, root, index, classes = _locate(cfg, preset, None, tolerant=True)
+    kind, root, index, classes = _locate(cfg, preset, None, tolerant=True, source=source)
     in_chans = preset.in_chans
     stats: dict[str, _Stats] = {}
     problems: list[dict[str, Any]] = []
@@ -102,7 +105,8 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
             _scan_folder_split(parts[split], st, in_chans, workers)
         else:
             spec = DatasetSpec(dataset, classes, in_chans, preset.img_size, preset.mean, preset.std)
-            _scan_array_split(_load_array(_Plan(preset, spec, "none", bs, root, kind), cfg, split), st)
+            plan = _Plan(preset, spec, "none", bs, root, kind, source=source)
+            _scan_array_split(_load_array(plan, cfg, split), st)
         stats[split] = st
     if index is not None:
         problems += [_problem("structure", None, msg) for msg in index.problems]
@@ -117,12 +121,18 @@ def check_dataset(dataset: str, data_dir: str | None = None, batch_size: int | N
             f"{n_train} training images % batch size {bs} == 1: the last batch would hold one sample, "
             f"which BatchNorm cannot normalize; the train loader drops it (or pick another --batch-size)"))
     return {
-        "dataset": dataset, "source": "sklearn.datasets.load_digits" if kind == "digits" else str(root),
-        "layout": layout(kind, index), "in_chans": in_chans, "batch_size": bs,
+        "dataset": dataset, "source": _source_name(kind, root, source),
+        "layout": layout(kind, index, source), "in_chans": in_chans, "batch_size": bs,
         "duplicate_hash": HASH_NOTE,
         "splits": {k: v.summary() for k, v in stats.items()},
         "problems": problems, "ok": not problems,
     }
+
+
+def _source_name(kind: str, root: Any, source: Any) -> str:
+    if source is not None:
+        return source.source
+    return "sklearn.datasets.load_digits" if kind == "digits" else str(root)
 
 
 def _folder_parts(index: FolderIndex, cfg: RunConfig) -> dict[str, FolderSplit]:

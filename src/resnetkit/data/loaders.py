@@ -28,6 +28,7 @@ import torch
 
 from ..config import RunConfig
 from ..errors import UserError
+from . import arrays, csvfile
 from ._util import summarize_names, warn
 from .augment import BatchAugment, resize_batch
 from .datasets import (CIFAR_IMAGE_FOLDERS, IDX_FOLDERS, ArraySplit, cifar_missing_error,
@@ -72,22 +73,28 @@ class _Plan:
     augment: str
     batch_size: int  # global
     root: Path
-    kind: str  # digits | idx | cifar-pickle | folder
+    kind: str  # digits | idx | cifar-pickle | folder | arrays | dataset
     index: FolderIndex | None = None
+    source: Any = None  # arrays.ArraySource or python.DatasetSource: data given, not looked up
 
 
-def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None) -> DatasetSpec:
+def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None,
+                 source: Any = None) -> DatasetSpec:
     """The resolved spec (classes, channels, size, statistics) without decoding any image."""
-    return _plan(cfg, preprocessing=preprocessing).spec
+    return _plan(cfg, preprocessing=preprocessing, source=source).spec
 
 
 def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, world_size: int = 1,
-                  preprocessing: Preprocessing | None = None) -> Loaders:
+                  preprocessing: Preprocessing | None = None, source: Any = None) -> Loaders:
     """Train, val and test loaders (:class:`Loaders`); ``preprocessing``: pretrained weights'
-    (size, mean, std), which replaces the dataset's."""
-    plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing)
+    (size, mean, std), which replaces the dataset's; ``source``: data handed over in Python
+    (:func:`resnetkit.data.python.as_source`)."""
+    plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing, source=source)
     kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
-    if plan.kind == "folder":
+    if plan.kind == "dataset":  # a torch Dataset handed over in Python: streamed as it is
+        train, val, test = (_dataset_loader(plan, cfg, s, s == "train", **kw) for s in SPLITS)
+        test_is_val, val_source = plan.source.test_is_val, plan.source.val_source
+    elif plan.kind == "folder":
         fs = _folder_splits(plan, cfg)
         train, val = _pool_loaders(plan, cfg, fs, **kw) or (
             _folder_loader(plan, cfg, fs.train, True, **kw),
@@ -103,7 +110,8 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
     if val is not None:
         val.source = f"val split: {val_source}"
     train.source, test.source = "training split", "val split (no test split)" if test_is_val else "test split"
-    info = {"dataset": cfg.dataset, "source": _source(plan), "layout": layout(plan.kind, plan.index),
+    info = {"dataset": cfg.dataset, "source": _source(plan),
+            "layout": layout(plan.kind, plan.index, plan.source),
             "train_size": train.dataset_size, "val_size": val.dataset_size if val is not None else 0,
             "test_size": test.dataset_size, "val_source": val_source, "test_is_val": test_is_val,
             "in_memory": all(x.in_memory for x in (train, val, test) if x is not None),
@@ -112,14 +120,19 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
 
 
 def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
-                      spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1) -> Loader:
+                      spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1,
+                      source: Any = None) -> Loader:
     """Loader over one split (train, val or test) without augmentation or shuffling: the same
     samples the run with this config had in that split. With ``spec`` (a checkpoint's), its
     preprocessing and class order are used. ``.source`` says where the samples come from."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    plan = _plan(cfg, spec=spec, world_size=world_size)
+    plan = _plan(cfg, spec=spec, world_size=world_size, source=source)
     kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
+    if plan.kind == "dataset":
+        loader = _dataset_loader(plan, cfg, split, False, **kw)
+        loader.source = f"{split} split"
+        return loader
     if plan.kind == "folder":
         fs = _folder_splits(plan, cfg)
         files = {"train": fs.train, "val": fs.val, "test": fs.test}[split]
@@ -141,6 +154,12 @@ def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
     return loader
 
 
+def _dataset_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, *, device: torch.device,
+                    rank: int, world_size: int) -> Loader:
+    return plan.source.loader(split, train=train, device=device, batch_size=_batch(plan, train, world_size),
+                              seed=cfg.seed, workers=cfg.workers, rank=rank, world_size=world_size)
+
+
 def _check_present(present: bool, split: str) -> None:
     if not present:
         raise UserError(f"this run has no {split} split (it trained with --val-size 0); "
@@ -149,8 +168,8 @@ def _check_present(present: bool, split: str) -> None:
 
 # ------------------------------------------------------------------ resolving a config
 def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
-          preprocessing: Preprocessing | None = None) -> _Plan:
-    preset = get_preset(cfg.dataset)
+          preprocessing: Preprocessing | None = None, source: Any = None) -> _Plan:
+    preset, source = given_data(cfg, source)
     augment = check_augment(cfg.augment)
     batch_size = cfg.batch_size or preset.batch_size
     if batch_size < 1 or (cfg.subset is not None and cfg.subset < 0):
@@ -162,7 +181,7 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
     img_size = spec.img_size if spec else (cfg.img_size or preset.img_size)
     if img_size < 4:
         raise UserError(f"--img-size must be at least 4 pixels, got {img_size}")
-    kind, root, index, classes = _locate(cfg, preset, spec)
+    kind, root, index, classes = _locate(cfg, preset, spec, source=source)
     if spec is None:
         spec = DatasetSpec(cfg.dataset, classes, preset.in_chans, img_size, preset.mean, preset.std,
                            preset.resize_size(img_size))
@@ -171,13 +190,31 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
     elif kind != "folder" and tuple(spec.classes) != tuple(classes):
         raise UserError(f"the model's classes ({summarize_names(list(spec.classes))}) are not "
                         f"{cfg.dataset}'s ({summarize_names(list(classes))})")
-    return _Plan(preset, spec, augment, batch_size, root, kind, index)
+    return _Plan(preset, spec, augment, batch_size, root, kind, index, source)
 
 
-def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: bool = False
-            ) -> tuple[str, Path, FolderIndex | None, tuple[str, ...]]:
+def given_data(cfg: RunConfig, source: Any = None) -> tuple[Preset, Any]:
+    """The preset and the data source of ``--dataset arrays`` (a file) or of data handed over in
+    Python; for arrays the preset takes the data's channels, size and statistics."""
+    preset = get_preset(cfg.dataset)
+    if source is None and preset.name == "arrays":
+        if not cfg.data_dir:
+            raise UserError("--dataset arrays needs --data-dir FILE: a .npz, .npy or .h5 file of images "
+                            "and labels")
+        source = arrays.load_file(cfg.data_dir, keys=cfg.keys, classes=cfg.classes,
+                                  val_fraction=cfg.val_fraction or 0.2, seed=cfg.seed)
+    return (preset if source is None else source.preset(preset)), source
+
+
+def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: bool = False,
+            source: Any = None) -> tuple[str, Path, FolderIndex | None, tuple[str, ...]]:
     name = preset.name
     fixed = tuple(spec.classes) if spec else None
+    if source is not None:
+        return source.kind, Path(source.source), None, source.classes
+    if name == "csv":
+        index = csvfile.index_csv(cfg, classes=fixed, tolerant=tolerant)
+        return "folder", index.root, index, index.classes
     if name == "digits":
         return "digits", Path("."), None, PRESET_CLASSES[name]
     if name in IDX_FOLDERS:
@@ -201,11 +238,15 @@ def _locate(cfg: RunConfig, preset: Preset, spec: DatasetSpec | None, tolerant: 
     raise cifar_missing_error(root, name)
 
 
-def layout(kind: str, index: FolderIndex | None) -> str:
+def layout(kind: str, index: FolderIndex | None, source: Any = None) -> str:
+    if source is not None:
+        return source.layout
     return index.layout if index is not None else LAYOUTS[kind]
 
 
 def _source(plan: _Plan) -> str:
+    if plan.source is not None:
+        return plan.source.source
     return "sklearn.datasets.load_digits" if plan.kind == "digits" else str(plan.root)
 
 
@@ -254,6 +295,8 @@ def _batch(plan: _Plan, train: bool, world_size: int) -> int:
 
 
 def _load_array(plan: _Plan, cfg: RunConfig, split: str) -> ArraySplit:
+    if plan.source is not None:
+        return plan.source.split(split)
     if plan.kind == "digits":
         return load_digits_split(split)
     if plan.kind == "idx":

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .augment import BatchAugment
+from .augment import BatchAugment, resize_float
 from .policy import BatchPolicy
 from .sampling import Sampler, epoch_order, eval_batches, positions, seeded_generator, train_batches
 from .transforms import Normalizer
@@ -33,7 +33,8 @@ class MemoryLoader:
     ``train=True``: a new seeded permutation and augmentation each epoch, this rank's shard of
     every global batch. ``train=False``: this rank's exact contiguous partition, in order.
     ``prepare`` maps a stored uint8 batch to out_size when the stored size differs (resize or
-    center crop); ``augment`` replaces it for training.
+    center crop); ``augment`` replaces it for training. ``train_size`` (progressive resizing, set
+    per epoch by the trainer): training batches are resized to it last, as normalized floats.
     """
 
     in_memory = True
@@ -54,6 +55,7 @@ class MemoryLoader:
         self.policy = policy  # --augment randaugment | trivialaugment, after the crop and flip
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.train_size: int | None = None
         self.sampler: Sampler | None = None  # the epoch's order; None: a permutation
         n = int(labels.shape[0])
         self.dataset_size = n  # samples in the split, all ranks together
@@ -103,6 +105,8 @@ class MemoryLoader:
             x = self._finish(x)
             if self.augment is not None:
                 x = self.augment.erase(x, p)
+            if self.train_size is not None and x.shape[-1] != self.train_size:
+                x = resize_float(x, self.train_size)
             yield x, self.labels[idx]
 
     def _iter_eval(self) -> Iterator[Batch]:

@@ -75,6 +75,14 @@ PRESETS: dict[str, Preset] = {
         Preset("imagefolder", "your photos: --data-dir DIR with one sub-folder per class",
                in_chans=3, img_size=64, native_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                batch_size=64, flip=True, rrc_scale=(0.35, 1.0), photo=True),
+        # Channels, size and statistics come from the training arrays (data/arrays.py); no flip,
+        # since a mirrored digit or hand sign may be another class.
+        Preset("arrays", "your arrays: --data-dir FILE (.npz, .npy, .h5; Keras or SIGNS keys)",
+               in_chans=3, img_size=32, native_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+               batch_size=64, pad=4, pad_mode="reflect"),
+        Preset("csv", "your photos listed in a CSV: --data-dir labels.csv (columns path,label[,split])",
+               in_chans=3, img_size=64, native_size=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+               batch_size=64, flip=True, rrc_scale=(0.35, 1.0), photo=True),
     )
 }
 

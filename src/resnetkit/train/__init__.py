@@ -5,7 +5,8 @@ import sys
 import types
 from typing import Any
 
-from .trainer import Trainer, TrainingDiverged, TrainResult, train
+from .api import train
+from .trainer import Trainer, TrainingDiverged, TrainResult
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
 

@@ -111,6 +111,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_
     main_steps = total - warmup
     if cfg.schedule == "cosine":
         main: Scheduler = sched.CosineAnnealingLR(optimizer, T_max=main_steps)
+    elif cfg.schedule == "linear":  # to zero at the last step: the budgeted-training schedule
+        # (Li et al. 2020, arXiv:1905.04753; airbench's triangle ends at 0 too)
+        main = sched.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=main_steps)
     elif cfg.schedule == "step":
         milestones = [max(1, round(f * total) - warmup) for f in STEP_MILESTONES]
         main = sched.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)

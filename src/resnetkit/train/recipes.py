@@ -46,6 +46,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # 64 px photos: the ImageNet stem (stride 4 before layer1) keeps resnet18 laptop-sized.
         "imagefolder": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
                         "schedule": "cosine", "warmup_epochs": 1},
+        # your own data: images of any size, a few hundred to a few thousand of them
+        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
+                   "schedule": "cosine", "warmup_epochs": 1},
+        "csv": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
+                "schedule": "cosine", "warmup_epochs": 1},
     },
     # Wall time first: the targets are Fashion-MNIST >= 93% within 3 minutes and MNIST >= 99.5%
     # within 90 s for the whole process on a 2-core CPU (BENCHMARKS.md). What each lever measured
@@ -58,6 +63,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
     # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
     # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md).
+    # Compute (TFLOP, not seconds): BENCHMARKS.md's compute section screens --ema,
+    # --min-img-size, --schedule linear and the batch size on a 10k MNIST subset; batch 128 gained
+    # +1.2 points at equal compute there, EMA lost 0.1-0.7. The values below stay until the
+    # full-data three-seed rows of benchmarks/compute.py have run.
     "fast": {
         "mnist": {"model": "resnet8", "model_args": FAST_NET, "epochs": 7, "batch_size": 256,
                   "lr": 0.2, **FAST_HW},
@@ -138,6 +147,8 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError("--weight-decay must be >= 0 and --label-smoothing in [0, 1)")
     if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise UserError(f"--warmup-epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
+    if cfg.ema is not None and not 0 < cfg.ema < 1:
+        raise UserError(f"--ema is a decay per step in (0, 1), e.g. 0.99, got {cfg.ema}")
     if cfg.early_stop is not None and cfg.early_stop < 1:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
     check_val_options(cfg)  # sizes against the data are checked when it is read
@@ -171,11 +182,14 @@ def describe(cfg: RunConfig) -> str:
     """The resolved training values in two short lines, printed when a run starts."""
     args = "".join(f" {k}={v}" for k, v in cfg.model_args.items())
     warm = "" if cfg.warmup_epochs is None else f" warmup={cfg.warmup_epochs}"
+    extra = (f" | ema {cfg.ema:g}" if cfg.ema else "") + (
+        f" | progressive {cfg.min_img_size}px -> full by {cfg.progressive_until:g} of the epochs"
+        if cfg.min_img_size else "")
     line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs, batch "
              f"{cfg.batch_size}, augment {cfg.augment or 'basic'}")
     line2 = (f"{cfg.optimizer} lr={cfg.lr:g} wd={cfg.weight_decay:g} | {cfg.schedule}{warm} | "
              f"label smoothing {cfg.label_smoothing:g} | seed {cfg.seed}"
-             f"{f' | {cfg.threads} CPU thread(s)' if cfg.threads else ''}")
+             f"{f' | {cfg.threads} CPU thread(s)' if cfg.threads else ''}{extra}")
     extras = toolbox_summary(cfg)
     return f"{line1}\n{line2}" + (f"\n{extras}" if extras else "")
 

@@ -37,9 +37,11 @@ from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomi
 from ..config import RunConfig, recorded_config
 from ..data import build_loaders
 from ..data.datasets import resolve_data_dir
+from ..data.progressive import check_progressive, epoch_img_size
 from ..errors import UserError
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
+from .ema import WeightEma
 from .mix import Mixer
 from .optim import build_optimizer, build_scheduler, current_lr, param_groups, step_on_metric
 from .recipes import describe, resolve_config
@@ -93,12 +95,13 @@ class _Best:
 
 
 def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
-          verbose: bool = True, **overrides: Any) -> TrainResult:
+          verbose: bool = True, source: Any = None, **overrides: Any) -> TrainResult:
     """Train a model; see ``resnetkit train --help`` for every option.
 
     ``cfg``: a RunConfig, a dict of its fields, or None; keyword overrides win over both, and the
     recipe fills whatever is left unset. ``callbacks`` are called as ``cb(trainer, record)``
-    after each epoch, once everything of that epoch is saved.
+    after each epoch, once everything of that epoch is saved. ``source``: data handed over in
+    Python (:mod:`resnetkit.train.api` builds it from arrays or a Dataset).
     """
     config, explicit = as_config(cfg, overrides)
     if config.resume:
@@ -109,7 +112,7 @@ def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequen
             raise UserError(f"nproc={config.nproc}: data-parallel training runs one process per device; "
                             f"start it with 'resnetkit train --nproc {config.nproc} ...' or "
                             f"'torchrun --nproc-per-node {config.nproc} -m resnetkit train ...'")
-        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose).fit()
+        return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose, source=source).fit()
     config = config.replace(nproc=distributed.checked_nproc(config.nproc, world, bool(config.resume)))
     with distributed.process_group(resolve_device(config.device)) as ctx:
         return Trainer(config, explicit=explicit, callbacks=callbacks, verbose=verbose,
@@ -180,8 +183,9 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, *, explicit: Iterable[str] | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, source: Any = None) -> None:
         self.cfg = resolve_config(cfg, explicit)
+        self.source = source
         self.rank, self.world_size = rank, world_size
         distributed.check_batch_size(self.cfg.batch_size, world_size)
         self.is_main = rank == 0
@@ -206,7 +210,7 @@ class Trainer:
         # fine-tuning: the data takes the weights' own preprocessing (size, mean, std)
         weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
         self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
-                                     preprocessing=weights)
+                                     preprocessing=weights, source=self.source)
         self.spec = self.loaders.spec
         if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
             what = "--early-stop" if cfg.early_stop else "--schedule plateau"
@@ -230,6 +234,9 @@ class Trainer:
         weight = sampler.setup_imbalance(cfg, self.loaders.train, self.spec.num_classes, self.device)
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
+        self.ema = WeightEma(model, cfg.ema) if cfg.ema else None
+        check_progressive(cfg.min_img_size, cfg.progressive_until, self.spec.img_size,
+                          bool(getattr(self.loaders.train, "in_memory", False)))
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of eval samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
@@ -271,7 +278,7 @@ class Trainer:
         """The config as config.json and the checkpoints record it: where the run lives, not how
         this process was started (a resumed run records the same config as an uninterrupted one)."""
         cfg = self.cfg.replace(out=str(self.run_dir), resume=None)
-        if cfg.dataset != "digits":  # where the data was: evaluate and export find it again
+        if cfg.dataset != "digits" and self.source is None:  # where the data was, for evaluate and export
             cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
         return cfg.to_dict()
 
@@ -279,6 +286,7 @@ class Trainer:
         return {"epoch": epoch, "model": ckpt.model_tensors(self.model),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng_state(),
+                "ema": self.ema.state_dict() if self.ema else None,
                 "best": self.best.metrics, "bad_evals": self.best.bad_evals, "history": self.history,
                 "wall_time_s": wall}
 
@@ -288,6 +296,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])
         self.start_epoch = int(state["epoch"])
         self.best = _Best(dict(state["best"]), int(state["bad_evals"]))
@@ -359,7 +369,7 @@ class Trainer:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
         if improved or not selecting:
             self.best.metrics = dict(record)
-        self.log(format_epoch(record, self.cfg.epochs, improved))
+        self.log(format_epoch(record, self.cfg.epochs, improved, ema=self.ema is not None))
         self.save(epoch, record, improved or not selecting, self.wall_before + time.perf_counter() - t0)
         for callback in self.callbacks:
             callback(self, record)
@@ -368,6 +378,7 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         loader = self.loaders.train
         loader.set_epoch(epoch)
+        size = self.train_size(epoch)
         before = distributed.trainable(self.model)
         for line in finetune.set_epoch(self.model, self.cfg, epoch, self.fresh_modules):  # --freeze-epochs
             self.log(line)
@@ -393,6 +404,8 @@ class Trainer:
                                         update=last)
             if last:
                 self.scheduler.step()
+                if self.ema is not None:  # once per optimizer update
+                    self.ema.update(self.model)
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
@@ -402,10 +415,24 @@ class Trainer:
             bar.close()
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
         out = {"train_loss": loss / max(seen, 1), "train_acc": hits / max(seen, 1),
-               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1)}
+               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1),
+               **({"img_size": size} if self.cfg.min_img_size else {})}
         if grad_norms is not None:
             out["grad_norms"] = grad_norms.means()
         return out
+
+    def train_size(self, epoch: int) -> int:
+        """This epoch's training input size (--min-img-size), set on the in-memory loader."""
+        size = epoch_img_size(epoch, self.cfg.epochs, self.spec.img_size, self.cfg.min_img_size,
+                              self.cfg.progressive_until)
+        if self.cfg.min_img_size:
+            self.loaders.train.train_size = size
+        return size
+
+    @property
+    def saved_model(self) -> nn.Module:
+        """What is evaluated and saved: the EMA of the weights with --ema, else the weights."""
+        return self.ema.module if self.ema is not None else self.model
 
     def check_progress(self, bar: Any, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int,
                        start: float, epoch: int, step: int) -> None:
@@ -450,8 +477,9 @@ class Trainer:
     def evaluate(self, loader: Iterable[Any], tta: bool | None = None) -> EvalOutput:
         """Every sample of ``loader`` (the val split during training, the test split once at the
         end), as one process would see them."""
-        distributed.broadcast_module(self.model, buffers_only=True)  # evaluate what rank 0 saves
-        out = evaluate_batches(self.eval_net, loader, autocast=self.precision.autocast(),
+        distributed.broadcast_module(self.saved_model, buffers_only=True)  # evaluate what rank 0 saves
+        net = self.ema.module if self.ema is not None else self.eval_net  # --ema: the average
+        out = evaluate_batches(net, loader, autocast=self.precision.autocast(),
                                channels_last=self.cfg.channels_last, label_smoothing=self.cfg.label_smoothing,
                                tta=self.cfg.tta if tta is None else tta)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
@@ -477,8 +505,8 @@ class Trainer:
         common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
                       config=self.saved_config())
         if improved:
-            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.model, metrics=record, **common)
-        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.model, metrics=record, **common)
+            ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.saved_model, metrics=record, **common)
+        ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.saved_model, metrics=record, **common)
         append_jsonl(self.run_dir / "metrics.jsonl", record)
         ckpt.save_state(self.run_dir / ckpt.STATE, self.state(epoch, wall))
 
@@ -488,8 +516,8 @@ class Trainer:
         evaluate and write nothing."""
         if self.is_main:
             _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
-            self.model.load_state_dict(tensors)
-        distributed.broadcast_module(self.model)
+            self.saved_model.load_state_dict(tensors)
+        distributed.broadcast_module(self.saved_model)
         out = self.evaluate(self.loaders.test)
         if not self.is_main:
             return {}
@@ -577,10 +605,12 @@ def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
     return f"{acc} {how}{note}; {wall:.1f}s; report in {path}"
 
 
-def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool) -> str:
-    test = ("val loss  -      acc   -    " if r["val_acc"] is None
-            else f"val loss {r['val_loss']:.4f} acc {100 * r['val_acc']:6.2f}%")
+def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
+    name = "ema val" if ema else "val"  # with --ema the average is evaluated, not the weights
+    size = f"  {r['img_size']}px" if "img_size" in r else ""
+    test = (f"{name} loss  -      acc   -    " if r["val_acc"] is None
+            else f"{name} loss {r['val_loss']:.4f} acc {100 * r['val_acc']:6.2f}%")
     width = len(str(epochs))
     return (f"epoch {r['epoch']:>{width}}/{epochs}  train loss {r['train_loss']:.4f} acc "
             f"{100 * r['train_acc']:6.2f}%  {test}  lr {r['lr']:.3g}  {r['seconds']:.1f}s"
-            f"{'  *' if improved else ''}")
+            f"{size}{'  *' if improved else ''}")
