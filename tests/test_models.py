@@ -174,24 +174,32 @@ def test_plain_nets_have_no_shortcut_anywhere() -> None:
 
 
 # ------------------------------------------------------------------ every registered model
-@pytest.mark.parametrize("in_chans", [1, 3])
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_backward_and_forward_at_8_28_32_224_px(name: str, in_chans: int) -> None:
+# Over 50M parameters: a forward and backward pass allocates gigabytes and takes seconds on 2 cores.
+HEAVY = {"resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2"}
+
+
+def every_model() -> list:
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()]
+
+
+@pytest.mark.parametrize("name", every_model())
+def test_every_model_backward_and_forward_at_its_smallest_input(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7, in_chans=in_chans)
-    assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 7
-    stages = model.stages
-    assert [n for n, _ in stages] == [f"layer{i}" for i in range(1, len(stages) + 1)]
+    size = model_info(name).min_size
+    model = create_model(name, num_classes=7, in_chans=3)
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear) and head.out_features == 7
+    assert len(model.stages) == len(model.feature_info) >= 1
     # backward in train mode: every parameter gets a finite gradient. At 32 px the ImageNet nets'
     # layer3 sees 2x2 maps: with 4 images, training-mode BatchNorm has 16 values per channel.
-    loss = F.cross_entropy(model(torch.randn(4, in_chans, 32, 32)), torch.tensor([0, 6, 3, 1]))
+    px = max(size, 32)
+    loss = F.cross_entropy(model(torch.randn(4, 3, px, px)), torch.tensor([0, 6, 3, 1]))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
-    model.eval()
-    with torch.inference_mode():  # one image: 224 px through resnet152 is ~23 GFLOPs
-        for size in (8, 28, 32, 224):
-            out = model(torch.randn(1, in_chans, size, size))
-            assert out.shape == (1, 7) and torch.isfinite(out).all(), size
+    with torch.inference_mode():  # the smallest input, in eval mode, with 3 channels and with 1
+        for in_chans, net in ((3, model), (1, create_model(name, num_classes=7, in_chans=1))):
+            out = net.eval()(torch.randn(1, in_chans, size, size))
+            assert out.shape == (1, 7) and torch.isfinite(out).all(), in_chans
 
 
 def test_default_classes_and_stages() -> None:
@@ -206,13 +214,13 @@ def test_default_classes_and_stages() -> None:
 # ------------------------------------------------------------------ registry
 def test_list_models_and_patterns() -> None:
     names = list_models()
-    assert set(IMAGENET + CIFAR + ["simple_resnet", "simple_plain", "resnet9"]) == set(names)
+    assert set(IMAGENET + CIFAR + ["simple_resnet", "simple_plain", "resnet9"]) <= set(names)
     assert list_models("plain*") == [n for n in names if n.startswith("plain")]
     assert list_models("resnet1??") == ["resnet101", "resnet152", "resnet110"]
     assert list_models("nothing*") == []
     for name in names:  # every description cites its source
-        cited = "Myrtle.ai 2018" if name == "resnet9" else "arXiv:1512.03385"
-        assert cited in model_info(name).description
+        cited = "Myrtle.ai 2018" if name == "resnet9" else "arXiv:"
+        assert cited in model_info(name).description, name
 
 
 def test_unknown_model_names_the_closest_ones() -> None:
@@ -229,8 +237,8 @@ def test_unknown_or_bad_options_are_user_errors() -> None:
         create_model("resnet20", shortcut_type="C")
     with pytest.raises(UserError, match="small_input must be true or false"):
         create_model("resnet18", small_input="yes")
-    with pytest.raises(UserError, match="num_classes must be a positive integer"):
-        create_model("resnet8", num_classes=0)
+    with pytest.raises(UserError, match="num_classes must be 0 .* or a positive integer"):
+        create_model("resnet8", num_classes=-3)
     with pytest.raises(UserError, match="depth must be a positive integer"):
         create_model("simple_resnet", depth=1.5)
 

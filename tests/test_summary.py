@@ -139,3 +139,32 @@ def test_a_closed_pipe_ends_the_command_quietly(monkeypatch, capsys) -> None:
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["models"]) == 141
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_depth_3_lists_the_stem_layers_and_every_layer_of_each_block() -> None:
+    d = summarize(create_model("resnet18", num_classes=10), (3, 64, 64), depth=3)
+    rows = [(r["name"], r["depth"], r["output_shape"]) for r in d["rows"]]
+    assert rows[:5] == [("stem", 1, [64, 16, 16]), ("conv1", 2, [64, 32, 32]), ("bn1", 2, [64, 32, 32]),
+                        ("relu", 2, [64, 32, 32]), ("maxpool", 2, [64, 16, 16])]
+    block = [r for r in rows if r[0].startswith("layer2.0.")]
+    assert [r[0] for r in block] == ["layer2.0.conv1", "layer2.0.bn1", "layer2.0.conv2", "layer2.0.bn2",
+                                     "layer2.0.downsample.0", "layer2.0.downsample.1", "layer2.0.relu"]
+    assert all(r[1] == 3 and r[2] == [128, 8, 8] for r in block)
+    for blk in ("layer1.0", "layer4.1"):  # a block's layers add up to the block
+        parts = [r for r in d["rows"] if r["name"].startswith(blk + ".")]
+        whole = next(r for r in d["rows"] if r["name"] == blk)
+        assert sum(r["params"] for r in parts) == whole["params"] and sum(r["flops"] for r in parts) == whole["flops"]
+
+
+def test_summary_opens_densenets_features_and_takes_model_args(capsys: pytest.CaptureFixture[str]) -> None:
+    d = run_json(["densenet121", "--input-size", "3,64,64", "--model-arg", "num_classes=0"], capsys)
+    names = [r["name"] for r in d["rows"]]
+    assert names[:3] == ["stem", "features.denseblock1", "features.transition1"]
+    assert names[-3:] == ["features.norm5", "avgpool", "classifier"]  # the classifier: nn.Identity
+    assert d["rows"][-1]["output_shape"] == [1024] and d["rows"][-1]["params"] == 0
+    assert d["total_params"] == sum(r["params"] for r in d["rows"]) == 7_978_856 - 1_025_000
+    d = run_json(["resnet18", "--input-size", "3,32,32", "--model-arg", "small_input=true", "--depth", "3"],
+                 capsys)
+    assert d["rows"][1]["name"] == "conv1" and d["rows"][1]["output_shape"] == [64, 32, 32]
+    assert main(["summary", "resnet18", "--model-arg", "small_inputs=true"]) == 2
+    assert "does not take small_inputs" in capsys.readouterr().err

@@ -62,7 +62,8 @@ def _check(input_size: Sequence[int], batch_size: int, mode: str, precision: str
 
 
 def _num_classes(model: nn.Module) -> int:
-    fc = getattr(model, "fc", None)
+    get = getattr(model, "get_classifier", None)
+    fc = get() if callable(get) else getattr(model, "fc", None)
     return int(fc.out_features) if isinstance(fc, nn.Linear) else 10
 
 

@@ -49,6 +49,9 @@ class RunConfig:
     freeze_epochs: int = flag(0, group="model", metavar="N", help="epochs before unfreezing the backbone")
     backbone_lr_mult: float = flag(0.1, group="model", metavar="X",
                                    help="backbone lr = lr * X after unfreezing")
+    drop_rate: float | None = flag(group="model", metavar="P",
+                                   help="dropout before the classifier, 0..1 (Keras' Dropout head; "
+                                        "default: the model's, 0); recorded with the model's arguments")
     # -- data
     dataset: str = flag("digits", group="data", metavar="NAME",
                         help="digits (default, bundled), mnist, fashion-mnist, cifar10, cifar100, imagefolder, "

@@ -2,7 +2,8 @@
 
 SOURCE is one of
 
-- ``imagenet``: torchvision's default ImageNet weights of the architecture (resnet18..152),
+- ``imagenet``: torchvision's default ImageNet weights of the architecture (resnet18..152,
+  resnext50_32x4d, resnext101_32x8d, wide_resnet50_2, wide_resnet101_2, densenet121),
   downloaded once into torch's hub cache (``torch.hub.get_dir()/checkpoints``);
 - a torchvision weights name of the architecture, e.g. ``IMAGENET1K_V2``;
 - a local file: a ``.pth``/``.pt`` state_dict, a torchvision or timm checkpoint (a dict wrapping
@@ -39,10 +40,11 @@ from torch import nn
 from .checkpoint import read_metadata, resolve_checkpoint_path
 from .config import RunConfig
 from .errors import UserError, first_line
-from .models import HEAD
+from .models import head_name
 from .specs import IMAGENET_MEAN, IMAGENET_STD, DatasetSpec, Preprocessing
 
-TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                     "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "densenet121")
 CONTAINER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")  # timm, torchvision, Lightning
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".tar", ".safetensors")
@@ -267,38 +269,63 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> tuple[torch.Tensor,
 def adapt_state_dict(tensors: Mapping[str, torch.Tensor], model: nn.Module, *, arch: str, label: str,
                      same_classes: bool | None = None, source_arch: str | None = None
                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """``tensors`` made to fit ``model``: a new head, an adapted or fresh conv1; the lines saying so.
+    """``tensors`` made to fit ``model``: old key names renamed (the model's ``filter_state_dict``,
+    e.g. DenseNet's), a new or no head, an adapted or fresh first conv; the lines saying so.
     Anything else that does not fit raises a UserError that names the keys and shapes
     (``source_arch``: the weights' architecture when known, for the hint)."""
     target = model.state_dict()
-    src, notes, fresh = dict(tensors), [], set()
-    hw, tw = src.get("fc.weight"), target.get("fc.weight")
-    if (hw is not None and tw is not None and hw.ndim == 2 and hw.shape[1] == tw.shape[1]
-            and (hw.shape[0] != tw.shape[0] or same_classes is False)):
-        dropped = [k for k in src if k.startswith("fc.")]
-        for k in dropped:
-            del src[k]
-        fresh |= {k for k in target if k.startswith("fc.")}
-        why = "other classes" if hw.shape[0] == tw.shape[0] else f"{hw.shape[0]} classes"
-        notes.append(f"new head: the weights' {' and '.join(dropped)} ({why}) dropped; fc for "
-                     f"{tw.shape[0]} classes freshly initialised")
-    cw, tc = src.get("conv1.weight"), target.get("conv1.weight")
-    if (cw is not None and tc is not None and cw.ndim == 4 and tc.ndim == 4 and cw.shape != tc.shape
-            and cw.shape[0] == tc.shape[0]):
-        if cw.shape[2:] != tc.shape[2:]:
-            # bn1's statistics describe the dropped filters' outputs: the whole stem starts afresh
-            stem = [k for k in src if k == "conv1.weight" or k.startswith("bn1.")]
-            for k in stem:
-                del src[k]
-            fresh |= {k for k in target if k == "conv1.weight" or k.startswith("bn1.")}
-            k, kw = tc.shape[2], cw.shape[2]
-            notes.append(f"stem: conv1 and bn1 freshly initialised (the model's {k}x{k} small-input conv1; "
-                         f"the weights' is {kw}x{kw})")
-        elif (adapted := adapt_input_conv(cw, tc.shape[1])) is not None:
-            src["conv1.weight"], line = adapted
-            notes.append(line)
+    rename = getattr(model, "filter_state_dict", None)
+    src = rename(tensors) if callable(rename) else dict(tensors)
+    notes: list[str] = []
+    fresh = _adapt_head(src, target, head_name(model), same_classes, notes)
+    fresh |= _adapt_stem(src, target, getattr(model, "first_conv", "conv1"), notes)
     check_fit(src, target, fresh, arch=arch, label=label, source_arch=source_arch)
     return src, notes
+
+
+def _adapt_head(src: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], head: str,
+                same_classes: bool | None, notes: list[str]) -> set[str]:
+    """Drop the weights' classifier where the model has none (num_classes=0, features_only) or
+    one for other classes; the model's head keys left freshly initialised."""
+    hw, tw = src.get(f"{head}.weight"), target.get(f"{head}.weight")
+    dropped = [k for k in src if k.startswith(f"{head}.")]
+    if hw is not None and tw is None and not any(k.startswith(f"{head}.") for k in target):
+        for k in dropped:
+            del src[k]
+        notes.append(f"no head: the weights' {' and '.join(dropped)} dropped (the model returns features)")
+        return set()
+    if not (hw is not None and tw is not None and hw.ndim == 2 and hw.shape[1] == tw.shape[1]
+            and (hw.shape[0] != tw.shape[0] or same_classes is False)):
+        return set()
+    for k in dropped:
+        del src[k]
+    why = "other classes" if hw.shape[0] == tw.shape[0] else f"{hw.shape[0]} classes"
+    notes.append(f"new head: the weights' {' and '.join(dropped)} ({why}) dropped; {head} for "
+                 f"{tw.shape[0]} classes freshly initialised")
+    return {k for k in target if k.startswith(f"{head}.")}
+
+
+def _adapt_stem(src: dict[str, torch.Tensor], target: Mapping[str, torch.Tensor], conv: str,
+                notes: list[str]) -> set[str]:
+    """The first conv for another number of input channels, or the small-input 3x3 stem afresh."""
+    key = f"{conv}.weight"
+    cw, tc = src.get(key), target.get(key)
+    if not (cw is not None and tc is not None and cw.ndim == 4 and tc.ndim == 4 and cw.shape != tc.shape
+            and cw.shape[0] == tc.shape[0]):
+        return set()
+    if cw.shape[2:] != tc.shape[2:]:
+        # bn1's statistics describe the dropped filters' outputs: the whole stem starts afresh
+        stem = [k for k in src if k == key or k.startswith("bn1.")]
+        for k in stem:
+            del src[k]
+        k, kw = tc.shape[2], cw.shape[2]
+        notes.append(f"stem: {conv} and bn1 freshly initialised (the model's {k}x{k} small-input {conv}; "
+                     f"the weights' is {kw}x{kw})")
+        return {k for k in target if k == key or k.startswith("bn1.")}
+    if (adapted := adapt_input_conv(cw, tc.shape[1])) is not None:
+        src[key], line = adapted
+        notes.append(line.replace("conv1:", f"{conv}:", 1))
+    return set()
 
 
 def check_fit(src: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], fresh: set[str], *,
@@ -355,7 +382,7 @@ def load_pretrained(model: nn.Module, text: str, *, arch: str | None = None,
     model.load_state_dict(merged, strict=True)
     fresh = {k.rsplit(".", 1)[0] for k in merged if k not in state and not k.endswith("num_batches_tracked")}
     first = f"pretrained: {source.label}, {len(state)} tensors loaded into {arch}"
-    return Loaded([first, *weights.notes, *notes], sorted(fresh - {HEAD}))
+    return Loaded([first, *weights.notes, *notes], sorted(fresh - {head_name(model)}))
 
 
 # ------------------------------------------------------------------ preprocessing

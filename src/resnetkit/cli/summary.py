@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "3,32,32 for the CIFAR and simple nets); C sets the model's in_chans")
     p.add_argument("--num-classes", type=int, metavar="N", help="classes of the head (default: the model's)")
     add_model_arg(p)
-    p.add_argument("--depth", type=int, choices=(1, 2), default=1,
-                   help="1: one row per stage (default); 2: also one row per block")
+    p.add_argument("--depth", type=int, choices=(1, 2, 3), default=1,
+                   help="1: one row per stage (default); 2: also one row per block; 3: every layer "
+                        "(the stem's conv1, bn1, relu, maxpool and each layer of each block)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run)
 
@@ -42,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     info = model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
-    model = create_model(args.model, num_classes=args.num_classes, in_chans=size[0],
-                         **parse_model_args(args.model_arg))
+    kwargs = {"num_classes": args.num_classes, **parse_model_args(args.model_arg), "in_chans": size[0]}
+    model = create_model(args.model, **kwargs)
     d = summary.summarize(model, size, depth=args.depth, name=args.model)
     print(json.dumps(d, indent=2) if args.json else summary.format_summary(d))
     return 0

@@ -22,6 +22,7 @@ from ..errors import UserError
 IMAGENET_INPUT = (3, 224, 224)
 CIFAR_INPUT = (3, 32, 32)
 COMMON = ("num_classes", "in_chans")  # every builder takes these
+HEAD_OPTIONS = ("global_pool", "drop_rate", "features_only")  # and these (heads.HeadOptions), listed last
 
 Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
@@ -33,6 +34,7 @@ class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
     input_size: tuple[int, int, int]  # the default (C, H, W) for summaries
+    min_size: int = 8  # the smallest input side (px) the net takes
 
     @property
     def description(self) -> str:
@@ -55,7 +57,13 @@ class ModelInfo:
                 found[p.name] = hints.get(p.name, Any)
             elif p.kind is p.VAR_KEYWORD:
                 found.update(_unpacked(self.builder, hints.get(p.name)))
-        return found
+        return {**{k: v for k, v in found.items() if k not in HEAD_OPTIONS},
+                **{k: v for k, v in found.items() if k in HEAD_OPTIONS}}
+
+    @property
+    def own_options(self) -> list[str]:
+        """The options of this family, without the head options that every model takes."""
+        return [k for k in self.options if k not in HEAD_OPTIONS]
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -82,8 +90,8 @@ def _check_value(model: str, key: str, hint: Any, value: Any) -> None:
         raise UserError(f"{model}: {key} must be {want}, got {value!r}")
 
 
-def register_model(fn: Builder | None = None, *,
-                   input_size: tuple[int, int, int] = IMAGENET_INPUT) -> Any:
+def register_model(fn: Builder | None = None, *, input_size: tuple[int, int, int] = IMAGENET_INPUT,
+                   min_size: int = 8) -> Any:
     """Register a builder under its function name; use bare or as ``@register_model(input_size=...)``."""
 
     def add(builder: Builder) -> Builder:
@@ -93,7 +101,7 @@ def register_model(fn: Builder | None = None, *,
         params = inspect.signature(builder).parameters
         if not all(k in params and params[k].kind is params[k].KEYWORD_ONLY for k in COMMON):
             raise TypeError(f"{name}: a builder takes keyword-only num_classes and in_chans")
-        _REGISTRY[name] = ModelInfo(name, builder, input_size)
+        _REGISTRY[name] = ModelInfo(name, builder, input_size, min_size)
         return builder
 
     return add(fn) if fn is not None else add
@@ -116,13 +124,17 @@ def model_info(name: str) -> ModelInfo:
     raise UserError(f"unknown model {name!r}; {hint}`resnetkit models` lists them all")
 
 
-def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3,
+def create_model(name: str, *, num_classes: int | None = None, in_chans: int | None = None,
                  **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``.
 
-    ``num_classes`` None takes the builder's default: 1000 for the ImageNet nets, 10 for the
-    CIFAR and simple nets (the datasets their papers report). ``kwargs`` are the builder's
-    options (``model_info(name).options``), e.g. ``small_input=True`` or ``shortcut_type="B"``.
+    ``in_chans`` None takes the builder's default: 3, and 1 for d2l_resnet18 (the book's
+    Fashion-MNIST). ``num_classes`` None takes the builder's default: 1000 for the ImageNet nets, 10 for the
+    CIFAR and simple nets (the datasets their papers report); 0 gives no classifier, and the
+    model returns pooled features. ``kwargs`` are the builder's options
+    (``model_info(name).options``), e.g. ``small_input=True`` or ``shortcut_type="B"``, and the
+    head options of every model: ``global_pool``, ``drop_rate``, ``features_only``
+    (see :mod:`resnetkit.models.heads`).
     """
     info = model_info(name)
     options = info.options
@@ -132,18 +144,23 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int = 3
         raise UserError(f"{name} does not take {', '.join(unknown)}; it takes {takes}")
     for key, value in kwargs.items():
         _check_value(name, key, options[key], value)
-    _check_value(name, "in_chans", int, in_chans)
+    if in_chans is not None:
+        _check_value(name, "in_chans", int, in_chans)
+        kwargs["in_chans"] = in_chans
     if num_classes is not None:
-        _check_value(name, "num_classes", int, num_classes)
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise UserError(f"{name}: num_classes must be 0 (pooled features, no classifier) or a "
+                            f"positive integer, got {num_classes!r}")
         kwargs["num_classes"] = num_classes
-    return info.builder(in_chans=in_chans, **kwargs)
+    return info.builder(**kwargs)
 
 
 def describe(name: str) -> dict[str, Any]:
-    """Name, parameter count at the builder's default classes, options and description."""
+    """Name, parameter count at the builder's default classes, the family's own options (every
+    model also takes the head options) and description."""
     info = model_info(name)
     with torch.device("meta"):  # shapes only: no memory, no initialization
         model = create_model(name)
     return {"name": name, "params": sum(p.numel() for p in model.parameters()),
             "num_classes": info.num_classes, "input_size": list(info.input_size),
-            "options": list(info.options), "description": info.description}
+            "options": info.own_options, "description": info.description}

@@ -153,16 +153,21 @@ class Bottleneck(nn.Module):
     expansion: int = 4
 
     def __init__(self, *, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, shortcut: bool = True) -> None:
+                 downsample: nn.Module | None = None, shortcut: bool = True, groups: int = 1,
+                 base_width: int = 64) -> None:
         super().__init__()
         if downsample is not None and not shortcut:
             raise ValueError("a plain block (shortcut=False) has no downsample shortcut")
         self.shortcut = shortcut
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, planes * self.expansion)
+        # ResNeXt's cardinality (groups) x bottleneck width per group (Xie et al. 2017,
+        # arXiv:1611.05431, Table 1); Wide ResNet doubles base_width (Zagoruyko & Komodakis 2016,
+        # arXiv:1605.07146). 64 and 1 give the plain bottleneck: width == planes.
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, width)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, kernel_size=3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
@@ -186,11 +191,25 @@ class SimpleBlock(BasicBlock):
     """The tutorial block: ``y = relu(x + F(x))``, F = conv3x3-BN-ReLU-conv3x3-BN at one width.
 
     A :class:`BasicBlock` whose input and output shapes are equal, so the shortcut is always
-    the identity.
+    the identity. ``post_act=False`` gives the other tutorial's block,
+    ``y = x + relu(bn2(conv2(relu(bn1(conv1(x))))))``: the ReLU inside the branch, none after
+    the sum. ``hidden`` is the width between the two convolutions (default ``planes``).
     """
 
-    def __init__(self, *, planes: int, shortcut: bool = True) -> None:
+    def __init__(self, *, planes: int, shortcut: bool = True, hidden: int | None = None,
+                 post_act: bool = True) -> None:
         super().__init__(inplanes=planes, planes=planes, shortcut=shortcut)
+        self.post_act = post_act
+        if hidden is not None and hidden != planes:  # replaced in place: the names keep their order
+            self.conv1 = conv3x3(planes, hidden)
+            self.bn1 = nn.BatchNorm2d(hidden)
+            self.conv2 = conv3x3(hidden, planes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.post_act:
+            return super().forward(x)
+        out = self.relu(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
+        return x + out if self.shortcut else out
 
 
 def make_shortcut(*, inplanes: int, planes: int, stride: int, kind: str) -> nn.Module | None:

@@ -12,48 +12,22 @@ property, and takes any input of 8 px and more (the pooling before ``fc`` is ada
 """
 from __future__ import annotations
 
-import sys
-from typing import Any, Literal, Sequence, TypedDict
+from typing import Any, Literal, Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
 from ._registry import CIFAR_INPUT, register_model
-from .blocks import (BasicBlock, Bottleneck, GlobalAvgPool, SimpleBlock, conv3x3, make_shortcut,
-                     residual_blocks)
-
-if sys.version_info >= (3, 11):
-    from typing import Unpack
-else:  # pragma: no cover
-    from typing_extensions import Unpack
+from .blocks import BasicBlock, Bottleneck, SimpleBlock, conv3x3, make_shortcut, residual_blocks
+from .heads import Backbone, HeadOptions, Unpack
 
 
-HEAD = "fc"  # torchvision's name of the classifier, kept by every resnetkit model
+HEAD = "fc"  # torchvision's name of the classifier; a family may name its own (``Backbone.head_name``)
 
 
-class _Net(nn.Module):
-    """What every net here shares: ``stages``, the weight initialization, and frozen BatchNorm
-    staying in eval mode."""
-
-    def train(self, mode: bool = True) -> "_Net":
-        """As ``nn.Module.train``, except that a BatchNorm whose weight and bias are frozen
-        (``requires_grad`` False, as fine-tuning leaves them) stays in eval mode: updating its
-        running statistics under frozen affine parameters would shift every later layer's input.
-        Unfreezing (``requires_grad`` True) is enough to put it back into training mode."""
-        super().train(mode)
-        if mode:
-            for m in self.modules():
-                params = list(m.parameters(recurse=False))
-                if (isinstance(m, nn.modules.batchnorm._BatchNorm) and params
-                        and not any(p.requires_grad for p in params)):
-                    m.training = False
-        return self
-
-    @property
-    def stages(self) -> list[tuple[str, nn.Module]]:
-        """The residual stages ``[("layer1", module), ...]``, e.g. for per-stage grad norms."""
-        return [(name, m) for name, m in self.named_children() if name.startswith("layer")]
+class _Net(Backbone):
+    """What every net here shares: the head and feature API, frozen BatchNorm staying in eval
+    mode (both from :class:`Backbone`) and the weight initialization."""
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
         # He et al. 2015 (arXiv:1502.01852) initialization, as torchvision.
@@ -78,13 +52,24 @@ class ResNet(_Net):
     ``nn.Identity()`` (for 32 px images, as timm's and most CIFAR recipes do); the names stay, so
     every other weight of a torchvision checkpoint still loads. ``shortcut=False`` builds the
     plain net of the same depth (no shortcuts, so no projection convolutions either).
+    ``groups`` and ``width_per_group`` give ResNeXt and Wide ResNet bottlenecks, as torchvision's.
+    ``head`` takes :class:`~resnetkit.models.heads.HeadOptions` (global_pool, drop_rate,
+    features_only).
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int], *,
                  num_classes: int = 1000, in_chans: int = 3, small_input: bool = False,
-                 zero_init_residual: bool = False, shortcut: bool = True) -> None:
+                 zero_init_residual: bool = False, shortcut: bool = True, groups: int = 1,
+                 width_per_group: int = 64, block_args: Mapping[str, Any] | None = None,
+                 **head: Unpack[HeadOptions]) -> None:
         super().__init__()
+        if not issubclass(block, Bottleneck) and (groups, width_per_group) != (1, 64):
+            raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
         self.shortcut, self.inplanes = shortcut, 64
+        self.block_args = dict(block_args or {})  # e.g. a dynamic block's num_kernels
+        if issubclass(block, Bottleneck):
+            self.block_args.update(groups=groups, base_width=width_per_group)
+        stride = 1 if small_input else 4
         if small_input:
             self.conv1 = conv3x3(in_chans, 64)
         else:
@@ -97,8 +82,9 @@ class ResNet(_Net):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = GlobalAvgPool()
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        for i, planes in enumerate((64, 128, 256, 512)):
+            self.add_feature(f"layer{i + 1}", planes * block.expansion, stride * 2 ** i)
+        self.init_head(512 * block.expansion, num_classes, **head)
         self.init_weights(zero_init_residual)
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
@@ -111,17 +97,12 @@ class ResNet(_Net):
                 downsample = make_shortcut(inplanes=self.inplanes, planes=planes * block.expansion,
                                            stride=s, kind="B")
             layers.append(block(inplanes=self.inplanes, planes=planes, stride=s,
-                                downsample=downsample, shortcut=self.shortcut))
+                                downsample=downsample, shortcut=self.shortcut, **self.block_args))
             self.inplanes = planes * block.expansion
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
 
 class CifarResNet(_Net):
@@ -137,7 +118,8 @@ class CifarResNet(_Net):
     def __init__(self, depth: int, *, num_classes: int = 10, in_chans: int = 3,
                  shortcut_type: Literal["A", "B"] = "A", zero_init_residual: bool = False,
                  shortcut: bool = True, widths: Sequence[int] = (16, 32, 64),
-                 stem_stride: int = 1) -> None:
+                 stem_stride: int = 1, block: type[BasicBlock] = BasicBlock,
+                 block_args: Mapping[str, Any] | None = None, **head: Unpack[HeadOptions]) -> None:
         super().__init__()
         if (depth - 2) % 6 or depth < 8:
             raise ValueError(f"a CIFAR ResNet has 6n+2 layers (8, 20, 32, ...), not {depth}")
@@ -149,14 +131,16 @@ class CifarResNet(_Net):
         n = (depth - 2) // 6
         w1, w2, w3 = (int(w) for w in widths)
         self.shortcut, self.shortcut_type, self.inplanes = shortcut, shortcut_type, w1
+        self.block, self.block_args = block, dict(block_args or {})
         self.conv1 = conv3x3(in_chans, w1, stride=stem_stride)
         self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU(inplace=True)
         self.layer1 = self._make_layer(w1, n)
         self.layer2 = self._make_layer(w2, n, stride=2)
         self.layer3 = self._make_layer(w3, n, stride=2)
-        self.avgpool = GlobalAvgPool()
-        self.fc = nn.Linear(w3, num_classes)
+        for i, w in enumerate((w1, w2, w3)):
+            self.add_feature(f"layer{i + 1}", w, stem_stride * 2 ** i)
+        self.init_head(w3, num_classes, **head)
         self.init_weights(zero_init_residual)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
@@ -167,52 +151,51 @@ class CifarResNet(_Net):
             if self.shortcut:
                 downsample = make_shortcut(inplanes=self.inplanes, planes=planes, stride=s,
                                            kind=self.shortcut_type)
-            layers.append(BasicBlock(inplanes=self.inplanes, planes=planes, stride=s,
-                                     downsample=downsample, shortcut=self.shortcut))
+            layers.append(self.block(inplanes=self.inplanes, planes=planes, stride=s,
+                                     downsample=downsample, shortcut=self.shortcut, **self.block_args))
             self.inplanes = planes
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
 
 
 class SimpleResNet(_Net):
     """Stem conv3x3 -> ``width`` channels, ``depth`` equal-width residual blocks
     ``y = relu(x + F(x))``, global average pool, fc. Full resolution throughout: for small
-    images such as 8x8 digits or 28x28 MNIST."""
+    images such as 8x8 digits or 28x28 MNIST. ``post_act=False`` and ``hidden`` choose the
+    block ``y = x + relu(F(x))`` with ``hidden`` channels inside (:class:`SimpleBlock`)."""
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 3, width: int = 32, depth: int = 4,
-                 shortcut: bool = True) -> None:
+                 shortcut: bool = True, hidden: int | None = None, post_act: bool = True,
+                 **head: Unpack[HeadOptions]) -> None:
         super().__init__()
+        if hidden is not None and (not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1):
+            raise UserError(f"hidden must be a positive integer (channels inside a block), got {hidden!r}")
         self.conv1 = conv3x3(in_chans, width)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = nn.Sequential(*(SimpleBlock(planes=width, shortcut=shortcut) for _ in range(depth)))
-        self.avgpool = GlobalAvgPool()
-        self.fc = nn.Linear(width, num_classes)
+        self.layer1 = nn.Sequential(*(SimpleBlock(planes=width, shortcut=shortcut, hidden=hidden, post_act=post_act)
+                                      for _ in range(depth)))
+        self.add_feature("layer1", width, 1)
+        self.init_head(width, num_classes, **head)
         self.init_weights()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer1(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn1(self.conv1(x)))
 
 
 # ---------------------------------------------------------------- options (checked by create_model)
-class ImageNetOptions(TypedDict, total=False):
+class ImageNetOptions(HeadOptions, total=False):
     small_input: bool  # 3x3 stride-1 conv1 and no max-pool, for images of about 32 px
     zero_init_residual: bool
 
 
-class PlainImageNetOptions(TypedDict, total=False):
+class PlainImageNetOptions(HeadOptions, total=False):
     small_input: bool
 
 
-class CifarOptions(TypedDict, total=False):
+class CifarOptions(HeadOptions, total=False):
     shortcut_type: Literal["A", "B"]
     zero_init_residual: bool
     widths: Sequence[int]
@@ -302,52 +285,54 @@ def resnet110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[Cifa
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain8(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain8(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 8-layer CIFAR net: resnet8 without shortcuts (He et al. 2015, arXiv:1512.03385, sec. 4.2)."""
-    return CifarResNet(8, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(8, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain20(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain20(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 20-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
-    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(20, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain32(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain32(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 32-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
-    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(32, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain44(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain44(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 44-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2, Fig. 6 left)."""
-    return CifarResNet(44, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(44, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain56(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain56(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 56-layer CIFAR net: trains worse than plain20 (He et al. 2015, arXiv:1512.03385, Fig. 6)."""
-    return CifarResNet(56, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(56, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
-def plain110(*, num_classes: int = 10, in_chans: int = 3) -> CifarResNet:
+def plain110(*, num_classes: int = 10, in_chans: int = 3, **kwargs: Unpack[HeadOptions]) -> CifarResNet:
     """Plain 110-layer CIFAR net (He et al. 2015, arXiv:1512.03385, sec. 4.2)."""
-    return CifarResNet(110, num_classes=num_classes, in_chans=in_chans, shortcut=False)
+    return CifarResNet(110, num_classes=num_classes, in_chans=in_chans, shortcut=False, **kwargs)
 
 
 # ---------------------------------------------------------------- the tutorial nets
 @register_model(input_size=CIFAR_INPUT)
-def simple_resnet(*, num_classes: int = 10, in_chans: int = 3, width: int = 32,
-                  depth: int = 4) -> SimpleResNet:
-    """Stem + `depth` blocks y = relu(x + F(x)) at one width (He et al. 2015, arXiv:1512.03385, Fig. 2)."""
-    return SimpleResNet(num_classes=num_classes, in_chans=in_chans, width=width, depth=depth)
+def simple_resnet(*, num_classes: int = 10, in_chans: int = 3, width: int = 32, depth: int = 4,
+                  hidden: int | None = None, post_act: bool = True,
+                  **kwargs: Unpack[HeadOptions]) -> SimpleResNet:
+    """Stem + `depth` blocks y = relu(x + F(x)) at one width; post_act=false, hidden=H: y = x + relu(F(x)) (arXiv:1512.03385, Fig. 2)."""
+    return SimpleResNet(num_classes=num_classes, in_chans=in_chans, width=width, depth=depth, hidden=hidden,
+                        post_act=post_act, **kwargs)
 
 
 @register_model(input_size=CIFAR_INPUT)
 def simple_plain(*, num_classes: int = 10, in_chans: int = 3, width: int = 32,
-                 depth: int = 4) -> SimpleResNet:
+                 depth: int = 4, **kwargs: Unpack[HeadOptions]) -> SimpleResNet:
     """simple_resnet without shortcuts, y = relu(F(x)): its plain twin (He et al. 2015, arXiv:1512.03385)."""
     return SimpleResNet(num_classes=num_classes, in_chans=in_chans, width=width, depth=depth,
-                        shortcut=False)
+                        shortcut=False, **kwargs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ._registry import CIFAR_INPUT, register_model
+from .heads import Backbone, HeadOptions, Unpack
 
 
 def conv_bn(cin: int, cout: int) -> nn.Sequential:
@@ -31,33 +32,37 @@ class Residual(nn.Module):
         return x + self.res(x)
 
 
-class ResNet9(nn.Module):
+class ResNet9(Backbone):
+    """prep, three stages, global max-pool and a bias-free fc whose logits are scaled by 0.125."""
+
+    first_conv = "prep.0"
+    head_bias = False  # Page's classifier has no bias
+
     def __init__(self, *, num_classes: int = 10, in_chans: int = 3, width: int = 64,
-                 logit_scale: float = 0.125) -> None:
+                 logit_scale: float = 0.125, **head: Unpack[HeadOptions]) -> None:
         super().__init__()
         w = width
         self.prep = conv_bn(in_chans, w)
         self.layer1 = nn.Sequential(conv_bn(w, 2 * w), nn.MaxPool2d(2), Residual(2 * w))
         self.layer2 = nn.Sequential(conv_bn(2 * w, 4 * w), nn.MaxPool2d(2))
         self.layer3 = nn.Sequential(conv_bn(4 * w, 8 * w), nn.MaxPool2d(2), Residual(8 * w))
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.num_features = 8 * w
-        self.fc = nn.Linear(8 * w, num_classes, bias=False)
+        for i in range(3):
+            self.add_feature(f"layer{i + 1}", 2 ** (i + 1) * w, 2 ** (i + 1))
+        self.init_head(8 * w, num_classes, **{"global_pool": "max", **head})  # Page pools by max
         # Page: "scaling the final layer's output by 0.125" keeps the initial logits small,
         # which his runs found worth about as much as a smaller final-layer init.
         self.logit_scale = logit_scale
 
-    @property
-    def stages(self) -> list[tuple[str, nn.Module]]:
-        """``[("layer1", module), ...]``, as the other nets: per-stage grad norms, freezing."""
-        return [(name, m) for name, m in self.named_children() if name.startswith("layer")]
+    def forward_stem(self, x: Tensor) -> Tensor:
+        return self.prep(x)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return self.fc(self.pool(x).flatten(1)) * self.logit_scale
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        out = super().forward_head(x, pre_logits)
+        return out if pre_logits or not self.num_classes else out * self.logit_scale
 
 
 @register_model(input_size=CIFAR_INPUT)
-def resnet9(*, num_classes: int = 10, in_chans: int = 3, width: int = 64) -> ResNet9:
+def resnet9(*, num_classes: int = 10, in_chans: int = 3, width: int = 64,
+            **kwargs: Unpack[HeadOptions]) -> ResNet9:
     """ResNet-9 of Page's DAWNBench runs (Myrtle.ai 2018): 6.6M params, 94% on CIFAR-10 in 24 epochs."""
-    return ResNet9(num_classes=num_classes, in_chans=in_chans, width=width)
+    return ResNet9(num_classes=num_classes, in_chans=in_chans, width=width, **kwargs)

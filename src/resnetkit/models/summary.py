@@ -2,7 +2,10 @@
 
 Rows: the stem (every top-level child before the first stage), each stage ``layerN`` and every
 top-level child after the last one (``avgpool``, ``fc``); with ``depth=2`` each stage is followed
-by one row per block. Output shapes come from forward hooks on one image; FLOPs from
+by one row per block; with ``depth=3`` the stem's layers (conv1, bn1, relu, maxpool) follow the
+stem row and every layer of each block follows the block's row, as the tutorials print a net
+layer by layer. A container that holds the stages (DenseNet's ``features``) is opened: its
+children are the top-level rows. Output shapes come from forward hooks on one image; FLOPs from
 :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions and matrix
 multiplies only (BatchNorm, ReLU, additions and pooling are left out) and counts a multiply-add
 as 2 FLOPs.
@@ -18,13 +21,30 @@ from torch.utils.flop_counter import FlopCounterMode
 FLOPS_NOTE = "convolutions and linear layers only; a multiply-add counts as 2 FLOPs"
 
 
+def _top(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Top-level parts in order, with a child that holds the stages opened (qualified names)."""
+    stage_ids = {id(m) for _, m in getattr(model, "stages", [])}
+    out: list[tuple[str, nn.Module]] = []
+    for name, child in model.named_children():
+        if id(child) not in stage_ids and any(id(m) in stage_ids for m in child.children()):
+            out += [(f"{name}.{n}", m) for n, m in child.named_children()]
+        else:
+            out.append((name, child))
+    return out
+
+
 def _parts(model: nn.Module) -> list[tuple[str, list[str]]]:
-    """Top-level rows as (row name, child names): the stem's children grouped under "stem"."""
-    stage_names = {name for name, _ in getattr(model, "stages", [])}
-    children = [name for name, _ in model.named_children()]
-    first = next((i for i, name in enumerate(children) if name in stage_names), 0)
-    parts = [("stem", children[:first])] if first else []
-    return parts + [(name, [name]) for name in children[first:]]
+    """Top-level rows as (row name, part names): the parts before the first stage grouped under "stem"."""
+    stage_ids = {id(m) for _, m in getattr(model, "stages", [])}
+    top = _top(model)
+    first = next((i for i, (_, m) in enumerate(top) if id(m) in stage_ids), 0)
+    parts = [("stem", [n for n, _ in top[:first]])] if first else []
+    return parts + [(name, [name]) for name, _ in top[first:]]
+
+
+def _leaves(prefix: str, module: nn.Module) -> dict[str, nn.Module]:
+    """Every module without children inside ``module``, by qualified name."""
+    return {f"{prefix}.{n}": m for n, m in module.named_modules() if n and not any(True for _ in m.children())}
 
 
 def _shape(out: Any) -> list[int]:
@@ -64,26 +84,45 @@ def _trace(model: nn.Module, input_size: Sequence[int], watched: dict[str, nn.Mo
     return shapes, flops, int(counter.get_total_flops())
 
 
+Rows = list[tuple[str, list[str]]]  # (depth-2 row, its depth-3 rows)
+
+
+def _watched(model: nn.Module, depth: int) -> tuple[dict[str, nn.Module], dict[str, Rows]]:
+    """The modules to hook for ``depth``, and each top-level part's sub-rows."""
+    top = dict(_top(model))
+    stage_ids = {id(m) for _, m in getattr(model, "stages", [])}
+    watched, subrows = dict(top), {}
+    for name, module in top.items():
+        if id(module) in stage_ids and depth >= 2:
+            subrows[name] = []
+            for n, block in module.named_children():
+                leaves = _leaves(f"{name}.{n}", block) if depth >= 3 else {}
+                watched.update({f"{name}.{n}": block, **leaves})
+                subrows[name].append((f"{name}.{n}", list(leaves)))
+        elif depth >= 3 and any(True for _ in module.children()):
+            leaves = _leaves(name, module)
+            watched.update(leaves)
+            subrows[name] = [(leaf, []) for leaf in leaves]
+    return watched, subrows
+
+
 def summarize(model: nn.Module, input_size: Sequence[int] = (3, 224, 224), *, depth: int = 1,
               name: str | None = None) -> dict[str, Any]:
-    """Rows per top-level part (and per block with ``depth=2``) for one input of ``input_size``
-    (C, H, W), and totals; shapes exclude the batch dimension."""
-    children = dict(model.named_children())
-    stages = dict(getattr(model, "stages", []))
-    watched = dict(children)
-    if depth >= 2:
-        for stage, module in stages.items():
-            watched.update({f"{stage}.{n}": m for n, m in module.named_children()})
+    """Rows per top-level part (and per block with ``depth=2``, per layer with ``depth=3``) for
+    one input of ``input_size`` (C, H, W), and totals; shapes exclude the batch dimension."""
+    watched, subrows = _watched(model, depth)
     shapes, flops, total_flops = _trace(model, input_size, watched)
     ran = list(shapes)
+    order = lambda n: ran.index(n) if n in ran else -1  # noqa: E731 - the order the modules (last) ran
+    row = lambda n, d: _row(n, [watched[n]], shapes.get(n, []), flops.get(n, 0), d)  # noqa: E731
     rows = []
-    for row, names in _parts(model):
-        last = max(names, key=lambda n: ran.index(n) if n in ran else -1)  # gives the part's output
-        rows.append(_row(row, [children[n] for n in names], shapes.get(last, []),
+    for part, names in _parts(model):
+        last = max(names, key=order)  # gives the part's output
+        rows.append(_row(part, [watched[n] for n in names], shapes.get(last, []),
                          sum(flops.get(n, 0) for n in names), 1))
-        if depth >= 2 and row in stages:
-            rows += [_row(f"{row}.{n}", [m], shapes.get(f"{row}.{n}", []), flops.get(f"{row}.{n}", 0), 2)
-                     for n, m in stages[row].named_children()]
+        subs = [(n, []) for n in names] if depth >= 3 and part == "stem" else subrows.get(part, [])
+        for sub, leaves in subs:
+            rows += [row(sub, 2), *(row(n, 3) for n in sorted(leaves, key=order))]
     return {
         "model": name or type(model).__name__,
         "input_size": list(input_size),

@@ -26,7 +26,7 @@ from .. import pretrained
 from ..config import RunConfig
 from ..data import dataset_spec
 from ..errors import UserError
-from ..models import HEAD
+from ..models import head_name
 from ..specs import DatasetSpec
 from .recipes import resolve_config
 _STAGES = re.compile(r"^stages:(\d+)$")
@@ -68,10 +68,10 @@ def is_finetune(cfg: RunConfig) -> bool:
 
 # ------------------------------------------------------------------ the parts of a model
 def head_module(model: nn.Module) -> nn.Module:
-    head = getattr(model, HEAD, None)
+    head = getattr(model, head_name(model), None)
     if not isinstance(head, nn.Module):
-        raise UserError(f"{type(model).__name__} has no '{HEAD}' head; fine-tuning needs a resnetkit "
-                        f"or torchvision ResNet")
+        raise UserError(f"{type(model).__name__} has no '{head_name(model)}' head; fine-tuning needs a "
+                        f"resnetkit or torchvision ResNet")
     return head
 
 
@@ -86,20 +86,25 @@ def stage_names(model: nn.Module) -> list[str]:
 
 def frozen_prefixes(model: nn.Module, what: str) -> list[str]:
     """Module names frozen by ``what``: ``backbone`` is every top-level child but the head;
-    ``stages:N`` is the stem (the children before the first stage) and the first N stages."""
+    ``stages:N`` is the stem (the children before the first stage) and the first N stages, with
+    whatever runs between them (DenseNet's transitions, inside its ``features``)."""
     if what == "none":
         return []
     children = [n for n, _ in model.named_children()]
     if what == "backbone":
-        return [n for n in children if n != HEAD]
+        return [n for n in children if n != head_name(model)]
     n = int(_STAGES.match(what).group(1))  # type: ignore[union-attr]
     stages = stage_names(model)
     if n > len(stages):
         raise UserError(f"--freeze {what}: {type(model).__name__} has only {len(stages)} stages "
                         f"({', '.join(stages)}); use stages:0..{len(stages)} or backbone")
-    first = stages[0].split(".")[0] if stages else HEAD
-    stem = children[:children.index(first)] if first in children else []
-    return stem + stages[:n]
+    if not stages:
+        head = head_name(model)
+        return children[:children.index(head)] if head in children else []
+    parent, _, leaf = stages[max(n - 1, 0)].rpartition(".")
+    siblings = [c for c, _ in model.get_submodule(parent).named_children()]
+    end = siblings.index(leaf) + (1 if n else 0)
+    return [f"{parent}.{c}" if parent else c for c in siblings[:end]]
 
 
 def _frozen(name: str, prefixes: list[str]) -> bool:

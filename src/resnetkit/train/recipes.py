@@ -154,6 +154,11 @@ def check_config(cfg: RunConfig) -> RunConfig:
     check_val_options(cfg)  # sizes against the data are checked when it is read
     if not isinstance(cfg.model_args, Mapping):
         raise UserError("model_args must be a mapping of builder keyword arguments")
+    if cfg.model_args.get("features_only") or cfg.model_args.get("global_pool") == "":
+        raise UserError("training needs class scores: features_only and global_pool='' give feature maps; "
+                        "use them from Python (resnetkit.create_model) for your own head")
+    if cfg.drop_rate is not None and not 0 <= cfg.drop_rate < 1:
+        raise UserError(f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
     return check_toolbox(cfg)
 
 

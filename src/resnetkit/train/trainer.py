@@ -215,8 +215,9 @@ class Trainer:
         if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
             what = "--early-stop" if cfg.early_stop else "--schedule plateau"
             raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
+        head = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # recorded in the checkpoint
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
-                           **cfg.model_args}
+                           **head, **cfg.model_args}
         model = models.create_model(cfg.model, **self.model_args)
         if cfg.sync_bn and self.world_size > 1:  # before freezing, which sets BatchNorm modes
             model = distributed.convert_sync_batchnorm(model, self.device)
@@ -382,6 +383,8 @@ class Trainer:
         before = distributed.trainable(self.model)
         for line in finetune.set_epoch(self.model, self.cfg, epoch, self.fresh_modules):  # --freeze-epochs
             self.log(line)
+        if callable(getattr(self.model, "set_epoch", None)):  # schedules inside a model (dy_resnet's temperature)
+            self.model.set_epoch(epoch)
         if self.world_size > 1 and distributed.trainable(self.model) != before:
             self.net = self.wrap(self.model)  # DDP synchronises the parameters trainable at its start
         self.net.train()
