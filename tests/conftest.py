@@ -163,3 +163,14 @@ def odd_imagefolder(tmp_path: Path) -> Path:
     Image.fromarray(g16).save(b / "gray16.png")
     noise_image(rng, 24, 24, "L").convert("1").save(b / "onebit.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """resnet8 on the bundled digits, 2 epochs (about 94% test accuracy: a dozen mistakes to
+    look at). Shared by the report, calibration and explanation tests: copy it before changing it."""
+    from resnetkit.train import train
+
+    out = tmp_path_factory.mktemp("digits-run") / "run"
+    train(model="resnet8", epochs=2, out=str(out), verbose=False)
+    return out

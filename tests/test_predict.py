@@ -129,3 +129,20 @@ def test_cli_usage_errors(trained: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert main(["predict", str(trained), "x.png", "--min-confidence", "2"]) == 2
     assert main(["predict", str(trained), "x.png", "--backend", "nope"]) == 2
     assert "unknown --backend" in capsys.readouterr().err
+
+
+def test_annotate_draws_the_answer_on_each_image(digits_run: Path, digit_pngs: tuple[list[Path], list[str]],
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    paths, _ = digit_pngs
+    out = tmp_path / "annotated"
+    assert main(["predict", str(digits_run), *map(str, paths[:4]), "--annotate", str(out), "--json"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths[:4])
+    for answer, path in zip(answers, paths):
+        picture = np.asarray(Image.open(out / path.name).convert("RGB")).astype(int)
+        assert picture.shape == (160, 160, 3)  # 8 px digits enlarged x20
+        band = picture[:12, :60]
+        assert (band.max(2) < 40).mean() > 0.3 and (band.min(2) > 200).any()  # white text on black
+        # below the band the digit itself, enlarged with whole pixels
+        original = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        assert (picture[-20::20, ::20] == original[-1:, :]).all()

@@ -3,7 +3,8 @@
 A ``.safetensors`` checkpoint holds the weights of the unwrapped model and, as metadata, all
 that is needed to use it: ``format_version`` ("1") and, each encoded as JSON, ``arch``,
 ``model_args``, ``spec`` (the DatasetSpec: classes and preprocessing), ``classes``, ``config``
-(the resolved RunConfig), ``metrics`` and ``resnetkit_version``. Reading one never runs code:
+(the resolved RunConfig), ``metrics`` and ``resnetkit_version``; once calibrated, also
+``calibration`` (:mod:`resnetkit.calibrate`: the temperature and its ECE). Reading one never runs code:
 safetensors is a JSON header plus raw tensors, and ``state.pt`` is read with
 ``torch.load(weights_only=True)``, which refuses any pickle that names a callable.
 Every write goes through :mod:`resnetkit._io`: a kill at any moment leaves the old file or the
@@ -33,6 +34,7 @@ from .specs import DatasetSpec
 FORMAT_VERSION = "1"
 BEST, LAST, STATE = "best.safetensors", "last.safetensors", "state.pt"
 JSON_KEYS = ("arch", "model_args", "spec", "classes", "config", "metrics", "resnetkit_version")
+OPTIONAL_JSON_KEYS = ("calibration",)  # added by `resnetkit calibrate`: {"temperature", ...}
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -134,7 +136,7 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     if missing:
         raise UserError(f"{p} lacks checkpoint metadata {', '.join(missing)}; it was not written by resnetkit")
     try:
-        meta = {k: json.loads(raw[k]) for k in JSON_KEYS}
+        meta = {k: json.loads(raw[k]) for k in JSON_KEYS + OPTIONAL_JSON_KEYS if k in raw}
     except json.JSONDecodeError as e:
         raise UserError(f"{p} has corrupt metadata ({e}); the file is damaged") from None
     meta["format_version"] = FORMAT_VERSION

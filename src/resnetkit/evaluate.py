@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .calibrate import temperature_of, with_temperature
 from .checkpoint import load_checkpoint
 from .config import RunConfig, recorded_config
 from .data import build_eval_loader
@@ -45,15 +46,17 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     loader = build_eval_loader(cfg, split, dev, spec=loaded.spec)
     if cfg.channels_last:  # the run's memory format: the same kernels, the same sums
         loaded.model.to(memory_format=torch.channels_last)
+    temperature = temperature_of(loaded.meta)  # divides the logits: the loss changes, the ranking not
     with cpu_threads(cfg.threads, dev):
-        out = evaluate_batches(loaded.model, loader, autocast=prec.autocast(),
+        out = evaluate_batches(with_temperature(loaded.model, temperature), loader, autocast=prec.autocast(),
                                channels_last=cfg.channels_last, tta=tta,
                                label_smoothing=cfg.label_smoothing or 0.0)
     if out.count == 0:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
-              "split": split, "source": loader.source, "tta": tta, "loss": out.summary()["loss"], **rep,
+              "split": split, "source": loader.source, "tta": tta, "loss": out.summary()["loss"],
+              "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:
         try:

@@ -173,6 +173,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], *, fmt: str = "onnx",
     if out.is_dir():
         out = out / f"model{SUFFIXES[fmt]}"
     extra = {"metrics": ckpt.metrics} if ckpt.metrics else {}
+    if ckpt.meta.get("calibration"):  # the graph gives raw logits; predict divides by the temperature
+        extra["calibration"] = ckpt.meta["calibration"]
     path = export_model(ckpt.model, ckpt.spec, out, fmt=fmt, arch=ckpt.arch, model_args=ckpt.model_args,
                         dynamic_batch=dynamic_batch, opset=opset, extra=extra)
     backend = open_exported(path)

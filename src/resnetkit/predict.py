@@ -13,11 +13,13 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import torch
 from torch import nn
 
+from . import calibrate, explain as cam
+from ._io import write_atomic
 from .backends import Backend, OnnxBackend, TorchBackend, TorchScriptBackend, exported_file
 from .checkpoint import load_checkpoint
 from .data.transforms import ImageReadError, Normalizer, eval_geometry, eval_transform, is_image_file
@@ -38,6 +40,7 @@ class Classifier:
     classes: list[str]
     model: nn.Module | None = None  # the torch module, when the backend has one
     path: Path | None = None
+    temperature: float = 1.0  # logits are divided by it (``resnetkit calibrate``)
 
     def predict(self, images: ImageInput | Sequence[ImageInput], topk: int = 5, *,
                 batch_size: int = 64, min_confidence: float | None = None) -> list[dict[str, Any]]:
@@ -71,13 +74,73 @@ class Classifier:
             except ImageReadError as e:
                 out.append({"path": name, "error": e.reason})
         if tensors:
-            probs = self.backend.predict_logits(torch.stack(tensors)).softmax(dim=1)
+            probs = (self.backend.predict_logits(torch.stack(tensors)) / self.temperature).softmax(dim=1)
             values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
             for slot, v, i in zip(slots, values.tolist(), indices.tolist()):
                 top = [{"class": self.classes[c], "index": c, "prob": p} for p, c in zip(v, i)]
                 out[slot]["top"] = top
                 sure = min_confidence is None or top[0]["prob"] >= min_confidence
                 out[slot]["label"] = top[0]["class"] if sure else UNKNOWN
+        return out
+
+    def explain(self, images: ImageInput | Sequence[ImageInput], *, target: str | int | None = None,
+                method: str = "gradcam", batch_size: int = 16) -> list[dict[str, Any]]:
+        """Grad-CAM heat maps: per image ``{"path", "class", "index", "prob", "target",
+        "heatmap", "image"}`` or ``{"path", "error"}``.
+
+        ``class``/``index``/``prob``: the prediction; ``target``: the class the map explains
+        (``target`` as a name or index, default the predicted class); ``heatmap``: (H, W) float
+        array in [0, 1] at the model's input size; ``image``: a PIL picture of the input and its
+        overlay side by side, captioned. ``method``: ``gradcam`` or ``gradcam++``.
+        """
+        if self.model is None:
+            raise UserError("heat maps need the PyTorch model: load the .safetensors checkpoint, "
+                            "not an exported file")
+        index = None if target is None else self.class_index(target)
+        results: list[dict[str, Any]] = []
+        items = _as_items(images)
+        for start in range(0, len(items), max(1, batch_size)):
+            results.extend(self._explain_chunk(items[start:start + batch_size], index, method))
+        return results
+
+    def class_index(self, name: str | int) -> int:
+        """The index of a class given by name (or by index, checked)."""
+        if isinstance(name, int) and not isinstance(name, bool) and 0 <= name < len(self.classes):
+            return name
+        if name in self.classes:
+            return self.classes.index(name)
+        shown = ", ".join(self.classes[:20]) + (", ..." if len(self.classes) > 20 else "")
+        raise UserError(f"unknown class {name!r}; the model's classes are {shown}")
+
+    def _explain_chunk(self, items: Sequence[tuple[str, Any]], target: int | None,
+                       method: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        tensors, slots = [], []
+        for name, item in items:
+            try:
+                tensors.append(self._preprocess(item))
+                slots.append(len(out))
+                out.append({"path": name})
+            except ImageReadError as e:
+                out.append({"path": name, "error": e.reason})
+        if not tensors:
+            return out
+        assert self.model is not None
+        device = next(self.model.parameters()).device
+        x = torch.stack(tensors)
+        maps = cam.grad_cam(self.model, x.to(device), target, method=method)
+        probs = (maps.logits / self.temperature).softmax(1).cpu()
+        for row, slot in enumerate(slots):
+            pred = int(probs[row].argmax())
+            shown = int(maps.targets[row])
+            caption = f"{self.classes[pred]} ({100 * float(probs[row, pred]):.1f}%)"
+            if shown != pred:
+                caption += f"; map of {self.classes[shown]}"
+            rgb = cam.to_rgb(x[row], self.spec.mean, self.spec.std)
+            heat = maps.heatmaps[row].numpy()
+            out[slot].update({"class": self.classes[pred], "index": pred, "prob": float(probs[row, pred]),
+                              "target": self.classes[shown], "heatmap": heat,
+                              "image": cam.side_by_side(rgb, heat, caption)})
         return out
 
     def _preprocess(self, item: Any) -> torch.Tensor:
@@ -114,8 +177,8 @@ def _as_items(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]
 def _torch_classifier(path: str | os.PathLike[str], device: str) -> Classifier:
     dev = resolve_device(device)
     loaded = load_checkpoint(path, map_location=dev)
-    return Classifier(TorchBackend(loaded.model, dev), loaded.spec, loaded.classes,
-                      model=loaded.model, path=loaded.path)
+    return Classifier(TorchBackend(loaded.model, dev), loaded.spec, loaded.classes, model=loaded.model,
+                      path=loaded.path, temperature=calibrate.temperature_of(loaded.meta))
 
 
 def exported_classifier(path: str | os.PathLike[str], device: str = "auto", fmt: str = "onnx") -> Classifier:
@@ -126,7 +189,8 @@ def exported_classifier(path: str | os.PathLike[str], device: str = "auto", fmt:
         backend: OnnxBackend | TorchScriptBackend = OnnxBackend(file, device=None if device == "auto" else device)
     else:
         backend = TorchScriptBackend(file, device=resolve_device(device))
-    return Classifier(backend, backend.spec, backend.classes, path=file)
+    return Classifier(backend, backend.spec, backend.classes, path=file,
+                      temperature=calibrate.temperature_of(backend.info.extra))
 
 
 def _exported(fmt: str) -> Callable[[str | os.PathLike[str], str], Classifier]:
@@ -171,3 +235,31 @@ def collect_images(inputs: Sequence[str]) -> list[str]:
                        if Path(m).is_file() and is_image_file(m)]
             found.extend(matches or [arg])
     return found
+
+
+def output_names(paths: Sequence[str]) -> list[str]:
+    """A file name stem per input path for pictures written into one folder: the path's stem,
+    with -2, -3... where two inputs share one (a/1.png and b/1.png give 1 and 1-2)."""
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        stem = Path(path).stem or "image"
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def annotate_file(result: Mapping[str, Any], dest: str | os.PathLike[str]) -> None:
+    """Write the image file of a :meth:`Classifier.predict` result to ``dest`` (PNG) with its
+    answer, "class 97.3%" (or "unknown (class 41.0%)"), drawn across its top."""
+    from PIL import Image, ImageOps
+
+    best = f"{result['top'][0]['class']} {100 * result['top'][0]['prob']:.1f}%"
+    text = best if result.get("label") != UNKNOWN else f"{UNKNOWN} ({best})"
+    with Image.open(result["path"]) as im:
+        labelled = cam.label_image(ImageOps.exif_transpose(im), text)
+    write_atomic(dest, lambda tmp: labelled.save(tmp, format="PNG"))

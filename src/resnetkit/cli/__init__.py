@@ -18,10 +18,12 @@ from typing import Iterator, Sequence
 
 from .._version import __version__
 from ..errors import DataWarning, UserError
-from . import bench, data, evaluate, experiment, export, finetune, lr_find, models, predict, summary, train
+from . import (bench, calibrate, data, evaluate, experiment, explain, export, finetune, lr_find, models, predict,
+               report, summary, train)
 
 # Sub-command modules, in the order `resnetkit --help` lists them.
-_MODULES = (train, lr_find, evaluate, predict, finetune, models, summary, data, export, bench, experiment)
+_MODULES = (train, lr_find, evaluate, predict, finetune, models, summary, data, export, bench, experiment,
+            report, explain, calibrate)
 COMMANDS = tuple(m.__name__.rsplit(".", 1)[1].replace("_", "-") for m in _MODULES)  # lr_find: lr-find
 
 

@@ -44,10 +44,11 @@ def run(args: argparse.Namespace) -> int:
     title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(report.format_report(result, title=title))
+    scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
     if "confusion_png_error" in result:
-        print(f"{result['source']}; loss {result['loss']:.4f}")
+        print(f"{result['source']}; loss {result['loss']:.4f}{scaled}")
         print(f"resnetkit: warning: no confusion matrix image: {result['confusion_png_error']}",
               file=sys.stderr)
     else:
-        print(f"{result['source']}; loss {result['loss']:.4f}; confusion matrix: {png}")
+        print(f"{result['source']}; loss {result['loss']:.4f}{scaled}; confusion matrix: {png}")
     return 0

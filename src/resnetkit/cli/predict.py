@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -30,6 +31,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     fmt.add_argument("--csv", action="store_true", help="columns path,class,prob (the answer per image)")
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="answer 'unknown' when the top probability is below P")
+    p.add_argument("--annotate", metavar="DIR",
+                   help="also write each image into DIR as <name>.png with its top class and "
+                        "probability drawn on it (small images enlarged to 160 px)")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--backend", default="torch",
@@ -41,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import collect_images, load  # lazy dispatch: torch loads only to run
+    from ..predict import annotate_file, collect_images, load, output_names  # lazy dispatch: torch loads to run
 
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise UserError(f"--min-confidence is a probability in [0, 1], got {args.min_confidence}")
@@ -53,12 +57,15 @@ def run(args: argparse.Namespace) -> int:
     if writer:
         writer.writerow(["path", "class", "prob"])
     failed = 0
+    names = output_names(paths) if args.annotate else []
     for start in range(0, len(paths), args.batch_size):
         chunk = clf.predict(paths[start:start + args.batch_size], topk=args.topk,
                             batch_size=args.batch_size, min_confidence=args.min_confidence)
-        for r in chunk:
+        for i, r in enumerate(chunk, start):
             failed += "error" in r
             emit(r, writer, args.json)
+            if args.annotate and "error" not in r:
+                annotate_file(r, Path(args.annotate) / f"{names[i]}.png")
     return 1 if failed else 0
 
 

@@ -202,3 +202,21 @@ def plan_lines(values: dict[str, Any]) -> list[str]:
     return [f"fine-tune plan: {cfg.model} {origin}",
             f"  data: {cfg.data_dir}, {spec.num_classes} classes; {cfg.epochs} epochs, "
             f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule}"]
+
+
+def freeze_timeline(cfg: RunConfig, model: nn.Module) -> list[dict[str, Any]]:
+    """What was frozen when, as planned: ``[{"first", "last", "what", "frozen", "lr"}]`` spans of
+    epochs (1-based, inclusive) with the frozen module names; empty when nothing was fine-tuned."""
+    if not is_finetune(cfg) or not cfg.epochs:
+        return []
+    plan = freeze_plan(cfg)
+    spans: list[dict[str, Any]] = []
+    for epoch in range(1, cfg.epochs + 1):
+        what = plan.frozen_at(epoch)
+        if spans and spans[-1]["what"] == what:
+            spans[-1]["last"] = epoch
+            continue
+        backbone = "frozen" if what == "backbone" else f"{cfg.lr * plan.backbone_lr_mult:g}"
+        spans.append({"first": epoch, "last": epoch, "what": what, "frozen": frozen_prefixes(model, what),
+                      "lr": f"head {cfg.lr:g}, backbone {backbone}"})
+    return spans

@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import models, pretrained, probe
 from .. import report as reports
+from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
 from ..data import build_loaders
@@ -387,7 +388,7 @@ class Trainer:
             ensure_dir(self.run_dir, "run folder (--out)")
             remove_stale_temps(self.run_dir, RUN_FILES)  # left by a kill mid-write
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
-            write_json_atomic(self.run_dir / "classes.json", list(self.spec.classes))
+            report_html.write_class_files(self.run_dir, self.spec.classes)
 
     def resume_state(self) -> dict[str, Any] | None:
         """state.pt as rank 0 reads it, on every rank (other machines need not see the folder)."""
@@ -472,6 +473,8 @@ class Trainer:
                      f"evaluations")
         wall = self.wall_before + time.perf_counter() - t0
         report = self.final_report(wall)
+        if self.is_main:  # report.html and the ECE, from best.safetensors as written
+            report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline)
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
