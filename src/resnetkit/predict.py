@@ -62,10 +62,13 @@ class Classifier:
             results.extend(self._predict_chunk(items[start:start + batch_size], topk, min_confidence))
         return results
 
-    def _predict_chunk(self, items: Sequence[tuple[str, Any]], topk: int,
-                       min_confidence: float | None) -> list[dict[str, Any]]:
+    def _read_chunk(self, items: Sequence[tuple[str, Any]]
+                    ) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[int]]:
+        """One result row per item ({"path"} or {"path", "error"}), the preprocessed tensors of
+        the readable ones, and the row each tensor belongs to."""
         out: list[dict[str, Any]] = []
-        tensors, slots = [], []
+        tensors: list[torch.Tensor] = []
+        slots: list[int] = []
         for name, item in items:
             try:
                 tensors.append(self._preprocess(item))
@@ -73,6 +76,11 @@ class Classifier:
                 out.append({"path": name})
             except ImageReadError as e:
                 out.append({"path": name, "error": e.reason})
+        return out, tensors, slots
+
+    def _predict_chunk(self, items: Sequence[tuple[str, Any]], topk: int,
+                       min_confidence: float | None) -> list[dict[str, Any]]:
+        out, tensors, slots = self._read_chunk(items)
         if tensors:
             probs = (self.backend.predict_logits(torch.stack(tensors)) / self.temperature).softmax(dim=1)
             values, indices = probs.topk(min(topk, probs.shape[1]), dim=1)
@@ -114,15 +122,7 @@ class Classifier:
 
     def _explain_chunk(self, items: Sequence[tuple[str, Any]], target: int | None,
                        method: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        tensors, slots = [], []
-        for name, item in items:
-            try:
-                tensors.append(self._preprocess(item))
-                slots.append(len(out))
-                out.append({"path": name})
-            except ImageReadError as e:
-                out.append({"path": name, "error": e.reason})
+        out, tensors, slots = self._read_chunk(items)
         if not tensors:
             return out
         assert self.model is not None
