@@ -84,3 +84,23 @@ def test_dry_run_trains_nothing_and_reports_train_flops(tmp_path: Path, monkeypa
 def test_json_without_dry_run_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--json"]) == 2
     assert "--json goes with --dry-run" in capsys.readouterr().err
+
+
+def test_dry_run_counts_progressive_epochs_at_their_smaller_size(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 tmp_path: Path) -> None:
+    from resnetkit.data.progressive import epoch_img_sizes
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "digits", "--epochs", "4", "--subset", "100", "--dry-run", "--json"]
+    assert main(args) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*args, "--min-img-size", "4", "--progressive-until", "0.75"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    sizes = epoch_img_sizes(4, 8, 4, 0.75)
+    assert sizes[0] == 4 and sizes[-1] == 8  # the rule the trainer follows
+    assert [p["input_shape"] for p in plan["plan"]] == [[1, s, s] for s in sizes]
+    net = create_model(plan["config"]["model"], num_classes=10, in_chans=1)
+    images = plan["images_per_epoch"]
+    assert plan["train_flops"] == sum(3 * forward_flops(net, (1, s, s)) * images for s in sizes)
+    assert plan["train_flops"] < full["train_flops"]

@@ -54,8 +54,3 @@ def train_flops(model: nn.Module, plan: Iterable[EpochPlan]) -> int:
             per_image[key] = forward_flops(model, key)
         total += TRAIN_MULTIPLIER * per_image[key] * int(images)
     return total
-
-
-def uniform_plan(epochs: int, images: int, input_shape: Sequence[int]) -> list[EpochPlan]:
-    """``epochs`` epochs of ``images`` images each at one input shape."""
-    return [(images, tuple(input_shape))] * epochs

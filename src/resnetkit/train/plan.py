@@ -14,6 +14,7 @@ import torch
 from .. import flops, probe
 from ..config import RunConfig
 from ..data import build_loaders
+from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device
 from .budget import Budget, Costs, format_duration
@@ -23,9 +24,12 @@ from .trainer import network_key
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int]) -> list[flops.EpochPlan]:
-    """(images, input shape) of each epoch of ``cfg``: today every epoch trains the whole
-    training split at the dataset's input size."""
-    return flops.uniform_plan(cfg.epochs, images, input_shape)
+    """(images, input shape) of each epoch of ``cfg``: every epoch trains the whole training
+    split, at the dataset's input size or, with --min-img-size, at that epoch's smaller size
+    (the trainer's own rule, :func:`resnetkit.data.progressive.epoch_img_sizes`)."""
+    chans, full = input_shape[0], input_shape[-1]
+    sizes = epoch_img_sizes(cfg.epochs, full, cfg.min_img_size, cfg.progressive_until)
+    return [(images, (chans, size, size)) for size in sizes]
 
 
 def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, Any]:
