@@ -1,17 +1,23 @@
 """The ``compute`` section of benchmarks/run.py: training compute (TFLOP) against test accuracy.
 
-Each row is one configuration of the fast recipe (a lever on top of it), trained by
-``resnetkit train --recipe fast --dataset D --seed S --eval-every E ARGS`` in a subprocess. ``--eval-every E`` with E the
-number of epochs evaluates only the final epoch: the accuracy is the final epoch's test
-accuracy, no checkpoint chosen on the test split (the ``--val-size 0`` rule).
+Each row is one configuration, trained by ``resnetkit train --recipe fast --dataset D --val-size 0
+ARGS --seed S`` in a subprocess: the whole training split, no validation split, nothing selected,
+so the accuracy is that of the final epoch, evaluated once on the test split (the issue's rule for
+a recipe judged on its compute). ARGS spell out every value a row changes (network widths, epochs,
+batch, lr, ...), so a row means the same whatever the fast recipe's values are today; the rows
+named "the fast recipe" pass no ARGS and measure the recipe as shipped.
 
 Training compute = 3 x forward FLOPs (torch.utils.flop_counter, one image, at each epoch's input
 size) x images trained per epoch, summed over the epochs: the backward pass costs about twice the
-forward (Kaplan et al. 2020, arXiv:2001.08361, section 2.1). It depends on no machine.
+forward (Kaplan et al. 2020, arXiv:2001.08361, section 2.1). It depends on no machine. Precision
+and memory format are the probe's choice on the machine at hand (as a user's run), named per row.
 
-Run folders go to ``--runs DIR`` (default: a temporary folder); a folder that already holds a
-finished run with the same arguments is read, not trained again, so a long ladder can be run
-piecewise and the table rewritten from everything at the end.
+Run folders go to ``--runs DIR/<dataset>/<row>/seed<S>`` (default: a temporary folder); a folder
+that already holds a finished run of the same resolved configuration (config.json, apart from the
+output folder, the data folder, threads and the speed settings the probe chose) is read, not
+trained again, so a long ladder can be run piecewise, rows can run side by side, and the
+time-to-accuracy section's runs of the recipe (``run.py --only tta,compute --runs DIR``) are
+reused here.
 """
 from __future__ import annotations
 
@@ -27,65 +33,34 @@ from typing import Sequence
 
 # (test accuracy, TFLOP) the fast recipe must reach within: issue 13, half of the earlier recipe
 TARGETS = {"fashion-mnist": (0.930, 28.0), "mnist": (0.995, 6.0)}
-# The numerics of every row (speed is not measured here), and one thread: on a shared, loaded
-# machine two threads of one run spend their time waiting for each other at every operation.
-# --val-size 0: train on the whole split, no selection, the last epoch is the result.
-FP32 = ["--val-size", "0", "--precision", "fp32", "--channels-last", "--threads", "1"]
+# The rule of every row: the whole training split, no selection, the last epoch is the result.
+FIXED = ("--val-size", "0")
+# Fields of config.json that do not change what a run computes (or that the probe chose).
+NOT_COMPARED = frozenset({"out", "data_dir", "threads", "precision", "channels_last", "compile"})
+RECIPE_ROW = "the fast recipe"
 
 
 @dataclass(frozen=True)
 class Lever:
     dataset: str
-    name: str  # what this row adds to the one before
-    args: tuple[str, ...]  # the whole argument list after the recipe, --epochs included
+    name: str  # what this row changes
+    args: tuple[str, ...] = ()  # every value the row sets; () is the fast recipe as shipped
     seeds: int = 3  # 1: a screen (one seed), reported as such
 
-    @property
-    def epochs(self) -> int:
-        return int(self.args[self.args.index("--epochs") + 1])
-
-    def argv(self, seed: int, out: str) -> list[str]:
-        return ["train", "--recipe", "fast", "--dataset", self.dataset, "--seed", str(seed),
-                "--eval-every", str(self.epochs), *self.args, *FP32, "--out", out]
+    def argv(self, seed: int | str, out: str | None = None) -> list[str]:
+        return ["train", "--recipe", "fast", "--dataset", self.dataset, *FIXED, *self.args,
+                "--seed", str(seed), *(["--out", out] if out else [])]
 
 
+def run_folder(runs: Path, lever: Lever, seed: int) -> Path:
+    return runs / lever.dataset / slug(lever.name) / f"seed{seed}"
+
+
+W16 = ("--model-arg", "widths=[16,32,64]")
 W24 = ("--model-arg", "widths=[24,48,96]")
-SUB = ("--subset", "10000")
+W32 = ("--model-arg", "widths=[32,64,128]")
 LADDER: tuple[Lever, ...] = (
-    Lever("mnist", "earlier fast recipe, 2 epochs", ("--epochs", "2"), seeds=1),
-    Lever("mnist", "widths 24/48/96, 3 epochs", ("--epochs", "3", *W24), seeds=1),
-    Lever("mnist", "widths 24/48/96, 4 epochs, 16->28 px, EMA 0.99",
-          ("--epochs", "4", *W24, "--min-img-size", "16", "--ema", "0.99"), seeds=1),
-    Lever("mnist", "2 epochs, 20->28 px, EMA 0.99",
-          ("--epochs", "2", "--min-img-size", "20", "--progressive-until", "1", "--ema", "0.99"), seeds=1),
-    Lever("mnist", "widths 24/48/96, 4 epochs, 12->28 px, EMA 0.99",
-          ("--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99")),
-    # screens on a 10,000-image subset (a sixth of the compute of the rows above), one seed
-    Lever("mnist", "subset 10k: widths 24/48/96, 4 epochs, 12->28 px, EMA 0.99",
-          (*SUB, "--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99"), seeds=1),
-    Lever("mnist", "subset 10k: widths 24/48/96, 3 epochs at 28 px, EMA 0.99",
-          (*SUB, "--epochs", "3", *W24, "--ema", "0.99"), seeds=1),
-    Lever("mnist", "subset 10k: 4 epochs, 12->28 px, EMA, --schedule linear",
-          (*SUB, "--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99", "--schedule", "linear",
-           "--warmup-epochs", "0.5"), seeds=1),
-    Lever("mnist", "subset 10k: 4 epochs, 12->28 px, EMA, batch 128, lr 0.1",
-          (*SUB, "--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99", "--batch-size", "128",
-           "--lr", "0.1"), seeds=1),
-    Lever("mnist", "subset 10k: widths 32/64/128, 2 epochs, 20->28 px, EMA 0.99",
-          (*SUB, "--epochs", "2", "--min-img-size", "20", "--progressive-until", "1", "--ema", "0.99"),
-          seeds=1),
-    Lever("mnist", "same, --schedule linear (to zero, warmup 0.5 epoch)",
-          ("--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99", "--schedule", "linear",
-           "--warmup-epochs", "0.5"), seeds=1),
-    Lever("mnist", "same, batch 128, lr 0.1",
-          ("--epochs", "4", *W24, "--min-img-size", "12", "--ema", "0.99", "--batch-size", "128",
-           "--lr", "0.1"), seeds=1),
-    Lever("mnist", "widths 24/48/96, 3 epochs at 28 px, EMA 0.99",
-          ("--epochs", "3", *W24, "--ema", "0.99"), seeds=1),
-    Lever("fashion-mnist", "12 epochs, 12->28 px",
-          ("--epochs", "12", "--min-img-size", "12"), seeds=1),
-    Lever("fashion-mnist", "12 epochs, 12->28 px, EMA 0.99",
-          ("--epochs", "12", "--min-img-size", "12", "--ema", "0.99")),
+    # LADDER_ROWS
 )
 
 @lru_cache(maxsize=None)
@@ -140,18 +115,34 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
 
 
-def train_once(lever: Lever, seed: int, runs: Path) -> tuple[float, float, float | None]:
-    """(TFLOP, final-epoch test accuracy, that of the raw weights with --ema) of one seed,
-    trained now or read from ``runs``."""
-    out = runs / lever.dataset / slug(lever.name) / f"seed{seed}"
-    argv = lever.argv(seed, str(out))
-    done = out / "report.json"
-    # the same arguments but for --out (the last two): the folder may have moved since
-    if not (done.is_file() and (out / "argv.json").is_file()
-            and json.loads((out / "argv.json").read_text())[:-2] == argv[:-2]):
+def resolved_config(argv: Sequence[str]) -> dict:
+    """The configuration ``resnetkit <argv>`` would train (its --dry-run), as config.json holds it."""
+    out = subprocess.run([sys.executable, "-m", "resnetkit", *argv, "--dry-run", "--json"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"resnetkit {shlex.join(argv)} --dry-run exited {out.returncode}:\n{out.stderr}")
+    return json.loads(out.stdout)["config"]
+
+
+def same_run(run_dir: Path, argv: Sequence[str]) -> bool:
+    """Whether ``run_dir`` holds a finished run of the configuration ``argv`` asks for."""
+    if not ((run_dir / "report.json").is_file() and (run_dir / "config.json").is_file()):
+        return False
+    have = json.loads((run_dir / "config.json").read_text())
+    want = resolved_config(argv)
+    return {k: v for k, v in have.items() if k not in NOT_COMPARED} == \
+        {k: v for k, v in want.items() if k not in NOT_COMPARED}
+
+
+def train_once(lever: Lever, seed: int, runs: Path) -> tuple[float, float, float | None, str]:
+    """(TFLOP, final-epoch test accuracy, that of the raw weights with --ema, precision) of one
+    seed, trained now or read from ``runs``."""
+    out = run_folder(runs, lever, seed)
+    if not same_run(out, lever.argv(seed)):
         if out.exists():
             raise RuntimeError(f"{out} holds another or an unfinished run; remove it")
         out.parent.mkdir(parents=True, exist_ok=True)
+        argv = lever.argv(seed, str(out))
         log = out.parent / f"seed{seed}.log"
         with log.open("w") as f:
             rc = subprocess.run([sys.executable, "-m", "resnetkit", *argv], stdout=f,
@@ -159,22 +150,23 @@ def train_once(lever: Lever, seed: int, runs: Path) -> tuple[float, float, float
         if rc != 0:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"resnetkit {shlex.join(argv)} exited {rc}:\n{tail}")
-        (out / "argv.json").write_text(json.dumps(argv))
-    # report.json's one test pass of the final epoch (only that epoch was evaluated)
-    acc = float(json.loads(done.read_text())["top1"])
+    # report.json's one test pass of the final epoch (nothing was selected)
+    report = json.loads((out / "report.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    how = f"{config['precision']}{' + channels_last' if config.get('channels_last') else ''}"
     raw = raw_accuracy(out) if "--ema" in lever.args else None
-    return run_tflop(out), acc, raw
+    return run_tflop(out), float(report["top1"]), raw, how
 
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
-def row(lever: Lever, results: Sequence[tuple[int, float, float, float | None]]) -> str:
+def row(lever: Lever, results: Sequence[tuple[int, float, float, float | None, str]]) -> str:
     acc_target, tflop_target = TARGETS[lever.dataset]
-    tflop = statistics.median(t for _, t, _, _ in results)
-    accs = [a for _, _, a, _ in results]
-    raws = [r for *_, r in results if r is not None]
+    tflop = statistics.median(r[1] for r in results)
+    accs = [r[2] for r in results]
+    raws = [r[3] for r in results if r[3] is not None]
     raw = (f"{100 * statistics.median(raws):.2f} ({', '.join(f'{100 * r:.2f}' for r in raws)})"
            if raws else "-")
     med = statistics.median(accs)
@@ -182,10 +174,11 @@ def row(lever: Lever, results: Sequence[tuple[int, float, float, float | None]])
     if len(results) < 3:
         met += " (1 seed: a screen)"
     each = ", ".join(f"{100 * a:.2f}" for a in accs)
-    cmd = f"resnetkit train --recipe fast --dataset {lever.dataset} --eval-every {lever.epochs} " \
-          f"{shlex.join(lever.args)} {shlex.join(FP32)} --seed S"
+    how = ", ".join(sorted({r[4] for r in results}))
+    seeds = " ".join(str(r[0]) for r in results)
+    cmd = f"for S in {seeds}; do resnetkit {shlex.join(lever.argv('$S'))}; done".replace("'$S'", "$S")
     return (f"| {lever.dataset} | {lever.name} | {tflop:.2f} | {each} | {100 * med:.2f} | {raw} | {met} "
-            f"| `{cmd}` |")
+            f"| {how} | `{cmd}` |")
 
 
 def cpu_flags() -> str:
@@ -210,28 +203,29 @@ def section_compute(seeds: int | None, runs: Path, cmd: str, levers: Sequence[st
         n = lever.seeds if lever.seeds < 3 or seeds is None else seeds
         results = []
         for seed in range(n):
-            tflop, acc, raw = train_once(lever, seed, runs)
+            tflop, acc, raw, how = train_once(lever, seed, runs)
             print(f"  compute: {lever.dataset} | {lever.name} | seed {seed}: {tflop:.2f} TFLOP, "
-                  f"{100 * acc:.2f}%", file=sys.stderr, flush=True)
-            results.append((seed, tflop, acc, raw))
+                  f"{100 * acc:.2f}% ({how})", file=sys.stderr, flush=True)
+            results.append((seed, tflop, acc, raw, how))
         rows.append(row(lever, results))
     targets = "; ".join(f"{d}: >= {100 * a:.1f}% within {t:g} TFLOP" for d, (a, t) in TARGETS.items())
     return "\n".join([
         "### Training compute to accuracy: the fast recipe's levers", "",
         provenance(cmd) + (f" CPU flags: {cpu_flags()}." if cpu_flags() else ""), "",
-        f"Targets (median of 3 seeds): {targets}. Each row names its configuration on top of the "
-        "fast recipe (resnet8, stride-2 stem, stages 32/64/128 unless widths say otherwise, SGD "
-        "Nesterov, one-cycle, batch 256, lr 0.2, label smoothing 0.1); rows on a 10,000-image "
-        "subset are one-seed screens at a sixth of the compute, to compare levers, not targets. TFLOP: training compute, 3 x forward FLOPs (torch.utils.flop_counter) x "
-        "images trained, summed over the epochs at each epoch's input size; it does not depend "
-        "on the machine. Accuracy: the final epoch's test accuracy in percent (only that epoch "
-        "is evaluated: nothing is chosen on the test split), Fashion-MNIST with the recipe's "
-        "flip TTA. Every row runs fp32 + channels_last (one thread) so that the rows differ only in the "
-        "lever. Without EMA: the same runs' final raw weights (kept in state.pt), evaluated "
-        "the same way: the EMA's gain on one trajectory.", "",
-        "| dataset | lever | TFLOP | test accuracy per seed (%) | median (%) | without EMA: median "
-        "(per seed) | target met | command |",
-        "|---|---|---:|---|---:|---|---|---|", *rows])
+        f"Targets (median of 3 seeds): {targets}. Every row trains on all 60,000 training images "
+        "with no validation split (`--val-size 0`): nothing is selected, and the accuracy is the "
+        "final epoch's, from the run's one pass over the test split (Fashion-MNIST with the "
+        "recipe's flip TTA). Each row's command spells out what it sets on top of the fast recipe "
+        "(resnet8 with a stride-2 stem, SGD Nesterov, one-cycle, wd 5e-4, label smoothing 0.1); "
+        f"rows named \"{RECIPE_ROW}\" run the recipe as shipped. One-seed rows are screens "
+        "(compare levers, not targets). TFLOP: training compute, 3 x forward FLOPs "
+        "(torch.utils.flop_counter) x images trained, summed over the epochs at each epoch's input "
+        "size; it does not depend on the machine. Precision: what the speed probe chose for the "
+        "row on this machine (numerics differ little; the TFLOP count is the same). Without EMA: "
+        "the same runs' final raw weights (kept in state.pt), evaluated the same way.", "",
+        "| dataset | row | TFLOP | test accuracy per seed (%) | median (%) | without EMA: median "
+        "(per seed) | target met | precision | command |",
+        "|---|---|---:|---|---:|---|---|---|---|", *rows])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -247,9 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     lever = next((lv for lv in LADDER if lv.name == args.lever and lv.dataset == args.dataset), None)
     if lever is None:
         p.error(f"no row {args.lever!r} for {args.dataset}")
-    tflop, acc, raw = train_once(lever, args.seed, args.runs)
+    tflop, acc, raw, how = train_once(lever, args.seed, args.runs)
     without = f", raw weights {100 * raw:.2f}%" if raw is not None else ""
-    print(f"{lever.dataset} | {lever.name} | seed {args.seed}: {tflop:.2f} TFLOP, {100 * acc:.2f}%{without}")
+    print(f"{lever.dataset} | {lever.name} | seed {args.seed}: {tflop:.2f} TFLOP, {100 * acc:.2f}%{without} ({how})")
     return 0
 
 

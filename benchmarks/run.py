@@ -115,10 +115,11 @@ def final_accuracy(run_dir: Path) -> float:
     return float(json.loads((run_dir / "report.json").read_text())["top1"])
 
 
-def timed_train(dataset: str, seed: int, tmp: Path, quick: bool) -> tuple[float, float]:
-    """(wall seconds from process start to exit, final test accuracy) of one training run."""
-    out = tmp / f"{dataset}-seed{seed}"
-    log = tmp / f"{dataset}-seed{seed}.log"
+def timed_train(dataset: str, seed: int, out: Path, quick: bool) -> tuple[float, float]:
+    """(wall seconds from process start to exit, final test accuracy) of one training run into
+    ``out`` (its log beside it)."""
+    log = out.parent / f"{out.name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
         start = time.perf_counter()
         rc = subprocess.run(resnetkit_exe() + train_args(dataset, seed, str(out), quick),
@@ -127,7 +128,16 @@ def timed_train(dataset: str, seed: int, tmp: Path, quick: bool) -> tuple[float,
     if rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise RuntimeError(f"resnetkit train --dataset {dataset} --seed {seed} exited {rc}:\n{tail}")
+    (out / "wall_s.txt").write_text(f"{wall:.1f}\n")
     return wall, final_accuracy(out)
+
+
+def tta_folder(runs: Path, dataset: str, seed: int) -> Path:
+    """Where the tta section keeps a run: the compute section's folder of the shipped recipe's row,
+    so that ``--only tta,compute --runs DIR`` trains each seed once."""
+    import compute
+
+    return compute.run_folder(runs, compute.Lever(dataset, compute.RECIPE_ROW), seed)
 
 
 def tta_row(dataset: str, runs: list[tuple[int, float, float]], quick: bool) -> str:
@@ -144,27 +154,33 @@ def tta_row(dataset: str, runs: list[tuple[int, float, float]], quick: bool) -> 
             f"{'yes' if median_met else 'no'} | {met}/{len(runs)} | {each} | `{cmd}` |")
 
 
-def section_tta(seeds: int, quick: bool, cmd: str) -> str:
+def section_tta(seeds: int, quick: bool, cmd: str, keep: Path | None = None) -> str:
     rows: list[str] = []
     not_last: list[str] = []  # runs whose best checkpoint is not their last epoch
+    selected: set[str] = set()  # report.json selected_on of every run
     with tempfile.TemporaryDirectory(prefix="resnetkit-tta-") as tmp:
         for dataset in TARGETS:
             runs = []
             for seed in range(seeds):
-                wall, acc = timed_train(dataset, seed, Path(tmp), quick)
+                out = (tta_folder(keep, dataset, seed) if keep and not quick
+                       else Path(tmp) / f"{dataset}-seed{seed}")
+                if out.exists():
+                    raise RuntimeError(f"{out} exists: the tta section times new runs; remove it")
+                wall, acc = timed_train(dataset, seed, out, quick)
                 acc_target, s_target = TARGETS[dataset]
                 met = "met" if acc >= acc_target and wall <= s_target else "missed"
                 print(f"  tta: {dataset} seed {seed}: {wall:.1f} s, {100 * acc:.2f}% ({met})",
                       file=sys.stderr, flush=True)
                 runs.append((seed, wall, acc))
+                report = json.loads((out / "report.json").read_text())
+                selected.add(str(report.get("selected_on")))
                 if not quick:
-                    run_dir = Path(tmp) / f"{dataset}-seed{seed}"
-                    best = json.loads((run_dir / "report.json").read_text()).get("best_epoch")
-                    last = json.loads((run_dir / "config.json").read_text()).get("epochs")
+                    best = report.get("best_epoch")
+                    last = json.loads((out / "config.json").read_text()).get("epochs")
                     if best != last:
                         not_last.append(f"{dataset} seed {seed}: epoch {best} of {last}")
                 if dataset == "fashion-mnist" and seed == 0 and not quick:
-                    shutil.copytree(Path(tmp) / f"{dataset}-seed{seed}", kept_run(), dirs_exist_ok=True)
+                    shutil.copytree(out, kept_run(), dirs_exist_ok=True)
             rows.append(tta_row(dataset, runs, quick))
     return "\n".join([
         "### Time to accuracy: `resnetkit train --recipe fast`", "", provenance(cmd),
@@ -172,16 +188,26 @@ def section_tta(seeds: int, quick: bool, cmd: str) -> str:
         "Each run is a new process, with RESNETKIT_DATA pointing at the IDX files, timed from start "
         "to exit (imports, reading the data from disk, "
         "training, final evaluation and report). Accuracy: `top1` of the run's report.json, the "
-        "test accuracy `resnetkit train` reports at the end, from its one pass over the test split: "
-        "that of best.safetensors, the evaluated epoch with the best accuracy on the validation "
-        "split held out of the training images (report.json `selected_on`; Fashion-MNIST: every "
-        "4th epoch, with flip TTA); the test split chose nothing. Best checkpoint not the last epoch: "
-        f"{'; '.join(not_last) if not_last else 'none, every run ended on its best epoch'}. "
+        "test accuracy `resnetkit train` reports at the end, from its one pass over the test split "
+        f"(Fashion-MNIST with flip TTA). {selection_text(selected, not_last)} "
         "Median over seeds, (min-max). Met: "
         "the median accuracy and the median wall time both meet the target.", "",
         "| dataset | target | wall s | test accuracy | met | runs meeting target | per seed "
         "| command |",
         "|---|---|---:|---:|---|---:|---|---|", *rows])
+
+
+def selection_text(selected: set[str], not_last: list[str]) -> str:
+    """Which split chose the checkpoint whose accuracy the table reports (report.json selected_on)."""
+    if selected == {"none"}:
+        return ("Nothing was selected: the fast recipe holds out no validation split (`--val-size 0`, "
+                "report.json `selected_on: none`), trains on all 60,000 training images and reports "
+                "its last epoch, where one-cycle ends annealed; the test split chose nothing.")
+    later = "; ".join(not_last) if not_last else "none, every run ended on its best epoch"
+    return (f"Checkpoint chosen on: {', '.join(sorted(selected))} (report.json `selected_on`): "
+            "best.safetensors is the evaluated epoch with the best accuracy on the validation split "
+            "held out of the training images; the test split chose nothing. Best checkpoint not "
+            f"the last epoch: {later}.")
 
 
 # ------------------------------------------------------------------ b. throughput ratio
@@ -484,7 +510,8 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
                    help="DataLoader workers of the tutorial loop (default 0, as the PyTorch quickstart)")
     p.add_argument("--device", default="auto", help="device for throughput and bench (default auto)")
     p.add_argument("--runs", type=Path, default=None, metavar="DIR",
-                   help="compute: keep the run folders here and reuse finished ones (default: a temporary folder)")
+                   help="tta and compute: keep the run folders here (compute reuses finished ones, the "
+                        "shipped recipe's rows those of tta; default: a temporary folder)")
     p.add_argument("--levers", default=None, metavar="TEXT,...",
                    help="compute: only the rows whose name contains one of these (default: every row)")
     p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
@@ -514,7 +541,7 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
     steps, repeats = args.steps or (5 if q else 60), args.repeats or (1 if q else 3)
     root = data_root()
     return {
-        "tta": lambda: section_tta(seeds, q, cmd),
+        "tta": lambda: section_tta(seeds, q, cmd, args.runs),
         "throughput": lambda: section_throughput(root or Path("."), device, steps, 2 if q else 5,
                                                  repeats, args.workers, q, cmd),
         "bench": lambda: section_bench(device, q, cmd, args.steps, args.compile),

@@ -209,3 +209,34 @@ def test_tta_row_reports_medians_spread_and_target(run_py: object, tmp_path: Pat
     assert "| no | 1/3 |" in slow  # median 95 s > 90 s
     (tmp_path / "report.json").write_text(json.dumps({"top1": 0.9312, "top5": 0.999}))
     assert run_py.final_accuracy(tmp_path) == pytest.approx(0.9312)  # type: ignore[attr-defined]
+
+
+def test_compute_rows_reuse_a_finished_run_of_the_same_configuration(run_py: object, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import compute  # benchmarks/compute.py, on the path through run_py
+
+    monkeypatch.chdir(tmp_path)
+    lever = compute.Lever("digits", "one epoch", ("--epochs", "1", "--subset", "200"), seeds=1)
+    out = compute.run_folder(tmp_path / "runs", lever, 0)
+    assert main([*lever.argv(0, str(out)), "--threads", "1"]) == 0  # trained by hand, one thread
+    assert compute.same_run(out, lever.argv(0))  # threads do not change what a run computes
+    longer = compute.Lever("digits", "one epoch", ("--epochs", "2", "--subset", "200"), seeds=1)
+    assert not compute.same_run(out, longer.argv(0))
+    tflop, acc, raw, how = compute.train_once(lever, 0, tmp_path / "runs")  # read, not trained
+    assert not (out.parent / "seed0.log").exists() and raw is None and how.startswith(("fp32", "bf16"))
+    report = json.loads((out / "report.json").read_text())
+    assert acc == report["top1"] and report["selected_on"] == "none"  # --val-size 0: nothing chosen
+    assert tflop == pytest.approx(3 * report["data"]["train_size"] * forward_flops_8px() / 1e12)
+    with pytest.raises(RuntimeError, match="another or an unfinished run"):
+        compute.train_once(longer, 0, tmp_path / "runs")  # never trains over a different run
+    # the tta section keeps its runs where the compute row of the shipped recipe reads them
+    assert run_py.tta_folder(tmp_path, "mnist", 2) == compute.run_folder(  # type: ignore[attr-defined]
+        tmp_path, compute.Lever("mnist", compute.RECIPE_ROW), 2)
+    assert "Nothing was selected" in run_py.selection_text({"none"}, [])  # type: ignore[attr-defined]
+    assert "epoch 3 of 8" in run_py.selection_text({"val"}, ["mnist seed 0: epoch 3 of 8"])  # type: ignore[attr-defined]
+
+
+def forward_flops_8px() -> int:
+    from resnetkit.flops import forward_flops
+
+    return forward_flops(create_model("resnet8", num_classes=10, in_chans=1), (1, 8, 8))
