@@ -54,9 +54,12 @@ def test_most_confused_ranks_off_diagonal_cells() -> None:
     assert most_confused(np.eye(3, dtype=int) * 5, ["a", "b", "c"]) == []
 
 
-def test_flip_averaged_is_the_mean_of_both_views() -> None:
-    from resnetkit.interpret import FlipAveraged
+def test_tta_averaged_is_the_mean_of_the_views() -> None:
+    from resnetkit.data.augment import TTA
+    from resnetkit.interpret import TTAveraged
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     x = torch.randn(2, 1, 3, 4)
-    assert torch.allclose(FlipAveraged(net)(x), (net(x) + net(x.flip(-1))) / 2)
+    assert torch.allclose(TTAveraged(net, TTA(shift=False))(x), (net(x) + net(x.flip(-1))) / 2)
+    views = TTA(fill=(0.0,)).views(x)
+    assert torch.allclose(TTAveraged(net, TTA(fill=(0.0,)))(x), sum(net(v) for v in views) / 6)

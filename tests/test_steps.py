@@ -88,3 +88,45 @@ def test_soft_targets_count_the_dominant_label() -> None:
     _, hits = train_step(model, x, soft, loss_fn=nn.CrossEntropyLoss(), optimizer=opt,
                          autocast=contextlib.nullcontext())
     assert int(hits) == 1
+
+
+def test_tta_views_follow_the_training_augmentation() -> None:
+    from resnetkit.data import tta_for
+    from resnetkit.specs import DatasetSpec
+
+    def spec(mean: tuple[float, ...], std: tuple[float, ...]) -> DatasetSpec:
+        return DatasetSpec("x", tuple("abc"), len(mean), 4, mean, std)
+
+    fashion = tta_for("fashion-mnist", spec((0.25,), (0.5,)))
+    assert (fashion.flip, fashion.shift, fashion.count) == (True, True, 6)
+    assert fashion.fill == (-0.5,)  # black, normalized: training pads with black
+    digits = tta_for("mnist", spec((0.25,), (0.5,)))
+    assert (digits.flip, digits.count) == (False, 3)  # a mirrored digit is another digit
+    cifar = tta_for("cifar10", spec((0.5,) * 3, (0.25,) * 3))
+    assert cifar.fill is None and cifar.count == 6  # reflect padding, as CIFAR trains
+
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    views = fashion.views(x)
+    assert len(views) == 6 and all(v.shape == x.shape for v in views)
+    assert torch.equal(views[1], x.flip(-1))
+    down_right, up_left = views[2], views[3]
+    assert torch.equal(down_right[..., 1:, 1:], x[..., :3, :3])  # content moved one pixel down-right
+    assert torch.equal(down_right[0, 0, 0, :], torch.full((4,), -0.5))  # the new edge is black
+    assert torch.equal(up_left[..., :3, :3], x[..., 1:, 1:])
+    assert torch.equal(views[4][..., 1:, 1:], x.flip(-1)[..., :3, :3])  # the flip, shifted
+    reflected = cifar.views(x.expand(1, 3, 4, 4))[2]
+    assert torch.equal(reflected[0, 0, 0, 1:], x[0, 0, 1, :3])  # reflect: row -1 is row 1
+
+
+def test_eval_step_with_tta_is_the_mean_of_the_views_logits() -> None:
+    from resnetkit.data.augment import TTA
+    from resnetkit.train.steps import eval_step
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 16, 3)).eval()
+    x = torch.randn(5, 1, 6, 6)
+    tta = TTA(flip=True, shift=True, fill=(0.0,))
+    got = eval_step(model, x, autocast=contextlib.nullcontext(), tta=tta)
+    want = torch.stack([model(v) for v in tta.views(x)]).mean(0)
+    assert torch.allclose(got, want) and not torch.allclose(got, model(x))
+    assert torch.equal(eval_step(model, x, autocast=contextlib.nullcontext()), model(x))

@@ -143,7 +143,9 @@ class RunConfig:
     eval_every: int = flag(1, group="optimisation", metavar="N",
                            help="evaluate the val split every N epochs (and the last); the test split "
                                 "is read once, at the end")
-    tta: bool = flag(False, group="optimisation", help="evaluate on each image and its horizontal flip")
+    tta: bool = flag(False, group="optimisation", help="evaluate each image as the mean logits of its views: it, its "
+                                                              "horizontal flip (where the data trains with flips), each "
+                                                              "also shifted 1 px up-left and down-right")
     ema: float | None = flag(group="optimisation", metavar="DECAY",
                              help="keep an exponential moving average of the weights (e.g. 0.99, warmed up "
                                   "as in timm); it is evaluated and saved, the raw weights go on training")

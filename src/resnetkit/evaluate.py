@@ -20,7 +20,7 @@ import torch
 from .calibrate import temperature_of, with_temperature
 from .checkpoint import load_checkpoint
 from .config import RunConfig, recorded_config
-from .data import build_eval_loader
+from .data import build_eval_loader, tta_for
 from .errors import UserError
 from .report import classification_report, evidence, plot_confusion
 from .runtime import cpu_threads, resolve_device, resolve_precision
@@ -35,7 +35,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     matrix of checkpoint (or run folder) ``path`` on ``split`` (test, val or train) of its dataset
     or of ``dataset``.
 
-    ``tta``: average the logits of each image and its horizontal flip; None does what the run
+    ``tta``: average the logits of each image's flipped and shifted views; None does what the run
     did (its --tta). ``precision``: None uses the run's. ``confusion_png``: also draw the matrix.
     """
     dev = resolve_device(device)
@@ -49,7 +49,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     temperature = temperature_of(loaded.meta)  # divides the logits: the loss changes, the ranking not
     with cpu_threads(cfg.threads, dev):
         out = evaluate_batches(with_temperature(loaded.model, temperature), loader, autocast=prec.autocast(),
-                               channels_last=cfg.channels_last, tta=tta,
+                               channels_last=cfg.channels_last,
+                               tta=tta_for(cfg.dataset, loaded.spec) if tta else None,
                                label_smoothing=cfg.label_smoothing or 0.0)
     if out.count == 0:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")

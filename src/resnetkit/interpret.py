@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data.augment import TTA
+
 
 @dataclass
 class Interpretation:
@@ -67,15 +69,16 @@ def collect(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
                           best_images if best_images is not None else torch.empty(0))
 
 
-class FlipAveraged(nn.Module):
-    """The mean of the logits of x and of its horizontal flip: ``--tta``, as the run evaluated."""
+class TTAveraged(nn.Module):
+    """The mean of the logits of the views of x (``data.augment.TTA``): ``--tta``, as the run
+    evaluated."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, tta: TTA) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.tta = model, tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model(x).float() + self.model(x.flip(-1)).float()) / 2
+        return torch.stack([self.model(v).float() for v in self.tta.views(x)]).mean(0)
 
 
 def most_confused(cm: np.ndarray | Sequence[Sequence[int]], classes: Sequence[str], top: int = 10,

@@ -30,7 +30,7 @@ from ._io import write_json_atomic, write_text_atomic
 from ._version import __version__
 from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import RunConfig, recorded_config
-from .data import build_eval_loader
+from .data import build_eval_loader, tta_for
 from .errors import DataWarning, UserError
 from .runtime import cpu_threads, resolve_device
 
@@ -93,7 +93,8 @@ def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: Fr
 def _interpret(loaded: Any, cfg: RunConfig, dev: torch.device, temperature: float,
                top_k: int) -> tuple[interpret.Interpretation | None, str]:
     """The per-sample pass over the test split, or None and why (its data is not on this machine)."""
-    model = interpret.FlipAveraged(loaded.model) if cfg.tta else loaded.model  # as report.json's numbers
+    model = (interpret.TTAveraged(loaded.model, tta_for(cfg.dataset, loaded.spec)) if cfg.tta
+             else loaded.model)  # as report.json's numbers
     with warnings.catch_warnings():  # skipped files and the like: the run has said so already
         warnings.simplefilter("ignore", DataWarning)
         try:

@@ -21,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "split that chose the checkpoint; train: the images it trained on. All "
                         "three are rebuilt from the checkpoint's config and seed")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average the logits of each image and its horizontal flip (default: as trained)")
+                   help="average the logits of each image, its horizontal flip (where the data trains "
+                        "with flips) and both shifted by 1 px (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
     p.add_argument("--out", metavar="FILE", help="confusion matrix image "
                                                  "(default: confusion-<split>.png beside the checkpoint)")

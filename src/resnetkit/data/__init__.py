@@ -13,9 +13,9 @@ from __future__ import annotations
 from ._util import DataWarning
 from .check import check_dataset
 from .loaders import Loaders, build_eval_loader, build_loaders, dataset_spec
-from .presets import list_datasets
+from .presets import list_datasets, tta_for
 from .python import as_source
 from ..specs import DatasetSpec
 
 __all__ = ["build_loaders", "build_eval_loader", "dataset_spec", "DatasetSpec", "check_dataset",
-           "list_datasets", "Loaders", "DataWarning", "as_source"]
+           "list_datasets", "Loaders", "DataWarning", "as_source", "tta_for"]

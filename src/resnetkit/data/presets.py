@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from ..config import check_choice
 from ..errors import UserError
-from ..specs import IMAGENET_MEAN, IMAGENET_STD, PHOTO_RESIZE_RATIO
+from ..specs import IMAGENET_MEAN, IMAGENET_STD, PHOTO_RESIZE_RATIO, DatasetSpec
+from .augment import TTA
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,15 @@ def get_preset(name: str) -> Preset:
         close = difflib.get_close_matches(name, PRESETS, n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown dataset {name!r}; {hint}choose one of {', '.join(PRESETS)}") from None
+
+
+def tta_for(dataset: str, spec: DatasetSpec) -> TTA:
+    """The views ``--tta`` averages for ``dataset`` normalized as ``spec``: those its training
+    augmentation teaches (a flip only where it trains with flips; no flipped digits)."""
+    preset = get_preset(dataset)
+    crop = bool(preset.pad) or preset.photo
+    return TTA.of(flip=preset.flip, crop=crop, pad_mode="reflect" if preset.photo else preset.pad_mode,
+                  mean=spec.mean, std=spec.std)
 
 
 def check_augment(level: str | None) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from .. import flops, probe
 from ..config import RunConfig
-from ..data import build_loaders
+from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device
@@ -74,7 +74,7 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
         setting = probe.Setting(choice.precision, choice.channels_last, cfg.compile)
         speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
             "images_per_s"] or 1.0
-    test = loaders.test.num_samples * (2 if cfg.tta else 1)
+    test = loaders.test.num_samples * (tta_for(cfg.dataset, loaders.spec).count if cfg.tta else 1)
     epochs = Budget(cfg.time_budget).first_fit(Costs.from_speed(loaders.train.num_samples, test, speed),
                                                cfg.eval_every)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2

@@ -12,6 +12,7 @@ from typing import Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..data.augment import TTA
 from ..runtime import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -113,13 +114,13 @@ def timing_step(model: nn.Module, mode: str, precision: str) -> Callable[[torch.
 
 @torch.no_grad()
 def eval_step(model: nn.Module, x: torch.Tensor, *, autocast: ContextManager[object],
-              tta: bool = False) -> torch.Tensor:
-    """fp32 logits of a batch; with ``tta`` the mean of the logits of x and its horizontal flip."""
+              tta: TTA | None = None) -> torch.Tensor:
+    """fp32 logits of a batch; with ``tta`` the mean of the logits of its views (flipped,
+    shifted by a pixel: ``data.augment.TTA``)."""
     with autocast:
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(-1)).float()) / 2
-    return logits
+        if tta is None:
+            return model(x).float()
+        return torch.stack([model(v).float() for v in tta.views(x)]).mean(0)
 
 
 @dataclass
@@ -147,7 +148,7 @@ class EvalOutput:
 
 
 def evaluate_batches(model: nn.Module, batches: Iterable[Batch], *, autocast: ContextManager[object],
-                     channels_last: bool = False, tta: bool = False,
+                     channels_last: bool = False, tta: TTA | None = None,
                      label_smoothing: float = 0.0) -> EvalOutput:
     """Run ``eval_step`` over every batch. The loss is the training criterion (cross-entropy
     with the run's label smoothing), so train and test losses can be compared."""

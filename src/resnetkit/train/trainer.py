@@ -36,7 +36,7 @@ from .. import report as reports
 from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
-from ..data import build_loaders
+from ..data import build_loaders, tta_for
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size
 from ..errors import UserError
@@ -222,6 +222,7 @@ class Trainer:
         self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
                                      preprocessing=weights, source=self.source)
         self.spec = self.loaders.spec
+        self.tta = tta_for(cfg.dataset, self.spec)  # the views --tta averages
         if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
             what = "--early-stop" if cfg.early_stop else "--schedule plateau"
             raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
@@ -296,7 +297,7 @@ class Trainer:
     def eval_images(self) -> int:
         """Images of one evaluation (the val split each epoch, else the test split at the end)."""
         split = self.loaders.val if self.loaders.val is not None else self.loaders.test
-        return split.num_samples * (2 if self.cfg.tta else 1)
+        return split.num_samples * (self.tta.count if self.cfg.tta else 1)
 
     def set_epochs(self, epochs: int) -> None:
         """Change the run's length; a warmup the new length cannot hold becomes half of it."""
@@ -631,7 +632,7 @@ class Trainer:
         net = self.ema.module if self.ema is not None else self.eval_net  # --ema: the average
         out = evaluate_batches(net, loader, autocast=self.precision.autocast(),
                                channels_last=self.channels_last, label_smoothing=self.cfg.label_smoothing,
-                               tta=self.cfg.tta if tta is None else tta)
+                               tta=self.tta if (self.cfg.tta if tta is None else tta) else None)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
 
     def progress(self, epoch: int, total: int) -> Any:
