@@ -145,9 +145,9 @@ def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
 # --tta (Jordan 2024, airbench, arXiv:2404.00498): the logits of the views the training
 # augmentation taught, averaged with equal weights: the image, its horizontal flip where the
 # dataset trains with flips, and each shifted by one pixel up-left and down-right where it
-# trains with random crops, padded as training pads (black, or reflected). On Fashion-MNIST
-# (11 trained runs of the fast net, 7-30 epochs) the shifted views added 0.1-0.4 points to flip
-# alone (BENCHMARKS.md).
+# trains with random crops, padded as training pads (black, or reflected). On 11 trained
+# Fashion-MNIST runs of the fast net (7-30 epochs) the shifted views added a median 0.22 points
+# of test accuracy to flip alone (-0.03 to +0.44; BENCHMARKS.md).
 @dataclass(frozen=True)
 class TTA:
     flip: bool = True
