@@ -189,7 +189,7 @@ def section_tta(seeds: int, quick: bool, cmd: str, keep: Path | None = None) -> 
         "to exit (imports, reading the data from disk, "
         "training, final evaluation and report). Accuracy: `top1` of the run's report.json, the "
         "test accuracy `resnetkit train` reports at the end, from its one pass over the test split "
-        f"(Fashion-MNIST with flip TTA). {selection_text(selected, not_last)} "
+        f"(Fashion-MNIST with TTA: the image and its flip, each also shifted 1 px). {selection_text(selected, not_last)} "
         "Median over seeds, (min-max). Met: "
         "the median accuracy and the median wall time both meet the target.", "",
         "| dataset | target | wall s | test accuracy | met | runs meeting target | per seed "

@@ -56,7 +56,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
-              "split": split, "source": loader.source, "tta": tta, "loss": out.summary()["loss"],
+              "split": split, "source": loader.source, "tta": tta,
+              "tta_views": tta_for(cfg.dataset, loaded.spec).count if tta else 1, "loss": out.summary()["loss"],
               "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:

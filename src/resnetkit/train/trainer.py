@@ -676,6 +676,7 @@ class Trainer:
         rep = {"dataset": self.cfg.dataset, "split": "val" if self.loaders.test_is_val else "test",
                "model": self.cfg.model, "checkpoint": ckpt.BEST, "best_epoch": self.best.metrics.get("epoch"),
                **selection(self.best.metrics, self.loaders), **rep, "loss": out.summary()["loss"],
+               "tta_views": self.tta.count if self.cfg.tta else 1,
                "transfer": self.transfer_notes, "runtime": self.runtime(), "best_metrics": self.best.metrics, "data": self.loaders.info,
                "evidence": reports.evidence(device=self.device, seed=self.cfg.seed, wall_time_s=wall,
                                             precision=self.precision.name)}
