@@ -59,7 +59,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # NHWC gradients through the option-A shortcut and the pooling (models/blocks.py) then made
     # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
     # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
-    # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md).
+    # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md; the recipe until the
+    # compute ladder below halved its compute).
     # The recipe names no precision or memory format: bf16 that gained 1.1-3x on that Xeon ran
     # 6-8x slower on an AVX2-only EPYC, so --precision auto and channels_last auto measure them
     # on the machine at hand (resnetkit.probe).
@@ -67,9 +68,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # a screen): MNIST reached 99.56% with widths 16/32/64, 6 epochs, batch 128, lr 0.2 (5.4
     # TFLOP, against 25 TFLOP for the earlier 7 epochs of 32/64/128 at batch 256); at equal compute
     # lr 0.2 beat 0.1 (+0.12) and 0.4 (+0.01), batch 128 beat 64, while no augmentation, no label
-    # smoothing, zero-init residuals and a deeper resnet20 did not help. Fashion-MNIST at half
-    # the compute (26-28 TFLOP) reached at most 92.89% (30 epochs of 16/32/64), below the 93%
-    # its 57-TFLOP values reach, so those values stay.
+    # smoothing, zero-init residuals and a deeper resnet20 did not help. Fashion-MNIST at half the
+    # earlier 57 TFLOP: more epochs of a narrower net (24/48/96 x 13 or 16/32/64 x 30 beat
+    # 32/64/128 x 7 by 0.6-0.9 points), lr 0.2 at batch 128, and the first 3/4 of the epochs
+    # resized from 12 px up (20 epochs in the compute of 13) reached 92.8-92.9% with flip TTA;
+    # TTA over 1-px shifts too added 0.2-0.4 and made it 93.2-93.3% at 25.9 TFLOP. Cutout
+    # (-0.5) and EMA 0.999 (-0.3) did not help at this length.
     # Both hold out no validation split (val_size 0): one-cycle ends annealed, the last epoch is
     # the result, and all 60,000 training images train.
     "fast": {
