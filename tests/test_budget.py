@@ -120,3 +120,16 @@ def test_a_budget_too_short_for_one_epoch_is_a_user_error(tmp_path: Path,
     inject(monkeypatch, 1.0)  # 64 s per epoch
     with pytest.raises(UserError, match="too short"):
         train(**run_cfg(tmp_path, verbose=False))
+
+
+def test_progressive_epochs_cost_their_share_of_a_full_size_one() -> None:
+    # a run of E epochs whose first half trains at a quarter of the full cost (half the side)
+    def weights(epochs: int) -> list[float]:
+        return [0.25 if e < epochs // 2 else 1.0 for e in range(epochs)]
+    costs = Costs(train_epoch_s=10, eval_s=1, tail_s=3, weights=weights)
+    # 8 epochs: 4 x 2.5 + 4 x 10 = 50 s of training + 1 evaluation at the end + the report's 1 + 3 = 55 s
+    assert costs.train_s(8, 0) == 50
+    assert costs.train_s(8, 4.5) == pytest.approx(35)  # half of epoch 5 (full size) is done
+    assert costs.train_s(8, 1.5) == pytest.approx(50 - 2.5 - 1.25)
+    assert fit_epochs(55, 0, costs, eval_every=100) == 8
+    assert fit_epochs(55, 0, Costs(train_epoch_s=10, eval_s=1, tail_s=3), eval_every=100) == 5

@@ -5,7 +5,9 @@ training, every evaluation (with TTA), the final report and its figures. The tra
 epochs three times, each with a better measurement: before training from the probe's images/s,
 after the first steps of epoch 1 from the loop's own images/s, and after each epoch from its
 measured seconds. The schedule (one-cycle, cosine, step) is rebuilt for the new epoch count at
-the current step, so the run still ends annealed instead of being cut off.
+the current step, so the run still ends annealed instead of being cut off. With progressive
+resizing an epoch costs its share of a full-size one (``Costs.weights``, from the pixel count),
+so the small early epochs neither shrink nor inflate the plan.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from ..errors import UserError
 
@@ -69,15 +72,28 @@ def process_age() -> float:
 class Costs:
     """Seconds per unit of work, as last measured."""
 
-    train_epoch_s: float  # one epoch of training steps
+    train_epoch_s: float  # one epoch of training steps at the full input size
     eval_s: float  # one evaluation of the test split (TTA included)
     tail_s: float = TAIL_MIN_S  # the end past the final report's evaluation
+    # weights(E): each epoch's cost in a run of E epochs, as a share of a full-size epoch
+    # (progressive resizing); None: every epoch costs train_epoch_s
+    weights: Callable[[int], Sequence[float]] | None = None
+
+    def train_s(self, epochs: int, done: float) -> float:
+        """Seconds of training left in a run of ``epochs`` epochs of which ``done`` are trained."""
+        w = list(self.weights(epochs)) if self.weights else [1.0] * epochs
+        whole = math.floor(done)
+        left = sum(w[whole:epochs]) - (done - whole) * (w[whole] if whole < epochs else 0.0)
+        return max(0.0, left) * self.train_epoch_s
 
     @classmethod
     def from_speed(cls, train_images: int, eval_images: int, images_per_s: float,
-                   tail_s: float = TAIL_MIN_S) -> "Costs":
-        """From a training throughput: evaluation images at EVAL_SPEEDUP times that rate."""
-        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s), tail_s)
+                   tail_s: float = TAIL_MIN_S,
+                   weights: Callable[[int], Sequence[float]] | None = None) -> "Costs":
+        """From a training throughput at the full input size: evaluation images (always at full
+        size) at EVAL_SPEEDUP times that rate."""
+        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s), tail_s,
+                   weights)
 
 
 def evaluations(first: int, last: int, eval_every: int) -> int:
@@ -90,7 +106,7 @@ def evaluations(first: int, last: int, eval_every: int) -> int:
 def remaining_seconds(epochs: int, done: float, costs: Costs, eval_every: int) -> float:
     """Seconds from now to the end of the process for a run of ``epochs`` epochs of which
     ``done`` (possibly fractional: the first steps) are trained."""
-    return ((epochs - done) * costs.train_epoch_s
+    return (costs.train_s(epochs, done)
             + evaluations(math.floor(done) + 1, epochs, eval_every) * costs.eval_s
             + costs.eval_s + costs.tail_s)  # the final report evaluates the best checkpoint again
 

@@ -75,8 +75,12 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
         speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
             "images_per_s"] or 1.0
     test = loaders.test.num_samples * (tta_for(cfg.dataset, loaders.spec).count if cfg.tta else 1)
-    epochs = Budget(cfg.time_budget).first_fit(Costs.from_speed(loaders.train.num_samples, test, speed),
-                                               cfg.eval_every)
+    full = loaders.spec.img_size
+
+    def weights(n: int) -> list[float]:  # progressive resizing: an epoch's share of a full-size one
+        return [(s / full) ** 2 for s in epoch_img_sizes(n, full, cfg.min_img_size, cfg.progressive_until)]
+    epochs = Budget(cfg.time_budget).first_fit(
+        Costs.from_speed(loaders.train.num_samples, test, speed, weights=weights), cfg.eval_every)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
     return cfg.replace(epochs=epochs, warmup_epochs=warmup), speed
 

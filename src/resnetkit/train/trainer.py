@@ -38,7 +38,7 @@ from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomi
 from ..config import RunConfig, recorded_config
 from ..data import build_loaders, tta_for
 from ..data.datasets import resolve_data_dir
-from ..data.progressive import check_progressive, epoch_img_size
+from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
 from ..errors import UserError
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
@@ -204,7 +204,7 @@ class Trainer:
         self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
         self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
-        self.train_seconds: list[float] = []  # each epoch's training time (--time-budget's costs)
+        self.train_seconds: list[float] = []  # each epoch's training time at full size (--time-budget)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
@@ -288,11 +288,23 @@ class Trainer:
                                self.loaders.train.batch_size, [setting], self.device, timing_step)
             speed = rows[0]["images_per_s"] or 1.0
         speed = distributed.broadcast_object(speed)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
+        costs = self.costs(speed)
         epochs = distributed.broadcast_object(self.budget.first_fit(costs, self.cfg.eval_every))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {epochs} epoch"
                           f"{'s' * (epochs != 1)} at ~{speed:,.0f} img/s")
+
+    def costs(self, full_speed: float) -> Costs:
+        """--time-budget's cost model at ``full_speed`` training images/s at the full input size."""
+        return Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), full_speed,
+                                self.budget.tail_s if self.budget else 0.0, self.epoch_weights)
+
+    def epoch_weights(self, epochs: int) -> list[float]:
+        """Each epoch's training cost in a run of ``epochs``, as a share of a full-size epoch: the
+        pixel count of its input size (progressive resizing; 1 without it)."""
+        full = self.spec.img_size
+        return [(size / full) ** 2 for size in epoch_img_sizes(epochs, full, self.cfg.min_img_size,
+                                                              self.cfg.progressive_until)]
 
     def eval_images(self) -> int:
         """Images of one evaluation (the val split each epoch, else the test split at the end)."""
@@ -332,19 +344,20 @@ class Trainer:
         """After the first steps of epoch 1: refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
-        self.refit_budget(step / len(self.loaders.train), costs,
+        full_speed = speed * self.epoch_weights(self.cfg.epochs)[0]  # as fast at full size
+        self.refit_budget(step / len(self.loaders.train), self.costs(full_speed),
                           f"first steps at ~{speed:,.0f} img/s")
 
     def epoch_end_check(self, epoch: int, train_seconds: float) -> None:
         """After each epoch: refit from the mean seconds of the last RECENT epochs and the last
         evaluation's."""
-        self.train_seconds.append(train_seconds)
+        # as seconds of a full-size epoch (progressive resizing: scaled by this epoch's share)
+        self.train_seconds.append(train_seconds / self.epoch_weights(self.cfg.epochs)[epoch - 1])
         if epoch >= self.cfg.epochs:
             return
         recent = self.train_seconds[-RECENT:]
         speed = self.loaders.train.num_samples * len(recent) / max(sum(recent), 1e-9)
-        costs = Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), speed, self.budget.tail_s)
+        costs = self.costs(speed)
         if self.eval_seconds:
             costs.eval_s = self.eval_seconds[-1]
         self.refit_budget(epoch, costs, f"epoch {epoch} at ~{speed:,.0f} img/s")
