@@ -90,12 +90,13 @@ def test_time_budget_sets_epochs_from_the_given_throughput(tmp_path: Path, monke
     inject(monkeypatch, 64.0)
     monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)  # keep the first fit
     run = train(**run_cfg(tmp_path))
-    # 64 images at 64 img/s: 1 s per epoch; 360 test images at 3 x 64 img/s: 1.875 s per
-    # evaluation; 0.97 x 20 s = 19.4 s hold E (1 + 1.875) + 1.875 + 1 s (the least tail): E = 5
-    assert run.config.epochs == 5 and len(run.history) == 5
+    # 64 images at 64 img/s: 1 s per epoch; no val split, so no evaluation during training; the
+    # final report's 360 test images at 3 x 64 img/s: 1.875 s; 0.97 x 20 s = 19.4 s hold
+    # E x 1 + 1.875 + 1 s (the least tail): E = 16
+    assert run.config.epochs == 16 and len(run.history) == 16
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["epochs"] == 5 and saved["time_budget"] == 20.0
-    assert "budget 20s -> 5 epochs at ~64 img/s" in capsys.readouterr().out
+    assert saved["epochs"] == 16 and saved["time_budget"] == 20.0
+    assert "budget 20s -> 16 epochs at ~64 img/s" in capsys.readouterr().out
 
 
 def test_a_refit_stretches_the_schedule_to_the_new_length(tmp_path: Path,
@@ -133,3 +134,30 @@ def test_progressive_epochs_cost_their_share_of_a_full_size_one() -> None:
     assert costs.train_s(8, 1.5) == pytest.approx(50 - 2.5 - 1.25)
     assert fit_epochs(55, 0, costs, eval_every=100) == 8
     assert fit_epochs(55, 0, Costs(train_epoch_s=10, eval_s=1, tail_s=3), eval_every=100) == 5
+
+
+def test_size_speeds_interpolate_in_the_pixel_count_between_measured_sizes() -> None:
+    from resnetkit.train.budget import SizeSpeeds
+
+    speeds = SizeSpeeds(full=28)
+    speeds.record(28, 2_000)  # the probe, at full size
+    assert speeds.weights([14, 28]) == pytest.approx([0.25, 1.0])  # one size: the pixel count
+    speeds.record(12, 6_000)  # the loop's first steps at 12 px: a third of the full cost, not 18%
+    assert speeds.weights([12])[0] == pytest.approx(1 / 3)
+    # 20 px lies halfway between 12 and 28 px in pixel count (400 = 144 + (784 - 144) x 0.4)
+    assert speeds.weights([20])[0] == pytest.approx(1 / 3 + 0.4 * (1 - 1 / 3))
+    assert speeds.weights([8])[0] == pytest.approx(1 / 3)  # below the smallest measured: no cheaper
+    assert speeds.full_speed() == pytest.approx(2_000)
+    speeds.record(28, 1_000, replace=True)  # the loop's own epoch at full size supersedes the probe
+    assert speeds.full_speed() == pytest.approx(1_000)
+    speeds.record(28, 3_000)  # later epochs: the mean seconds of the recent ones
+    assert speeds.full_speed() == pytest.approx(1 / ((1 / 1_000 + 1 / 3_000) / 2))
+
+
+def test_without_a_val_split_only_the_final_report_evaluates() -> None:
+    # --val-size 0: no evaluation during training, one of the test split at the end
+    costs = Costs.from_speed(60_000, 0, 6_000, tail_s=3, report_images=30_000)
+    assert costs.eval_s == 0 and costs.report_s == pytest.approx(30_000 / 18_000)
+    assert fit_epochs(100, 0, costs, eval_every=1) == 9  # 9 x 10 + 1.67 + 3 s; 10 epochs overrun
+    with_val = Costs.from_speed(60_000, 30_000, 6_000, tail_s=3, report_images=30_000)
+    assert fit_epochs(100, 0, with_val, eval_every=1) == 8  # 8 x (10 + 1.67) + 1.67 + 3 = 98 s

@@ -6,7 +6,8 @@ epochs three times, each with a better measurement: before training from the pro
 after the first steps of epoch 1 from the loop's own images/s, and after each epoch from its
 measured seconds. The schedule (one-cycle, cosine, step) is rebuilt for the new epoch count at
 the current step, so the run still ends annealed instead of being cut off. With progressive
-resizing an epoch costs its share of a full-size one (``Costs.weights``, from the pixel count),
+resizing each epoch costs what an image of its size was measured to cost (``SizeSpeeds``: the
+probe at full size, the run's own steps at the sizes it has trained, interpolated in between),
 so the small early epochs neither shrink nor inflate the plan.
 """
 from __future__ import annotations
@@ -15,8 +16,10 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
+import numpy as np
 
 from ..errors import UserError
 
@@ -73,11 +76,12 @@ class Costs:
     """Seconds per unit of work, as last measured."""
 
     train_epoch_s: float  # one epoch of training steps at the full input size
-    eval_s: float  # one evaluation of the test split (TTA included)
+    eval_s: float  # one evaluation during training (the val split, TTA included); 0: none
     tail_s: float = TAIL_MIN_S  # the end past the final report's evaluation
     # weights(E): each epoch's cost in a run of E epochs, as a share of a full-size epoch
     # (progressive resizing); None: every epoch costs train_epoch_s
     weights: Callable[[int], Sequence[float]] | None = None
+    report_s: float | None = None  # the final report's evaluation (the test split); None: eval_s
 
     def train_s(self, epochs: int, done: float) -> float:
         """Seconds of training left in a run of ``epochs`` epochs of which ``done`` are trained."""
@@ -89,11 +93,51 @@ class Costs:
     @classmethod
     def from_speed(cls, train_images: int, eval_images: int, images_per_s: float,
                    tail_s: float = TAIL_MIN_S,
-                   weights: Callable[[int], Sequence[float]] | None = None) -> "Costs":
+                   weights: Callable[[int], Sequence[float]] | None = None,
+                   report_images: int | None = None) -> "Costs":
         """From a training throughput at the full input size: evaluation images (always at full
-        size) at EVAL_SPEEDUP times that rate."""
-        return cls(train_images / images_per_s, eval_images / (EVAL_SPEEDUP * images_per_s), tail_s,
-                   weights)
+        size) at EVAL_SPEEDUP times that rate. ``eval_images``: one evaluation during training (0
+        without a val split); ``report_images``: the final one (None: as many)."""
+        rate = EVAL_SPEEDUP * images_per_s
+        return cls(train_images / images_per_s, eval_images / rate, tail_s, weights,
+                   None if report_images is None else report_images / rate)
+
+
+@dataclass
+class SizeSpeeds:
+    """Seconds per training image at each input size measured so far (the probe's at ``full``,
+    the run's own at the sizes it trained, the last RECENT measurements of each averaged).
+    Other sizes are interpolated linearly in the pixel count between the measured ones; with
+    one size measured, the cost scales with the pixel count. An epoch at 12 px of a 28 px net
+    costs more than its 18% of the pixels (measured: ~35%), which the pixel count alone misses."""
+
+    full: int
+    measured: dict[int, list[float]] = field(default_factory=dict)
+
+    def record(self, size: int, images_per_s: float, replace: bool = False) -> None:
+        """A measured speed at ``size``; ``replace``: it supersedes those before (the loop's own
+        first steps over the probe's, a whole epoch over the first steps)."""
+        seconds = self.measured.setdefault(size, [])
+        if replace:
+            seconds.clear()
+        seconds.append(1.0 / max(images_per_s, 1e-9))
+        del seconds[:-RECENT]
+
+    def per_image(self, size: int) -> float:
+        points = sorted((s * s, sum(t) / len(t)) for s, t in self.measured.items())
+        if len(points) == 1:
+            area, seconds = points[0]
+            return seconds * size * size / area
+        return float(np.interp(size * size, [a for a, _ in points], [t for _, t in points]))
+
+    def full_speed(self) -> float:
+        """Training images/s at the full input size."""
+        return 1.0 / self.per_image(self.full)
+
+    def weights(self, sizes: Sequence[int]) -> list[float]:
+        """Each size's cost per image as a share of the full size's."""
+        full = self.per_image(self.full)
+        return [self.per_image(s) / full for s in sizes]
 
 
 def evaluations(first: int, last: int, eval_every: int) -> int:
@@ -108,7 +152,8 @@ def remaining_seconds(epochs: int, done: float, costs: Costs, eval_every: int) -
     ``done`` (possibly fractional: the first steps) are trained."""
     return (costs.train_s(epochs, done)
             + evaluations(math.floor(done) + 1, epochs, eval_every) * costs.eval_s
-            + costs.eval_s + costs.tail_s)  # the final report evaluates the best checkpoint again
+            + (costs.eval_s if costs.report_s is None else costs.report_s)  # the final report's
+            + costs.tail_s)
 
 
 def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, minimum: int = 1,

@@ -17,7 +17,7 @@ from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device
-from .budget import Budget, Costs, format_duration
+from .budget import Budget, Costs, SizeSpeeds, format_duration
 from .recipes import describe, resolve_config
 from .steps import timing_step
 from .trainer import network_key
@@ -74,13 +74,17 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
         setting = probe.Setting(choice.precision, choice.channels_last, cfg.compile)
         speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
             "images_per_s"] or 1.0
-    test = loaders.test.num_samples * (tta_for(cfg.dataset, loaders.spec).count if cfg.tta else 1)
+    views = tta_for(cfg.dataset, loaders.spec).count if cfg.tta else 1
+    val = loaders.val.num_samples * views if loaders.val is not None else 0  # none: no evaluation
     full = loaders.spec.img_size
+    speeds = SizeSpeeds(full)  # the probe's, at full size: smaller epochs cost their pixel count
+    speeds.record(full, speed)
 
-    def weights(n: int) -> list[float]:  # progressive resizing: an epoch's share of a full-size one
-        return [(s / full) ** 2 for s in epoch_img_sizes(n, full, cfg.min_img_size, cfg.progressive_until)]
+    def weights(n: int) -> list[float]:
+        return speeds.weights(epoch_img_sizes(n, full, cfg.min_img_size, cfg.progressive_until))
     epochs = Budget(cfg.time_budget).first_fit(
-        Costs.from_speed(loaders.train.num_samples, test, speed, weights=weights), cfg.eval_every)
+        Costs.from_speed(loaders.train.num_samples, val, speed, weights=weights,
+                         report_images=loaders.test.num_samples * views), cfg.eval_every)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
     return cfg.replace(epochs=epochs, warmup_epochs=warmup), speed
 

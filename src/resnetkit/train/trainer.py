@@ -42,7 +42,7 @@ from ..data.progressive import check_progressive, epoch_img_size, epoch_img_size
 from ..errors import UserError
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
-from .budget import RECENT, Budget, Costs, format_duration
+from .budget import Budget, Costs, SizeSpeeds, format_duration
 from .ema import WeightEma
 from .mix import Mixer
 from .optim import build_optimizer, build_scheduler, current_lr, param_groups, step_on_metric
@@ -204,7 +204,7 @@ class Trainer:
         self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
         self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
-        self.train_seconds: list[float] = []  # each epoch's training time at full size (--time-budget)
+        self.train_seconds: list[tuple[int, float]] = []  # (input size, seconds) of each epoch (--time-budget)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
@@ -288,28 +288,26 @@ class Trainer:
                                self.loaders.train.batch_size, [setting], self.device, timing_step)
             speed = rows[0]["images_per_s"] or 1.0
         speed = distributed.broadcast_object(speed)
-        costs = self.costs(speed)
-        epochs = distributed.broadcast_object(self.budget.first_fit(costs, self.cfg.eval_every))
+        self.speeds = SizeSpeeds(self.spec.img_size)
+        self.speeds.record(self.spec.img_size, speed)
+        epochs = distributed.broadcast_object(self.budget.first_fit(self.costs(), self.cfg.eval_every))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {epochs} epoch"
                           f"{'s' * (epochs != 1)} at ~{speed:,.0f} img/s")
 
-    def costs(self, full_speed: float) -> Costs:
-        """--time-budget's cost model at ``full_speed`` training images/s at the full input size."""
-        return Costs.from_speed(self.loaders.train.num_samples, self.eval_images(), full_speed,
-                                self.budget.tail_s if self.budget else 0.0, self.epoch_weights)
+    def costs(self) -> Costs:
+        """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
+        views = self.tta.count if self.cfg.tta else 1
+        val = self.loaders.val.num_samples * views if self.loaders.val is not None else 0  # none: no evaluation
+        return Costs.from_speed(self.loaders.train.num_samples, val, self.speeds.full_speed(),
+                                self.budget.tail_s if self.budget else 0.0,
+                                lambda epochs: self.speeds.weights(self.epoch_sizes(epochs)),
+                                report_images=self.loaders.test.num_samples * views)
 
-    def epoch_weights(self, epochs: int) -> list[float]:
-        """Each epoch's training cost in a run of ``epochs``, as a share of a full-size epoch: the
-        pixel count of its input size (progressive resizing; 1 without it)."""
-        full = self.spec.img_size
-        return [(size / full) ** 2 for size in epoch_img_sizes(epochs, full, self.cfg.min_img_size,
-                                                              self.cfg.progressive_until)]
+    def epoch_sizes(self, epochs: int) -> list[int]:
+        """Each epoch's training input size in a run of ``epochs`` (--min-img-size)."""
+        return epoch_img_sizes(epochs, self.spec.img_size, self.cfg.min_img_size, self.cfg.progressive_until)
 
-    def eval_images(self) -> int:
-        """Images of one evaluation (the val split each epoch, else the test split at the end)."""
-        split = self.loaders.val if self.loaders.val is not None else self.loaders.test
-        return split.num_samples * (self.tta.count if self.cfg.tta else 1)
 
     def set_epochs(self, epochs: int) -> None:
         """Change the run's length; a warmup the new length cannot hold becomes half of it."""
@@ -344,20 +342,22 @@ class Trainer:
         """After the first steps of epoch 1: refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
-        full_speed = speed * self.epoch_weights(self.cfg.epochs)[0]  # as fast at full size
-        self.refit_budget(step / len(self.loaders.train), self.costs(full_speed),
+        self.speeds.record(self.epoch_sizes(self.cfg.epochs)[0], speed, replace=True)  # the loop's own
+        self.refit_budget(step / len(self.loaders.train), self.costs(),
                           f"first steps at ~{speed:,.0f} img/s")
 
     def epoch_end_check(self, epoch: int, train_seconds: float) -> None:
-        """After each epoch: refit from the mean seconds of the last RECENT epochs and the last
-        evaluation's."""
-        # as seconds of a full-size epoch (progressive resizing: scaled by this epoch's share)
-        self.train_seconds.append(train_seconds / self.epoch_weights(self.cfg.epochs)[epoch - 1])
+        """After each epoch: refit from the mean speed of the last RECENT epochs at each input size
+        (the first whole epoch at a size replaces the first steps' estimate) and the last
+        evaluation's seconds."""
+        size = self.epoch_sizes(self.cfg.epochs)[epoch - 1]
+        first_at_size = size not in {s for s, _ in self.train_seconds}
+        self.train_seconds.append((size, train_seconds))
         if epoch >= self.cfg.epochs:
             return
-        recent = self.train_seconds[-RECENT:]
-        speed = self.loaders.train.num_samples * len(recent) / max(sum(recent), 1e-9)
-        costs = self.costs(speed)
+        speed = self.loaders.train.num_samples / max(train_seconds, 1e-9)
+        self.speeds.record(size, speed, replace=first_at_size)
+        costs = self.costs()
         if self.eval_seconds:
             costs.eval_s = self.eval_seconds[-1]
         self.refit_budget(epoch, costs, f"epoch {epoch} at ~{speed:,.0f} img/s")
