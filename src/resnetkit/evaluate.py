@@ -42,6 +42,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     loaded = load_checkpoint(path, map_location=dev)
     cfg = run_config(loaded.config, dataset=dataset, data_dir=data_dir, batch_size=batch_size)
     tta = cfg.tta if tta is None else tta
+    views = tta_for(cfg.dataset, loaded.spec) if tta else None
     prec = resolve_precision(precision or cfg.precision, dev)
     loader = build_eval_loader(cfg, split, dev, spec=loaded.spec)
     if cfg.channels_last:  # the run's memory format: the same kernels, the same sums
@@ -50,14 +51,14 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     with cpu_threads(cfg.threads, dev):
         out = evaluate_batches(with_temperature(loaded.model, temperature), loader, autocast=prec.autocast(),
                                channels_last=cfg.channels_last,
-                               tta=tta_for(cfg.dataset, loaded.spec) if tta else None,
+                               tta=views,
                                label_smoothing=cfg.label_smoothing or 0.0)
     if out.count == 0:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
               "split": split, "source": loader.source, "tta": tta,
-              "tta_views": tta_for(cfg.dataset, loaded.spec).count if tta else 1, "loss": out.summary()["loss"],
+              "tta_views": views.count if views else 1, "loss": out.summary()["loss"],
               "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:

@@ -141,7 +141,6 @@ def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     return y.round_().clamp_(0, 255)
 
 
-
 # --tta (Jordan 2024, airbench, arXiv:2404.00498): the logits of the views the training
 # augmentation taught, averaged with equal weights: the image, its horizontal flip where the
 # dataset trains with flips, and each shifted by one pixel up-left and down-right where it

@@ -17,10 +17,10 @@ from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device
-from .budget import Budget, Costs, SizeSpeeds, format_duration
+from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
 from .recipes import describe, resolve_config
 from .steps import timing_step
-from .trainer import network_key
+from .trainer import budget_costs, network_key
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int]) -> list[flops.EpochPlan]:
@@ -74,17 +74,10 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
         setting = probe.Setting(choice.precision, choice.channels_last, cfg.compile)
         speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
             "images_per_s"] or 1.0
-    views = tta_for(cfg.dataset, loaders.spec).count if cfg.tta else 1
-    val = loaders.val.num_samples * views if loaders.val is not None else 0  # none: no evaluation
-    full = loaders.spec.img_size
-    speeds = SizeSpeeds(full)  # the probe's, at full size: smaller epochs cost their pixel count
-    speeds.record(full, speed)
-
-    def weights(n: int) -> list[float]:
-        return speeds.weights(epoch_img_sizes(n, full, cfg.min_img_size, cfg.progressive_until))
-    epochs = Budget(cfg.time_budget).first_fit(
-        Costs.from_speed(loaders.train.num_samples, val, speed, weights=weights,
-                         report_images=loaders.test.num_samples * views), cfg.eval_every)
+    speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
+    speeds.record(loaders.spec.img_size, speed)
+    costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)
+    epochs = Budget(cfg.time_budget).first_fit(costs, cfg.eval_every)
     warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
     return cfg.replace(epochs=epochs, warmup_epochs=warmup), speed
 

@@ -37,6 +37,7 @@ from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, recorded_config
 from ..data import build_loaders, tta_for
+from ..data.augment import TTA
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
 from ..errors import UserError
@@ -297,12 +298,8 @@ class Trainer:
 
     def costs(self) -> Costs:
         """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
-        views = self.tta.count if self.cfg.tta else 1
-        val = self.loaders.val.num_samples * views if self.loaders.val is not None else 0  # none: no evaluation
-        return Costs.from_speed(self.loaders.train.num_samples, val, self.speeds.full_speed(),
-                                self.budget.tail_s if self.budget else 0.0,
-                                lambda epochs: self.speeds.weights(self.epoch_sizes(epochs)),
-                                report_images=self.loaders.test.num_samples * views)
+        return budget_costs(self.cfg, self.loaders, self.tta, self.speeds,
+                            self.budget.tail_s if self.budget else 0.0)
 
     def epoch_sizes(self, epochs: int) -> list[int]:
         """Each epoch's training input size in a run of ``epochs`` (--min-img-size)."""
@@ -700,6 +697,20 @@ class Trainer:
         write_json_atomic(self.run_dir / "report.json", rep)
         self.log(final_line(rep, wall, self.run_dir / "report.json"))
         return rep
+
+
+def budget_costs(cfg: RunConfig, loaders: Any, tta: TTA, speeds: SizeSpeeds, tail_s: float) -> Costs:
+    """--time-budget's costs of a run of ``cfg`` on ``loaders``: training epochs at the speeds
+    measured per input size, an evaluation of the val split after each (none without one) and
+    of the test split at the end, with the run's TTA views."""
+    views = tta.count if cfg.tta else 1
+    val = loaders.val.num_samples * views if loaders.val is not None else 0
+    full = loaders.spec.img_size
+
+    def weights(epochs: int) -> list[float]:
+        return speeds.weights(epoch_img_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
+    return Costs.from_speed(loaders.train.num_samples, val, speeds.full_speed(), tail_s, weights,
+                            report_images=loaders.test.num_samples * views)
 
 
 class GradNormLog:
