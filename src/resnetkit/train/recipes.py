@@ -14,6 +14,7 @@ import math
 from typing import Any, Iterable, Mapping
 
 from ..config import FINETUNE_RECIPE, RunConfig, check_choice
+from ..data.presets import get_preset
 from ..data.splits import check_val_options
 from ..errors import UserError
 from .budget import parse_duration
@@ -201,7 +202,7 @@ def describe(cfg: RunConfig) -> str:
     warm = "" if cfg.warmup_epochs is None else f" warmup={cfg.warmup_epochs}"
     extra = (f" | ema {cfg.ema:g}" if cfg.ema else "") + (
         f" | progressive {cfg.min_img_size}px -> full by {cfg.progressive_until:g} of the epochs"
-        if cfg.min_img_size else "")
+        if cfg.min_img_size and cfg.min_img_size < (cfg.img_size or get_preset(cfg.dataset).img_size) else "")
     line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs, batch "
              f"{cfg.batch_size}, augment {cfg.augment or 'basic'}")
     line2 = (f"{cfg.optimizer} lr={cfg.lr:g} wd={cfg.weight_decay:g} | {cfg.schedule}{warm} | "
