@@ -13,6 +13,7 @@ from resnetkit import probe, train
 from resnetkit.errors import UserError
 from resnetkit.train import budget
 from resnetkit.train.budget import Budget, Costs, fit_epochs, parse_duration
+from resnetkit.data.progressive import epoch_img_sizes
 from resnetkit.train.optim import build_scheduler
 
 
@@ -161,3 +162,21 @@ def test_without_a_val_split_only_the_final_report_evaluates() -> None:
     assert fit_epochs(100, 0, costs, eval_every=1) == 9  # 9 x 10 + 1.67 + 3 s; 10 epochs overrun
     with_val = Costs.from_speed(60_000, 30_000, 6_000, tail_s=3, report_images=30_000)
     assert fit_epochs(100, 0, with_val, eval_every=1) == 8  # 8 x (10 + 1.67) + 1.67 + 3 = 98 s
+
+
+def test_first_steps_at_a_smaller_size_price_that_size_not_the_full_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)  # the probe: 64 img/s at the full 8 px
+    seen: list[Costs] = []
+
+    def refit(self: Budget, planned: int, done: float, costs: Costs, eval_every: int) -> int:
+        seen.append(costs)
+        return planned
+    monkeypatch.setattr(Budget, "refit", refit)
+    train(**run_cfg(tmp_path, verbose=False, min_img_size=4, progressive_until=1.0))
+    first = seen[0]  # after the first steps of epoch 1, at 4 px
+    assert first.train_epoch_s == pytest.approx(64 / 64.0)  # full size: still the probe's 1 s
+    sizes = epoch_img_sizes(16, 8, 4, 1.0)
+    assert sizes[0] == 4 and sizes[-1] == 8
+    weights = first.weights(16)
+    assert weights[-1] == pytest.approx(1.0) and weights[0] != pytest.approx(0.25)  # measured, not 4/8 squared
