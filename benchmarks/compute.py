@@ -215,7 +215,7 @@ def comparable(config: dict, skip: set[str] | frozenset[str]) -> dict:
     return out
 
 
-def test_accuracy(run_dir: Path) -> float:
+def final_test_accuracy(run_dir: Path) -> float:
     """report.json's top-1, the run's one test pass; a run with --tta from before TTA averaged
     shifted views (its report.json has no tta_views) is evaluated again from the same checkpoint,
     so every row's TTA is today's."""
@@ -248,7 +248,7 @@ def train_once(lever: Lever, seed: int, runs: Path) -> tuple[float, float, float
     config = json.loads((out / "config.json").read_text())
     how = f"{config['precision']}{' + channels_last' if config.get('channels_last') else ''}"
     raw = raw_accuracy(out) if "--ema" in lever.args else None
-    return run_tflop(out), test_accuracy(out), raw, how
+    return run_tflop(out), final_test_accuracy(out), raw, how
 
 
 def slug(name: str) -> str:
