@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 import urllib.error
 from pathlib import Path
 
@@ -175,12 +176,18 @@ def test_resnet50_weights_into_resnet18_name_the_keys(weights_dir: Path) -> None
     assert "not in the model (layer1.0.conv3.weight" in msg and "look like resnet50" in msg
 
 
-def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("ninth_byte", "expected"), [
+    (b"x", "not a readable weights file"),        # read as a pickle by torch.load
+    (b"{", "not a readable safetensors file"),    # looks like a safetensors header
+])
+def test_garbage_file_is_a_clear_error(tmp_path: Path, ninth_byte: bytes, expected: str) -> None:
+    garbage = bytearray(random.Random(0).randbytes(300))
+    garbage[8:9] = ninth_byte  # which reader gets the file depends on this byte only
     bad = tmp_path / "weights.pth"
-    bad.write_bytes(os.urandom(300))
+    bad.write_bytes(bytes(garbage))
     with pytest.raises(UserError) as e:
         pretrained.load_pretrained(create_model("resnet18"), str(bad), arch="resnet18")
-    assert "not a readable weights file" in one_line_error(e)
+    assert expected in one_line_error(e)
 
 
 class _Exploit:
