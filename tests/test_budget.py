@@ -52,6 +52,46 @@ def test_fit_epochs_hand_count() -> None:
     assert fit_epochs(1, 3, costs, eval_every=4) == 4  # nor below the epoch under way
 
 
+def test_fit_ends_inside_an_epoch_at_a_step() -> None:
+    costs = Costs(train_epoch_s=10, eval_s=1, tail_s=3)
+    # 9 epochs take 97 s (above); a partial 10th takes over the 9th's evaluation as the last one:
+    # 9.3 epochs = 93 + 3 evaluations (4, 8, 10) + 1 + 3 = 100 s; 9.35 (7 of 20 steps) = 100.5 s
+    assert fit_epochs(100, 0, costs, eval_every=4, steps_per_epoch=10) == pytest.approx(9.3)
+    assert fit_epochs(100, 0, costs, eval_every=4, steps_per_epoch=20) == pytest.approx(9.3)
+    assert fit_epochs(98.5, 0, costs, eval_every=4, steps_per_epoch=100) == pytest.approx(9.15)
+    # less than MIN_PART (0.1) of one more fits: whole epochs
+    assert fit_epochs(97.5, 0, costs, eval_every=4, steps_per_epoch=100) == 9
+    # not even the epoch under way fits whole: it ends at the step that fits, past those done
+    assert fit_epochs(10, 3, costs, eval_every=4, steps_per_epoch=10) == pytest.approx(3.5)  # 5 + 1 + 1 + 3
+    assert fit_epochs(1, 3.45, costs, eval_every=4, steps_per_epoch=10) == pytest.approx(3.5)  # least: 1 step on
+
+
+def test_refit_of_a_partial_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    costs = Costs(train_epoch_s=10, eval_s=0, tail_s=0)
+    b = Budget(100)  # 97 s of plan
+    assert b.refit(planned=5, done=1, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(10.7)
+    # late in the run: up to the end of the planned last epoch, no further
+    assert b.refit(planned=5.3, done=3, costs=costs, eval_every=1, steps_per_epoch=10) == 6
+    monkeypatch.setattr(budget, "process_age", lambda: 60.0)  # 37 s left after 5 epochs: 3.7 more
+    assert b.refit(planned=9, done=5, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(8.7)
+
+
+def test_max_steps_ends_the_last_epoch_and_the_schedule_there(tmp_path: Path) -> None:
+    run = train(**run_cfg(tmp_path, time_budget=None, epochs=5, max_steps=10, verbose=False))
+    # 4 steps per epoch: epochs 1-2 whole, the 3rd cut after 2 steps; the schedule ends at step 10
+    assert run.config.epochs == 3 and [h["epoch"] for h in run.history] == [1, 2, 3]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.lr)
+    sched = build_scheduler(opt, run.config, steps_per_epoch=4)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert run.history[-1]["lr"] == pytest.approx(lrs[-1]) and lrs[-1] < 0.05 * run.config.lr
+    assert run.history[1]["lr"] == pytest.approx(lrs[7])
+
+
 def test_first_fit_counts_the_time_already_spent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget, "process_age", lambda: 10.0)
     assert Budget.start(120).tail_s == pytest.approx(0.75 * 10)  # the end scales with the start-up
@@ -93,11 +133,20 @@ def test_time_budget_sets_epochs_from_the_given_throughput(tmp_path: Path, monke
     run = train(**run_cfg(tmp_path))
     # 64 images at 64 img/s: 1 s per epoch; no val split, so no evaluation during training; the
     # final report's 360 test images at 3 x 64 img/s: 1.875 s; 0.97 x 20 s = 19.4 s hold
-    # E x 1 + 1.875 + 1 s (the least tail): E = 16
-    assert run.config.epochs == 16 and len(run.history) == 16
+    # E x 1 + 1.875 + 1 s (the least tail): E = 16.5, i.e. 16 epochs and 2 of the 17th's 4 steps
+    assert run.config.epochs == 17 and run.config.max_steps == 66 and len(run.history) == 17
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["epochs"] == 16 and saved["time_budget"] == 20.0
-    assert "budget 20s -> 16 epochs at ~64 img/s" in capsys.readouterr().out
+    assert saved["epochs"] == 17 and saved["max_steps"] == 66 and saved["time_budget"] == 20.0
+    assert "budget 20s -> 16.50 epochs (66 steps) at ~64 img/s" in capsys.readouterr().out
+    # the 17th epoch trained its first 2 batches of 16 only
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["best_epoch"] == 17
+
+
+def test_whole_epochs_where_no_part_of_one_more_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)
+    run = train(**run_cfg(tmp_path, time_budget="19.5s"))  # 18.9 s of plan: 16 epochs + 0.025 of one
+    assert run.config.epochs == 16 and run.config.max_steps is None and len(run.history) == 16
 
 
 def test_a_refit_stretches_the_schedule_to_the_new_length(tmp_path: Path,
@@ -169,7 +218,7 @@ def test_first_steps_at_a_smaller_size_price_that_size_not_the_full_one(
     inject(monkeypatch, 64.0)  # the probe: 64 img/s at the full 8 px
     seen: list[Costs] = []
 
-    def refit(self: Budget, planned: int, done: float, costs: Costs, eval_every: int) -> int:
+    def refit(self: Budget, planned: float, done: float, costs: Costs, eval_every: int, *a: Any) -> float:
         seen.append(costs)
         return planned
     monkeypatch.setattr(Budget, "refit", refit)

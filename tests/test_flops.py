@@ -104,3 +104,19 @@ def test_dry_run_counts_progressive_epochs_at_their_smaller_size(monkeypatch: py
     images = plan["images_per_epoch"]
     assert plan["train_flops"] == sum(3 * forward_flops(net, (1, s, s)) * images for s in sizes)
     assert plan["train_flops"] < full["train_flops"]
+
+
+def test_dry_run_counts_only_the_steps_of_a_last_epoch_max_steps_ends(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--dataset", "digits", "--epochs", "5", "--subset", "100", "--val-size", "0",
+            "--batch-size", "16", "--dry-run", "--json"]
+    assert main([*args, "--max-steps", "16"]) == 0  # 100 images, batch 16: 7 steps per epoch
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["steps_per_epoch"] == 7 and plan["steps"] == 16
+    assert plan["epochs"] == 3 and plan["config"]["max_steps"] == 16  # 7 + 7 + 2 steps
+    assert [p["images"] for p in plan["plan"]] == [100, 100, 32]
+    net = create_model(plan["config"]["model"], num_classes=10, in_chans=1)
+    assert plan["train_flops"] == 3 * forward_flops(net, (1, 8, 8)) * 232
+    assert main([*args[:-1], "--max-steps", "16"]) == 0
+    assert "2.29 epochs (16 steps)" in capsys.readouterr().out

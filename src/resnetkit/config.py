@@ -114,6 +114,9 @@ class RunConfig:
                               help="preset of the values below: default, fast (MNIST, Fashion-MNIST; "
                                    "CIFAR-10 for a GPU), finetune (a pretrained ResNet-18)")
     epochs: int | None = flag(group="optimisation", metavar="N")
+    max_steps: int | None = flag(group="optimisation", metavar="N",
+                                 help="stop after N optimizer steps in all, inside an epoch if need be; the "
+                                      "schedule ends there (--time-budget sets it)")
     # str first: the flag takes "90", "90s", "3m"; resolved to seconds (recipes.check_config)
     time_budget: str | float | None = flag(
         group="optimisation", metavar="DURATION",

@@ -4,8 +4,10 @@ The budget counts everything from the process start: imports, data loading, the 
 training, every evaluation (with TTA), the final report and its figures. The trainer fits the
 epochs three times, each with a better measurement: before training from the probe's images/s,
 after the first steps of epoch 1 from the loop's own images/s, and after each epoch from its
-measured seconds. The schedule (one-cycle, cosine, step) is rebuilt for the new epoch count at
-the current step, so the run still ends annealed instead of being cut off. With progressive
+measured seconds. A plan is a number of optimizer steps: whole epochs and, where the budget
+holds a share of one more, that share of its steps (``--max-steps``), so the run ends near the
+budget rather than up to one epoch short of it. The schedule (one-cycle, cosine, step) is rebuilt
+for the new length at the current step, so the run still ends annealed instead of being cut off. With progressive
 resizing each epoch costs what an image of its size was measured to cost (``SizeSpeeds``: the
 probe at full size, the run's own steps at the sizes it has trained, interpolated in between),
 so the small early epochs neither shrink nor inflate the plan.
@@ -31,7 +33,9 @@ EVAL_SPEEDUP = 3.0  # an inference image costs a third of a training image (1 fo
 TAIL_PER_STARTUP = 0.75
 TAIL_MIN_S = 1.0
 GROW_UNTIL = 0.25  # more epochs only while this share of the planned run is done (the lr still rises)
-GROW_BY = 0.05  # and only by this share of the plan or more (one epoch at least): not on noise
+GROW_BY = 0.05  # and only by this share of the plan or more: not on noise (later: up to the last
+# epoch's end only, which moves neither an input size nor an evaluation)
+MIN_PART = 0.1  # a last, partial epoch trains at least this share of an epoch's steps
 RECENT = 3  # epochs whose mean seconds predict the next ones
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _START = time.monotonic()  # fallback process start where /proc is unavailable
@@ -83,11 +87,14 @@ class Costs:
     weights: Callable[[int], Sequence[float]] | None = None
     report_s: float | None = None  # the final report's evaluation (the test split); None: eval_s
 
-    def train_s(self, epochs: int, done: float) -> float:
-        """Seconds of training left in a run of ``epochs`` epochs of which ``done`` are trained."""
-        w = list(self.weights(epochs)) if self.weights else [1.0] * epochs
+    def train_s(self, epochs: float, done: float) -> float:
+        """Seconds of training left in a run of ``epochs`` epochs (the last possibly partial) of
+        which ``done`` are trained."""
+        n = math.ceil(epochs)
+        w = list(self.weights(n)) if self.weights else [1.0] * n
         whole = math.floor(done)
-        left = sum(w[whole:epochs]) - (done - whole) * (w[whole] if whole < epochs else 0.0)
+        left = sum(w[whole:n]) - (n - epochs) * (w[-1] if n else 0.0)  # the last epoch's untrained share
+        left -= (done - whole) * (w[whole] if whole < n else 0.0)
         return max(0.0, left) * self.train_epoch_s
 
     @classmethod
@@ -147,22 +154,42 @@ def evaluations(first: int, last: int, eval_every: int) -> int:
     return sum(1 for e in range(first, last + 1) if e % eval_every == 0 or e == last)
 
 
-def remaining_seconds(epochs: int, done: float, costs: Costs, eval_every: int) -> float:
-    """Seconds from now to the end of the process for a run of ``epochs`` epochs of which
-    ``done`` (possibly fractional: the first steps) are trained."""
+def remaining_seconds(epochs: float, done: float, costs: Costs, eval_every: int) -> float:
+    """Seconds from now to the end of the process for a run of ``epochs`` epochs (the last may
+    be partial) of which ``done`` (possibly fractional: the first steps) are trained."""
     return (costs.train_s(epochs, done)
-            + evaluations(math.floor(done) + 1, epochs, eval_every) * costs.eval_s
+            + evaluations(math.floor(done) + 1, math.ceil(epochs), eval_every) * costs.eval_s
             + (costs.eval_s if costs.report_s is None else costs.report_s)  # the final report's
             + costs.tail_s)
 
 
 def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, minimum: int = 1,
-               limit: int = 100_000) -> int:
-    """The most epochs whose remaining work fits in ``left_s`` seconds, at least ``minimum``."""
+               limit: int = 100_000, steps_per_epoch: int | None = None) -> float:
+    """The longest run whose remaining work fits in ``left_s`` seconds, in epochs: the most whole
+    epochs, at least ``minimum``. Given ``steps_per_epoch``, the plan may end inside an epoch, at a
+    step (``k / steps_per_epoch``; its evaluation counted): the most steps of one more epoch that
+    still fit, or, where even ``minimum`` whole epochs do not, the last of them cut to what fits.
+    A partial epoch trains at least MIN_PART of its steps and more than are already done."""
     epochs = max(minimum, math.floor(done) + 1)
     while epochs < limit and remaining_seconds(epochs + 1, done, costs, eval_every) <= left_s:
         epochs += 1
-    return epochs
+    if not steps_per_epoch or epochs >= limit:
+        return epochs
+    fits = remaining_seconds(epochs, done, costs, eval_every) <= left_s
+    base = epochs if fits else epochs - 1  # whole epochs before the partial one
+    least = max(math.ceil(MIN_PART * steps_per_epoch), math.floor((done - base) * steps_per_epoch) + 1)
+    if least >= steps_per_epoch:
+        return epochs
+    lo, hi = least - 1, steps_per_epoch  # the most steps k in [least, steps) that fit: lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if remaining_seconds(base + mid / steps_per_epoch, done, costs, eval_every) <= left_s:
+            lo = mid
+        else:
+            hi = mid
+    if lo >= least:
+        return base + lo / steps_per_epoch
+    return epochs if fits else base + least / steps_per_epoch
 
 
 @dataclass
@@ -185,8 +212,9 @@ class Budget:
         """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
         return TARGET * self.seconds - process_age()
 
-    def first_fit(self, costs: Costs, eval_every: int) -> int:
-        """Epochs for a run that has trained nothing yet; a budget too short for one is an error."""
+    def first_fit(self, costs: Costs, eval_every: int, steps_per_epoch: int | None = None) -> float:
+        """Epochs for a run that has trained nothing yet (whole, and a share of one more given
+        ``steps_per_epoch``); a budget too short for one is an error."""
         left = self.left()
         one = remaining_seconds(1, 0, costs, eval_every)
         if one > left:
@@ -195,13 +223,17 @@ class Budget:
                             f"its evaluation takes about {one:.0f} s here on top of "
                             f"{self.seconds * TARGET - left:.0f} s spent so far; give at least {need}, or "
                             f"train on fewer images with --subset")
-        return fit_epochs(left, 0, costs, eval_every)
+        return fit_epochs(left, 0, costs, eval_every, steps_per_epoch=steps_per_epoch)
 
-    def refit(self, planned: int, done: float, costs: Costs, eval_every: int) -> int:
-        """Epochs after ``done`` of ``planned`` are trained: fewer if the rest no longer fits,
-        more only early in the run (while one-cycle's rise barely changes with the length)."""
-        fitted = fit_epochs(self.left(), done, costs, eval_every, minimum=math.floor(done) + 1)
-        if fitted > planned and (done > GROW_UNTIL * planned
-                                 or fitted < planned + max(1, round(GROW_BY * planned))):
-            return planned
-        return fitted
+    def refit(self, planned: float, done: float, costs: Costs, eval_every: int,
+              steps_per_epoch: int | None = None) -> float:
+        """Epochs after ``done`` of ``planned`` are trained: fewer if the rest no longer fits;
+        more early in the run (while one-cycle's rise barely changes with the length) by GROW_BY
+        of the plan or more, later only up to the end of the planned last epoch."""
+        fitted = fit_epochs(self.left(), done, costs, eval_every, minimum=math.floor(done) + 1,
+                            steps_per_epoch=steps_per_epoch)
+        if fitted <= planned:
+            return fitted
+        if done <= GROW_UNTIL * planned:
+            return fitted if fitted >= planned * (1 + GROW_BY) else planned
+        return max(planned, min(fitted, math.ceil(planned)))

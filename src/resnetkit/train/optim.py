@@ -6,6 +6,7 @@ evaluation loss once per evaluation (:func:`step_on_metric`).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping, Union
 
 import torch
@@ -97,9 +98,39 @@ def step_on_metric(scheduler: AnySchedule, record: Mapping[str, Any]) -> None:
         scheduler.plateau.step(loss)
 
 
+def run_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps in the whole run: ``cfg.epochs`` epochs, or fewer with --max-steps."""
+    total = cfg.epochs * steps_per_epoch
+    return min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def epoch_steps(cfg: RunConfig, epoch: int, steps_per_epoch: int) -> int:
+    """Optimizer steps epoch ``epoch`` (1-based) trains: all of them, but for a last epoch that
+    --max-steps ends early."""
+    return max(0, min(steps_per_epoch, run_steps(cfg, steps_per_epoch) - (epoch - 1) * steps_per_epoch))
+
+
+def with_length(cfg: RunConfig, epochs: float, steps_per_epoch: int) -> RunConfig:
+    """``cfg`` for a run of ``epochs`` epochs, a fraction ending the last one at a step
+    (``max_steps``), as the trainer sets it; a warmup the length cannot hold becomes half of it."""
+    warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
+    whole = math.ceil(epochs - 1e-9)
+    steps = round(epochs * steps_per_epoch)
+    return cfg.replace(epochs=whole, warmup_epochs=warmup,
+                       max_steps=steps if steps < whole * steps_per_epoch else None)
+
+
+def plan_text(epochs: int, steps: int, steps_per_epoch: int) -> str:
+    """``11 epochs``, or ``8.60 epochs (4,034 steps)`` where the last epoch ends early."""
+    if steps >= epochs * steps_per_epoch:
+        return f"{epochs} epoch{'s' * (epochs != 1)}"
+    return f"{steps / steps_per_epoch:.2f} epochs ({steps:,} steps)"
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> AnySchedule:
-    """The per-step schedule for ``cfg.epochs`` epochs of ``steps_per_epoch`` optimizer steps."""
-    total = max(1, cfg.epochs * steps_per_epoch)
+    """The per-step schedule for ``cfg.epochs`` epochs of ``steps_per_epoch`` optimizer steps
+    (ending at --max-steps where that comes first)."""
+    total = max(1, run_steps(cfg, steps_per_epoch))
     warmup = min(total - 1, round((cfg.warmup_epochs or 0) * steps_per_epoch))
     if cfg.schedule == "plateau":
         return Plateau(optimizer, warmup)

@@ -7,6 +7,7 @@ so a schedule that changes the input size per epoch changes the count with it.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -18,18 +19,26 @@ from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device
 from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
+from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
 from .steps import timing_step
 from .trainer import budget_costs, network_key
 
 
-def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int]) -> list[flops.EpochPlan]:
+def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
+               steps_per_epoch: int | None = None) -> list[flops.EpochPlan]:
     """(images, input shape) of each epoch of ``cfg``: every epoch trains the whole training
     split, at the dataset's input size or, with --min-img-size, at that epoch's smaller size
-    (the trainer's own rule, :func:`resnetkit.data.progressive.epoch_img_sizes`)."""
+    (the trainer's own rule, :func:`resnetkit.data.progressive.epoch_img_sizes`); given its
+    ``steps_per_epoch``, a last epoch that --max-steps ends early trains only its steps' batches."""
     chans, full = input_shape[0], input_shape[-1]
     sizes = epoch_img_sizes(cfg.epochs, full, cfg.min_img_size, cfg.progressive_until)
-    return [(images, (chans, size, size)) for size in sizes]
+    trained = [images] * len(sizes)
+    if steps_per_epoch and sizes:
+        steps = epoch_steps(cfg, len(sizes), steps_per_epoch)
+        if steps < steps_per_epoch:
+            trained[-1] = min(images, steps * cfg.accum_steps * cfg.batch_size)
+    return [(n, (chans, size, size)) for n, size in zip(trained, sizes)]
 
 
 def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, Any]:
@@ -44,15 +53,19 @@ def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, 
                              **cfg.model_args).to(device)
         shape = (spec.in_chans, spec.img_size, spec.img_size)
         images = loaders.train.num_samples
+        steps_per_epoch = math.ceil(len(loaders.train) / cfg.accum_steps)
         speed = None
+        if cfg.max_steps:
+            cfg = with_length(cfg, min(cfg.epochs, cfg.max_steps / steps_per_epoch), steps_per_epoch)
         if cfg.time_budget:
-            cfg, speed = budget_epochs(cfg, model, loaders, shape, device)
-    plan = epoch_plan(cfg, images, shape)
+            cfg, speed = budget_epochs(cfg, model, loaders, shape, device, steps_per_epoch)
+    plan = epoch_plan(cfg, images, shape, steps_per_epoch)
     forward = flops.forward_flops(model, shape)
     total = flops.train_flops(model, plan)
     return {"config": cfg.to_dict(), "dataset": {k: loaders.info[k] for k in ("dataset", "train_size",
                                                                               "test_size")},
-            "images_per_epoch": images, "epochs": cfg.epochs,
+            "images_per_epoch": images, "epochs": cfg.epochs, "steps_per_epoch": steps_per_epoch,
+            "steps": run_steps(cfg, steps_per_epoch),
             "time_budget_images_per_s": speed,
             "model": {"name": cfg.model, "params": sum(p.numel() for p in model.parameters()),
                       "forward_flops_per_image": forward},
@@ -61,7 +74,7 @@ def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, 
 
 
 def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: tuple[int, int, int],
-                  device: torch.device) -> tuple[RunConfig, float]:
+                  device: torch.device, steps_per_epoch: int) -> tuple[RunConfig, float]:
     """The epochs --time-budget would fit now, from the probe's speed (as the trainer's first fit)."""
     model_args = {"num_classes": loaders.spec.num_classes, "in_chans": loaders.spec.in_chans,
                   **cfg.model_args}
@@ -77,9 +90,8 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
     speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
     speeds.record(loaders.spec.img_size, speed)
     costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)
-    epochs = Budget(cfg.time_budget).first_fit(costs, cfg.eval_every)
-    warmup = cfg.warmup_epochs if cfg.warmup_epochs is None or cfg.warmup_epochs < epochs else epochs / 2
-    return cfg.replace(epochs=epochs, warmup_epochs=warmup), speed
+    epochs = Budget(cfg.time_budget).first_fit(costs, cfg.eval_every, steps_per_epoch)
+    return with_length(cfg, epochs, steps_per_epoch), speed
 
 
 def format_plan(plan: Mapping[str, Any]) -> str:
@@ -91,9 +103,11 @@ def format_plan(plan: Mapping[str, Any]) -> str:
              f"{plan['images_per_epoch']:,} trained per epoch",
              f"model: {model['params']:,} parameters, {model['forward_flops_per_image'] / 1e6:,.1f} MFLOP "
              f"per image forward"]
+    length = plan_text(cfg.epochs, plan["steps"], plan["steps_per_epoch"])
     if cfg.time_budget:
-        lines.append(f"budget {format_duration(cfg.time_budget)} -> {plan['epochs']} epochs at "
+        lines.append(f"budget {format_duration(cfg.time_budget)} -> {length} at "
                      f"~{plan['time_budget_images_per_s']:,.0f} img/s")
     lines.append(f"train_flops: {plan['train_flops']:,} ({plan['train_flops'] / 1e12:.2f} TFLOP = 3 x "
-                 f"forward FLOPs x images, over {plan['epochs']} epochs); nothing trained (--dry-run)")
+                 f"forward FLOPs x images, over {length}); nothing trained (--dry-run)")
     return "\n".join(lines)
+

@@ -144,7 +144,8 @@ def check_config(cfg: RunConfig) -> RunConfig:
     for key in ("optimizer", "schedule", "precision", "device"):
         check_choice(key, getattr(cfg, key))
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
-                "nproc": cfg.nproc, **({"threads": cfg.threads} if cfg.threads is not None else {})}
+                "nproc": cfg.nproc, **({"threads": cfg.threads} if cfg.threads is not None else {}),
+                **({"max_steps": cfg.max_steps} if cfg.max_steps is not None else {})}
     for key, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
@@ -203,7 +204,8 @@ def describe(cfg: RunConfig) -> str:
     extra = (f" | ema {cfg.ema:g}" if cfg.ema else "") + (
         f" | progressive {cfg.min_img_size}px -> full by {cfg.progressive_until:g} of the epochs"
         if cfg.min_img_size and cfg.min_img_size < (cfg.img_size or get_preset(cfg.dataset).img_size) else "")
-    line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs, batch "
+    steps = f" (stop at step {cfg.max_steps:,})" if cfg.max_steps else ""
+    line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs{steps}, batch "
              f"{cfg.batch_size}, augment {cfg.augment or 'basic'}")
     line2 = (f"{cfg.optimizer} lr={cfg.lr:g} wd={cfg.weight_decay:g} | {cfg.schedule}{warm} | "
              f"label smoothing {cfg.label_smoothing:g} | seed {cfg.seed}"

@@ -46,7 +46,8 @@ from . import distributed, finetune, sampler, tb
 from .budget import Budget, Costs, SizeSpeeds, format_duration
 from .ema import WeightEma
 from .mix import Mixer
-from .optim import build_optimizer, build_scheduler, current_lr, param_groups, step_on_metric
+from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
+                    plan_text, run_steps, step_on_metric, with_length)
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
 from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
@@ -246,6 +247,8 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a schedule moves them
         # optimizer steps per epoch (--accum-steps: one per accumulated batch)
         self.sched_steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)
+        if cfg.max_steps and not cfg.resume:  # --max-steps: the epochs it reaches into
+            self.set_epochs(min(cfg.epochs, cfg.max_steps / self.sched_steps))
         if self.budget is not None:
             self.fit_budget(model)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.sched_steps)
@@ -291,10 +294,11 @@ class Trainer:
         speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(self.spec.img_size)
         self.speeds.record(self.spec.img_size, speed)
-        epochs = distributed.broadcast_object(self.budget.first_fit(self.costs(), self.cfg.eval_every))
+        epochs = distributed.broadcast_object(
+            self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps))
         self.set_epochs(epochs)
-        self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {epochs} epoch"
-                          f"{'s' * (epochs != 1)} at ~{speed:,.0f} img/s")
+        self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {self.plan_text()} "
+                          f"at ~{speed:,.0f} img/s")
 
     def costs(self) -> Costs:
         """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
@@ -306,24 +310,35 @@ class Trainer:
         return epoch_img_sizes(epochs, self.spec.img_size, self.cfg.min_img_size, self.cfg.progressive_until)
 
 
-    def set_epochs(self, epochs: int) -> None:
-        """Change the run's length; a warmup the new length cannot hold becomes half of it."""
-        warmup = self.cfg.warmup_epochs
-        if warmup is not None and warmup >= epochs:
-            warmup = epochs / 2
-        self.cfg = self.cfg.replace(epochs=epochs, warmup_epochs=warmup)
+    def set_epochs(self, epochs: float) -> None:
+        """Change the run's length in epochs; a fraction ends the last epoch early, at a step
+        (``max_steps``). A warmup the new length cannot hold becomes half of it."""
+        self.cfg = with_length(self.cfg, epochs, self.sched_steps)
+
+    @property
+    def planned_epochs(self) -> float:
+        """The run's length in epochs, a fraction where --max-steps ends the last one early."""
+        return run_steps(self.cfg, self.sched_steps) / self.sched_steps
+
+    def plan_text(self) -> str:
+        return plan_text(self.cfg.epochs, run_steps(self.cfg, self.sched_steps), self.sched_steps)
 
     def refit_budget(self, done: float, costs: Costs, why: str) -> None:
         """Refit the epochs to what is left of the budget; a new count rebuilds the schedule for
         the new length at the current step (so it still ends annealed) and rewrites config.json."""
+        planned = self.planned_epochs
         epochs = distributed.broadcast_object(
-            self.budget.refit(self.cfg.epochs, done, costs, self.cfg.eval_every))
-        if epochs == self.cfg.epochs:
+            self.budget.refit(planned, done, costs, self.cfg.eval_every, self.sched_steps))
+        if round(epochs * self.sched_steps) == round(planned * self.sched_steps):
             return
-        self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {epochs} epochs "
-                 f"(was {self.cfg.epochs})")
-        steps_done = self.scheduler.last_epoch
+        was = self.plan_text()
         self.set_epochs(epochs)
+        self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {self.plan_text()} (was {was})")
+        if self.is_main:
+            write_json_atomic(self.run_dir / "config.json", self.saved_config())
+        if isinstance(self.scheduler, Plateau):  # reads the val loss, not the length
+            return
+        steps_done = self.scheduler.last_epoch
         for group, lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr
             group.pop("initial_lr", None)  # so the new schedule starts from the peak values
@@ -332,8 +347,6 @@ class Trainer:
             warnings.simplefilter("ignore", UserWarning)
             for _ in range(steps_done):
                 self.scheduler.step()
-        if self.is_main:
-            write_json_atomic(self.run_dir / "config.json", self.saved_config())
 
     def first_steps_check(self, step: int, since: float, images: int) -> None:
         """After the first steps of epoch 1: refit from the loop's own images/s."""
@@ -533,7 +546,8 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
-        bar = self.progress(epoch, len(loader))
+        updates_left = epoch_steps(self.cfg, epoch, self.sched_steps)  # --max-steps may end it early
+        bar = self.progress(epoch, min(len(loader), updates_left * self.cfg.accum_steps))
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
         autocast = self.precision.autocast()
@@ -555,11 +569,14 @@ class Trainer:
                 self.scheduler.step()
                 if self.ema is not None:  # once per optimizer update
                     self.ema.update(self.model)
+                updates_left -= 1
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
-            if step % every == 0 or step == len(loader):
+            if step % every == 0 or step == len(loader) or updates_left == 0:
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+            if updates_left == 0:  # the last epoch of a --max-steps run, cut at its last step
+                break
             if step == 2 and check_at:
                 sync(self.device)
                 since, seen_before = time.perf_counter(), seen
