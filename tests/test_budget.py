@@ -81,6 +81,7 @@ def test_max_steps_ends_the_last_epoch_and_the_schedule_there(tmp_path: Path) ->
     run = train(**run_cfg(tmp_path, time_budget=None, epochs=5, max_steps=10, verbose=False))
     # 4 steps per epoch: epochs 1-2 whole, the 3rd cut after 2 steps; the schedule ends at step 10
     assert run.config.epochs == 3 and [h["epoch"] for h in run.history] == [1, 2, 3]
+    assert "steps" not in run.history[1] and run.history[2]["steps"] == 2  # metrics.jsonl says so
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.lr)
     sched = build_scheduler(opt, run.config, steps_per_epoch=4)
     lrs = []

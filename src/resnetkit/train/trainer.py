@@ -546,7 +546,7 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
-        updates_left = epoch_steps(self.cfg, epoch, self.sched_steps)  # --max-steps may end it early
+        updates = updates_left = epoch_steps(self.cfg, epoch, self.sched_steps)  # --max-steps may end it early
         bar = self.progress(epoch, min(len(loader), updates_left * self.cfg.accum_steps))
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
@@ -587,7 +587,8 @@ class Trainer:
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
         out = {"train_loss": loss / max(seen, 1), "train_acc": hits / max(seen, 1),
                "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1),
-               **({"img_size": size} if self.cfg.min_img_size else {})}
+               **({"img_size": size} if self.cfg.min_img_size else {}),
+               **({"steps": updates} if updates < self.sched_steps else {})}
         if grad_norms is not None:
             out["grad_norms"] = grad_norms.means()
         return out
@@ -807,6 +808,7 @@ def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
 def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
     name = "ema val" if ema else "val"  # with --ema the average is evaluated, not the weights
     size = f"  {r['img_size']}px" if "img_size" in r else ""
+    size += f"  {r['steps']:,} steps" if "steps" in r else ""  # a last epoch --max-steps ended early
     test = (f"{name} loss  -      acc   -    " if r["val_acc"] is None
             else f"{name} loss {r['val_loss']:.4f} acc {100 * r['val_acc']:6.2f}%")
     width = len(str(epochs))
