@@ -230,3 +230,11 @@ def test_first_steps_at_a_smaller_size_price_that_size_not_the_full_one(
     assert sizes[0] == 4 and sizes[-1] == 8
     weights = first.weights(16)
     assert weights[-1] == pytest.approx(1.0) and weights[0] != pytest.approx(0.25)  # measured, not 4/8 squared
+
+
+def test_first_steps_shrink_the_plan_to_half_at_most(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)  # the first fit: 16.5 epochs of 4 steps (above)
+    # the first steps 'measure' a passing slowdown that would leave 1 epoch; the ends of epochs keep the plan
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, done, *a, **k: 1.0 if done < 1 else planned)
+    run = train(**run_cfg(tmp_path, verbose=False))
+    assert run.config.max_steps == 33 and len(run.history) == 9  # ceil(0.5 x 66) steps: 8.25 epochs

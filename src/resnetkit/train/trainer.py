@@ -55,6 +55,10 @@ from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, ti
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
 FIRST_STEPS = 30  # --time-budget refits the epochs after this many steps of epoch 1
+# ... to no less than this share of the plan: a short window that a passing load slowed (e.g.
+# another process's threads on the same cores: 18x measured) must not end the run after epoch 1;
+# the end of epoch 1, a whole epoch's measure, may shrink it further
+FIRST_STEPS_LEAST = 0.5
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
 RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
@@ -323,12 +327,13 @@ class Trainer:
     def plan_text(self) -> str:
         return plan_text(self.cfg.epochs, run_steps(self.cfg, self.sched_steps), self.sched_steps)
 
-    def refit_budget(self, done: float, costs: Costs, why: str) -> None:
-        """Refit the epochs to what is left of the budget; a new count rebuilds the schedule for
-        the new length at the current step (so it still ends annealed) and rewrites config.json."""
+    def refit_budget(self, done: float, costs: Costs, why: str, least: float = 0.0) -> None:
+        """Refit the epochs to what is left of the budget (``least`` of them at least); a new
+        length rebuilds the schedule at the current step (so it still ends annealed) and
+        rewrites config.json."""
         planned = self.planned_epochs
         epochs = distributed.broadcast_object(
-            self.budget.refit(planned, done, costs, self.cfg.eval_every, self.sched_steps))
+            max(least, self.budget.refit(planned, done, costs, self.cfg.eval_every, self.sched_steps)))
         if round(epochs * self.sched_steps) == round(planned * self.sched_steps):
             return
         was = self.plan_text()
@@ -353,8 +358,9 @@ class Trainer:
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
         self.speeds.record(self.epoch_sizes(self.cfg.epochs)[0], speed, replace=True)  # the loop's own
+        least = math.ceil(FIRST_STEPS_LEAST * self.planned_epochs * self.sched_steps) / self.sched_steps
         self.refit_budget(step / len(self.loaders.train), self.costs(),
-                          f"first steps at ~{speed:,.0f} img/s")
+                          f"first steps at ~{speed:,.0f} img/s", least=least)
 
     def epoch_end_check(self, epoch: int, train_seconds: float) -> None:
         """After each epoch: refit from the mean speed of the last RECENT epochs at each input size
