@@ -20,12 +20,24 @@ from __future__ import annotations
 import pickle
 import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_resnetkit_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty cache for the session-, module- and class-scoped fixtures too: they are built
+    before the per-test one below, and a speed probe cached in ~/.cache by an earlier run must
+    not choose their precision."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RESNETKIT_CACHE", str(tmp_path_factory.mktemp("resnetkit-session-cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture(autouse=True)
