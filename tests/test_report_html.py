@@ -153,3 +153,15 @@ def test_a_browser_shows_the_title_and_the_pictures_on_a_phone_sized_screen(run:
     assert colourful(shot) > 0.005 and colourful(shot) > 3 * colourful(blank)
     # the pictures fit the phone's width: colour on both halves of the screen
     assert colourful(shot[:, :206]) > 0.002 and colourful(shot[:, 206:]) > 0.002
+
+
+def test_a_run_builds_its_report_from_its_one_test_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnetkit.report_html as report_html
+
+    def second_pass(*a: object, **k: object) -> None:
+        raise AssertionError("report.html evaluated the test split a second time")
+    monkeypatch.setattr(report_html, "_interpret", second_pass)
+    run = train(dataset="digits", subset=200, epochs=1, batch_size=32, out=str(tmp_path / "run"), verbose=False)
+    assert 0 < run.report["ece"] < 1
+    shown = [int(i) for i in re.findall(r"test image #(\d+)</figcaption>", page(tmp_path / "run"))]
+    assert len(shown) == 12 and len(IMG.findall(page(tmp_path / "run"))) == 3 + 12

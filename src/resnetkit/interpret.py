@@ -38,35 +38,49 @@ def per_sample_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     return nn.functional.cross_entropy(logits.float(), targets, reduction="none")
 
 
+class Collector:
+    """Builds an Interpretation batch by batch (:meth:`add`), from any pass that has the inputs,
+    logits and targets at hand: :func:`collect`'s, or the trainer's one test pass."""
+
+    def __init__(self, k: int = 12) -> None:
+        self.k, self.seen = k, 0
+        self.logits: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+        self.best_loss = torch.empty(0)
+        self.best_index = torch.empty(0, dtype=torch.long)
+        self.best_images: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        logits, y, x = logits.float().cpu(), y.cpu(), x.cpu().contiguous()
+        self.logits.append(logits)
+        self.targets.append(y)
+        pool_images = x if self.best_images is None else torch.cat([self.best_images, x])
+        pool_loss = torch.cat([self.best_loss, per_sample_loss(logits, y)])
+        pool_index = torch.cat([self.best_index, torch.arange(self.seen, self.seen + len(y))])
+        # stable sort: among equal losses the earlier sample wins, whatever the batch size
+        order = torch.sort(pool_loss, descending=True, stable=True).indices[:self.k]
+        self.best_loss, self.best_index, self.best_images = pool_loss[order], pool_index[order], pool_images[order]
+        self.seen += len(y)
+
+    def result(self) -> Interpretation:
+        if not self.logits:
+            return Interpretation(torch.empty(0, 0), torch.empty(0, dtype=torch.long),
+                                  self.best_index, torch.empty(0))
+        return Interpretation(torch.cat(self.logits), torch.cat(self.targets), self.best_index,
+                              self.best_images if self.best_images is not None else torch.empty(0))
+
+
 @torch.no_grad()
 def collect(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], k: int = 12) -> Interpretation:
     """One pass in eval mode: all logits and targets, and the ``k`` highest-loss inputs."""
     was_training = model.training
     model.eval()
-    logits_all, targets_all = [], []
-    best_loss = torch.empty(0)
-    best_index = torch.empty(0, dtype=torch.long)
-    best_images: torch.Tensor | None = None
-    seen = 0
+    collector = Collector(k)
     for x, y in batches:
-        logits = model(x).float().cpu()
-        y = y.cpu()
-        logits_all.append(logits)
-        targets_all.append(y)
-        loss = per_sample_loss(logits, y)
-        pool_images = x.cpu() if best_images is None else torch.cat([best_images, x.cpu()])
-        pool_loss = torch.cat([best_loss, loss])
-        pool_index = torch.cat([best_index, torch.arange(seen, seen + len(y))])
-        # stable sort: among equal losses the earlier sample wins, whatever the batch size
-        order = torch.sort(pool_loss, descending=True, stable=True).indices[:k]
-        best_loss, best_index, best_images = pool_loss[order], pool_index[order], pool_images[order]
-        seen += len(y)
+        collector.add(x, model(x), y)
     model.train(was_training)
-    if not logits_all:
-        return Interpretation(torch.empty(0, 0), torch.empty(0, dtype=torch.long),
-                              best_index, torch.empty(0))
-    return Interpretation(torch.cat(logits_all), torch.cat(targets_all), best_index,
-                          best_images if best_images is not None else torch.empty(0))
+    return collector.result()
 
 
 class TTAveraged(nn.Module):

@@ -52,9 +52,12 @@ def write_class_files(run_dir: str | os.PathLike[str], classes: Sequence[str]) -
 
 def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.device = "auto",
                      freeze: FreezeTimeline | None = None, top_k: int = TOP_LOSSES,
-                     method: str = "gradcam") -> dict[str, Any]:
+                     method: str = "gradcam",
+                     interpretation: interpret.Interpretation | None = None) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on its test split once more, per sample, and write
-    report.html (and class_indices.json; ``ece`` into report.json). Returns report.json's content."""
+    report.html (and class_indices.json; ``ece`` into report.json). Returns report.json's content.
+    ``interpretation``: that pass's result where the caller has it already (the trainer's test
+    pass, of the same checkpoint, uncalibrated)."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")
@@ -62,15 +65,18 @@ def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.dev
     loaded = load_checkpoint(resolve_checkpoint_path(run), map_location=dev)
     cfg = recorded_config(loaded.config)
     with cpu_threads(cfg.threads, dev):  # the run's thread count, as evaluate uses
-        return _write(run, loaded, cfg, dev, freeze, top_k, method)
+        return _write(run, loaded, cfg, dev, freeze, top_k, method, interpretation)
 
 
 def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: FreezeTimeline | None,
-           top_k: int, method: str) -> dict[str, Any]:
+           top_k: int, method: str, given: interpret.Interpretation | None = None) -> dict[str, Any]:
     write_class_files(run, loaded.classes)
     rep = _read_json(run / "report.json") or {}
     temperature = calibrate.temperature_of(loaded.meta)
-    interp, data_note = _interpret(loaded, cfg, dev, temperature, top_k)
+    if given is not None and temperature == 1.0 and len(given.top_index) >= min(top_k, len(given.targets)):
+        interp, data_note = given, ""
+    else:
+        interp, data_note = _interpret(loaded, cfg, dev, temperature, top_k)
     if interp is not None and len(interp.targets):
         rep["ece"] = calibrate.expected_calibration_error(interp.probs, interp.targets)
         rep["ece_bins"] = calibrate.N_BINS

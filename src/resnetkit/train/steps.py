@@ -149,9 +149,12 @@ class EvalOutput:
 
 def evaluate_batches(model: nn.Module, batches: Iterable[Batch], *, autocast: ContextManager[object],
                      channels_last: bool = False, tta: TTA | None = None,
-                     label_smoothing: float = 0.0) -> EvalOutput:
+                     label_smoothing: float = 0.0,
+                     on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+                     ) -> EvalOutput:
     """Run ``eval_step`` over every batch. The loss is the training criterion (cross-entropy
-    with the run's label smoothing), so train and test losses can be compared."""
+    with the run's label smoothing), so train and test losses can be compared. ``on_batch(x,
+    logits, y)`` sees each batch (the run report's per-sample view, without a second pass)."""
     was_training = model.training
     model.eval()
     loss_sum, count, top5, targets = None, 0, [], []
@@ -164,6 +167,8 @@ def evaluate_batches(model: nn.Module, batches: Iterable[Batch], *, autocast: Co
         loss_sum = batch_loss if loss_sum is None else loss_sum + batch_loss
         top5.append(logits.topk(min(5, logits.shape[1]), dim=1).indices)
         targets.append(y)
+        if on_batch is not None:
+            on_batch(x, logits, y)
         count += y.shape[0]
     model.train(was_training)
     if loss_sum is None:

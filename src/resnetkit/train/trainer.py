@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import models, pretrained, probe
+from .. import interpret, models, pretrained, probe
 from .. import report as reports
 from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
@@ -59,6 +59,10 @@ FIRST_STEPS = 30  # --time-budget refits the epochs after this many steps of epo
 # another process's threads on the same cores: 18x measured) must not end the run after epoch 1;
 # the end of epoch 1, a whole epoch's measure, may shrink it further
 FIRST_STEPS_LEAST = 0.5
+# A cached probe's speed is from another hour, and a shared machine drifts (the same 28 px epoch
+# took 19 s in one run and 24 s in the next); --time-budget times the chosen setting afresh, for
+# at most this long, unless the probe has just timed it
+BUDGET_PROBE_S = 1.5
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
 RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
@@ -286,14 +290,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ --time-budget
     def fit_budget(self, model: nn.Module) -> None:
-        """The first fit of --time-budget, from the probe's images/s (measured now if flags
-        decided the setting and nothing was timed)."""
-        speed = self.choice.images_per_s if self.choice and self.choice.images_per_s else None
+        """The first fit of --time-budget, from the probe's images/s: timed now unless the probe
+        has just timed the chosen setting (not when it came from the cache or from flags)."""
+        fresh = self.choice is not None and self.choice.chosen_by == "probe"
+        speed = self.choice.images_per_s if fresh and self.choice else None
         if speed is None and self.is_main:
             spec = self.spec
             setting = probe.Setting(self.precision.name, self.channels_last, self.cfg.compile)
             rows = probe.probe(model, (spec.in_chans, spec.img_size, spec.img_size),
-                               self.loaders.train.batch_size, [setting], self.device, timing_step)
+                               self.loaders.train.batch_size, [setting], self.device, timing_step,
+                               time_cap_s=BUDGET_PROBE_S)
             speed = rows[0]["images_per_s"] or 1.0
         speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(self.spec.img_size)
@@ -504,7 +510,8 @@ class Trainer:
         wall = self.wall_before + time.perf_counter() - t0
         report = self.final_report(wall)
         if self.is_main:  # report.html and the ECE, from best.safetensors as written
-            report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline)
+            report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline,
+                                                  interpretation=self.test_interpretation)
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
@@ -659,14 +666,16 @@ class Trainer:
         self.eval_seconds.append(time.perf_counter() - start)
         return out
 
-    def evaluate(self, loader: Iterable[Any], tta: bool | None = None) -> EvalOutput:
+    def evaluate(self, loader: Iterable[Any], tta: bool | None = None,
+                 on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> EvalOutput:
         """Every sample of ``loader`` (the val split during training, the test split once at the
-        end), as one process would see them."""
+        end), as one process would see them; ``on_batch`` sees this process's batches."""
         distributed.broadcast_module(self.saved_model, buffers_only=True)  # evaluate what rank 0 saves
         net = self.ema.module if self.ema is not None else self.eval_net  # --ema: the average
         out = evaluate_batches(net, loader, autocast=self.precision.autocast(),
                                channels_last=self.channels_last, label_smoothing=self.cfg.label_smoothing,
-                               tta=self.tta if (self.cfg.tta if tta is None else tta) else None)
+                               tta=self.tta if (self.cfg.tta if tta is None else tta) else None,
+                               on_batch=on_batch)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
 
     def progress(self, epoch: int, total: int) -> Any:
@@ -703,7 +712,10 @@ class Trainer:
             _, tensors = ckpt.read_metadata(self.run_dir / ckpt.BEST)
             self.saved_model.load_state_dict(tensors)
         distributed.broadcast_module(self.saved_model)
-        out = self.evaluate(self.loaders.test)
+        # one process: the pass also keeps each sample's logits for report.html (no second pass)
+        collector = interpret.Collector(report_html.TOP_LOSSES) if self.world_size == 1 else None
+        out = self.evaluate(self.loaders.test, on_batch=collector.add if collector else None)
+        self.test_interpretation = collector.result() if collector else None
         if not self.is_main:
             return {}
         rep = reports.classification_report(out.top5, out.targets, self.spec.classes)
