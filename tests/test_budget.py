@@ -71,8 +71,9 @@ def test_refit_of_a_partial_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     costs = Costs(train_epoch_s=10, eval_s=0, tail_s=0)
     b = Budget(100)  # 97 s of plan
     assert b.refit(planned=5, done=1, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(10.7)
-    # late in the run: up to the end of the planned last epoch, no further
-    assert b.refit(planned=5.3, done=3, costs=costs, eval_every=1, steps_per_epoch=10) == 6
+    # late in the run: by 5% of the plan at most (5.3 -> 5.565: 5.5 at 10 steps per epoch)
+    assert b.refit(planned=5.3, done=3, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(5.5)
+    assert b.refit(planned=20, done=6, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(15.7)  # shrinks
     monkeypatch.setattr(budget, "process_age", lambda: 60.0)  # 37 s left after 5 epochs: 3.7 more
     assert b.refit(planned=9, done=5, costs=costs, eval_every=1, steps_per_epoch=10) == pytest.approx(8.7)
 
@@ -103,12 +104,13 @@ def test_first_fit_counts_the_time_already_spent(monkeypatch: pytest.MonkeyPatch
         Budget(10).first_fit(costs, eval_every=1)
 
 
-def test_refit_shrinks_late_but_grows_only_early(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refit_shrinks_any_time_and_grows_late_by_5_percent_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(budget, "process_age", lambda: 0.0)
     costs = Costs(train_epoch_s=10, eval_s=0, tail_s=0)
     b = Budget(100)  # 97 s of plan: 9 more epochs after the first
     assert b.refit(planned=5, done=1, costs=costs, eval_every=1) == 10  # early: grows
-    assert b.refit(planned=5, done=3, costs=costs, eval_every=1) == 5  # late: keeps
+    assert b.refit(planned=5, done=3, costs=costs, eval_every=1) == 5  # late: 5% of 5 is no whole epoch
+    assert Budget(500).refit(planned=40, done=20, costs=costs, eval_every=1) == 42  # late: +5%
     assert Budget(418).refit(planned=40, done=1, costs=costs, eval_every=1) == 40  # 41 fit: noise
     assert Budget(440).refit(planned=40, done=1, costs=costs, eval_every=1) == 43
     monkeypatch.setattr(budget, "process_age", lambda: 60.0)  # 37 s left

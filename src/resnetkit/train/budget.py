@@ -33,8 +33,8 @@ EVAL_SPEEDUP = 3.0  # an inference image costs a third of a training image (1 fo
 TAIL_PER_STARTUP = 0.75
 TAIL_MIN_S = 1.0
 GROW_UNTIL = 0.25  # more epochs only while this share of the planned run is done (the lr still rises)
-GROW_BY = 0.05  # and only by this share of the plan or more: not on noise (later: up to the last
-# epoch's end only, which moves neither an input size nor an evaluation)
+GROW_BY = 0.05  # and only by this share of the plan or more: not on noise; later by at most this
+# share per refit (the lr, past its peak, steps back up a little, as a shrink steps it down)
 MIN_PART = 0.1  # a last, partial epoch trains at least this share of an epoch's steps
 RECENT = 3  # epochs whose mean seconds predict the next ones
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -229,11 +229,13 @@ class Budget:
               steps_per_epoch: int | None = None) -> float:
         """Epochs after ``done`` of ``planned`` are trained: fewer if the rest no longer fits;
         more early in the run (while one-cycle's rise barely changes with the length) by GROW_BY
-        of the plan or more, later only up to the end of the planned last epoch."""
+        of the plan or more, later by GROW_BY of it at most (whole epochs without
+        ``steps_per_epoch``)."""
         fitted = fit_epochs(self.left(), done, costs, eval_every, minimum=math.floor(done) + 1,
                             steps_per_epoch=steps_per_epoch)
         if fitted <= planned:
             return fitted
         if done <= GROW_UNTIL * planned:
             return fitted if fitted >= planned * (1 + GROW_BY) else planned
-        return max(planned, min(fitted, math.ceil(planned)))
+        quantum = steps_per_epoch or 1
+        return max(planned, min(fitted, math.floor(planned * (1 + GROW_BY) * quantum) / quantum))
