@@ -102,10 +102,10 @@ def counting_evaluate(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     calls: list[tuple[str, int]] = []
     real = trainer_mod.Trainer.evaluate
 
-    def evaluate(self, loader, tta=None):
+    def evaluate(self, loader, tta=None, **kw):
         split = "test" if loader is self.loaders.test else "val" if loader is self.loaders.val else "?"
         calls.append((split, len(self.history)))
-        return real(self, loader, tta)
+        return real(self, loader, tta, **kw)
 
     monkeypatch.setattr(trainer_mod.Trainer, "evaluate", evaluate)
     return calls
@@ -145,8 +145,8 @@ def test_selection_follows_val_even_where_test_would_choose_another_epoch(
     test_by_epoch: dict[int, float] = {}
     real = trainer_mod.Trainer.evaluate
 
-    def evaluate(self, loader, tta=None):
-        out = real(self, loader, tta)
+    def evaluate(self, loader, tta=None, **kw):
+        out = real(self, loader, tta, **kw)
         if loader is self.loaders.val:
             acc = made_up_val[len(self.history) + 1]
             out.summary = lambda: {"loss": 1.0 - acc, "acc": acc}

@@ -208,6 +208,10 @@ class Budget:
     def tail_s(self) -> float:
         return max(TAIL_MIN_S, TAIL_PER_STARTUP * self.startup_s)
 
+    def used(self) -> float:
+        """Seconds of the budget spent so far (the process's age)."""
+        return process_age()
+
     def left(self) -> float:
         """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
         return TARGET * self.seconds - process_age()

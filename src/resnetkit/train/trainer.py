@@ -512,6 +512,10 @@ class Trainer:
         if self.is_main:  # report.html and the ECE, from best.safetensors as written
             report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline,
                                                   interpretation=self.test_interpretation)
+        if self.budget is not None:
+            used = self.budget.used()
+            self.log(f"budget {format_duration(self.budget.seconds)}: {used:.1f} s used so far "
+                     f"({used / self.budget.seconds:.0%}; the interpreter's exit follows)")
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
