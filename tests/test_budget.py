@@ -240,3 +240,16 @@ def test_first_steps_shrink_the_plan_to_half_at_most(tmp_path: Path, monkeypatch
     monkeypatch.setattr(Budget, "refit", lambda self, planned, done, *a, **k: 1.0 if done < 1 else planned)
     run = train(**run_cfg(tmp_path, verbose=False))
     assert run.config.max_steps == 33 and len(run.history) == 9  # ceil(0.5 x 66) steps: 8.25 epochs
+
+
+def test_a_cached_speed_is_timed_afresh_a_just_probed_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.train.trainer import BUDGET_PROBE_S, budget_speed
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: calls.append(k) or [{"images_per_s": 500.0}])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    args = (net, (1, 2, 2), 8, torch.device("cpu"), False)
+    assert budget_speed(probe.Choice("fp32", True, False, "probe", 2_399.0), *args) == 2_399.0 and not calls
+    assert budget_speed(probe.Choice("fp32", True, False, "cache", 2_399.0), *args) == 500.0  # another hour's
+    assert budget_speed(probe.Choice("fp32", False, False, "flag"), *args) == 500.0
+    assert [c["time_cap_s"] for c in calls] == [BUDGET_PROBE_S] * 2

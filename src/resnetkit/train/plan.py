@@ -22,7 +22,7 @@ from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
 from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
 from .steps import timing_step
-from .trainer import budget_costs, network_key
+from .trainer import budget_costs, budget_speed, network_key
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
@@ -82,11 +82,7 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
                           channels_last=cfg.channels_last, compile=cfg.compile,
                           network=network_key(cfg, model_args), make_step=timing_step,
                           run_steps=cfg.epochs * len(loaders.train))
-    speed = choice.images_per_s
-    if speed is None:
-        setting = probe.Setting(choice.precision, choice.channels_last, cfg.compile)
-        speed = probe.probe(model, shape, loaders.train.batch_size, [setting], device, timing_step)[0][
-            "images_per_s"] or 1.0
+    speed = budget_speed(choice, model, shape, loaders.train.batch_size, device, cfg.compile)
     speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
     speeds.record(loaders.spec.img_size, speed)
     costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)

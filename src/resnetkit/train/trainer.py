@@ -292,15 +292,13 @@ class Trainer:
     def fit_budget(self, model: nn.Module) -> None:
         """The first fit of --time-budget, from the probe's images/s: timed now unless the probe
         has just timed the chosen setting (not when it came from the cache or from flags)."""
-        fresh = self.choice is not None and self.choice.chosen_by == "probe"
-        speed = self.choice.images_per_s if fresh and self.choice else None
-        if speed is None and self.is_main:
-            spec = self.spec
-            setting = probe.Setting(self.precision.name, self.channels_last, self.cfg.compile)
-            rows = probe.probe(model, (spec.in_chans, spec.img_size, spec.img_size),
-                               self.loaders.train.batch_size, [setting], self.device, timing_step,
-                               time_cap_s=BUDGET_PROBE_S)
-            speed = rows[0]["images_per_s"] or 1.0
+        speed = None
+        if self.is_main:
+            spec, choice = self.spec, self.choice
+            if choice is None:  # flags decided: the setting in use, untimed
+                choice = probe.Choice(self.precision.name, self.channels_last, self.cfg.compile, "flag")
+            speed = budget_speed(choice, model, (spec.in_chans, spec.img_size, spec.img_size),
+                                 self.loaders.train.batch_size, self.device, self.cfg.compile)
         speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(self.spec.img_size)
         self.speeds.record(self.spec.img_size, speed)
@@ -737,6 +735,17 @@ class Trainer:
         write_json_atomic(self.run_dir / "report.json", rep)
         self.log(final_line(rep, wall, self.run_dir / "report.json"))
         return rep
+
+
+def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, int], batch_size: int,
+                 device: torch.device, compile: bool) -> float:
+    """Training images/s at the full input size for --time-budget's first fit: the probe's, where
+    it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
+    if choice.chosen_by == "probe" and choice.images_per_s:
+        return choice.images_per_s
+    setting = probe.Setting(choice.precision, choice.channels_last, compile)
+    rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
+    return rows[0]["images_per_s"] or 1.0
 
 
 def budget_costs(cfg: RunConfig, loaders: Any, tta: TTA, speeds: SizeSpeeds, tail_s: float) -> Costs:
