@@ -63,6 +63,7 @@ FIRST_STEPS_LEAST = 0.5
 # took 19 s in one run and 24 s in the next); --time-budget times the chosen setting afresh, for
 # at most this long, unless the probe has just timed it
 BUDGET_PROBE_S = 1.5
+QUIET_REFIT = 0.02  # a refit within this share of the plan that keeps the epoch count is not printed
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
 RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
@@ -340,9 +341,10 @@ class Trainer:
             max(least, self.budget.refit(planned, done, costs, self.cfg.eval_every, self.sched_steps)))
         if round(epochs * self.sched_steps) == round(planned * self.sched_steps):
             return
-        was = self.plan_text()
+        was, whole = self.plan_text(), self.cfg.epochs
         self.set_epochs(epochs)
-        self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {self.plan_text()} (was {was})")
+        if self.cfg.epochs != whole or abs(epochs - planned) >= QUIET_REFIT * planned:  # not every nudge
+            self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {self.plan_text()} (was {was})")
         if self.is_main:
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
         if isinstance(self.scheduler, Plateau):  # reads the val loss, not the length
