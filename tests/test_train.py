@@ -89,9 +89,12 @@ def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.C
     assert state["epoch"] == 2 and len(state["history"]) == 2
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path) -> None:
-    cfg = dict(model="resnet8", subset=200, batch_size=64, epochs=3, verbose=False)
+@pytest.mark.parametrize("extra", [{}, {"max_steps": 7}], ids=["epochs", "max-steps"])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, extra: dict[str, int]) -> None:
+    cfg = dict(model="resnet8", subset=200, batch_size=64, epochs=3, verbose=False, **extra)
     whole = train(out=str(tmp_path / "whole"), **cfg)
+    if extra:  # 3 steps per epoch: the third epoch is cut after 1, the resumed run cuts it too
+        assert whole.history[-1]["steps"] == 1 and whole.config.max_steps == 7
 
     def kill_after_epoch_2(trainer, record):
         if record["epoch"] == 2:
