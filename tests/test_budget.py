@@ -253,3 +253,20 @@ def test_a_cached_speed_is_timed_afresh_a_just_probed_one_is_not(monkeypatch: py
     assert budget_speed(probe.Choice("fp32", True, False, "cache", 2_399.0), *args) == 500.0  # another hour's
     assert budget_speed(probe.Choice("fp32", False, False, "flag"), *args) == 500.0
     assert [c["time_cap_s"] for c in calls] == [BUDGET_PROBE_S] * 2
+
+
+def test_a_first_steps_refit_below_one_epoch_ends_that_epoch_there(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)
+    monkeypatch.setattr(Budget, "first_fit", lambda self, *a, **k: 1.5)  # 6 steps of 4 per epoch
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, done, *a, **k: 0.25 if done < 1 else planned)
+    run = train(**run_cfg(tmp_path, verbose=False))  # the first steps (3) halve the plan: 3 steps
+    assert run.config.epochs == 1 and run.config.max_steps == 3
+    assert len(run.history) == 1 and run.history[0]["steps"] == 3  # one-cycle's end, not past it
+
+
+def test_max_steps_caps_a_time_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject(monkeypatch, 64.0)  # the budget alone: 16.5 epochs (above)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned + 5)
+    run = train(**run_cfg(tmp_path, verbose=False, max_steps=10))
+    assert run.config.max_steps == 10 and len(run.history) == 3 and run.history[-1]["steps"] == 2

@@ -54,10 +54,10 @@ def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.dev
                      freeze: FreezeTimeline | None = None, top_k: int = TOP_LOSSES,
                      method: str = "gradcam",
                      interpretation: interpret.Interpretation | None = None) -> dict[str, Any]:
-    """Evaluate the run's best checkpoint on its test split once more, per sample, and write
-    report.html (and class_indices.json; ``ece`` into report.json). Returns report.json's content.
-    ``interpretation``: that pass's result where the caller has it already (the trainer's test
-    pass, of the same checkpoint, uncalibrated)."""
+    """Write report.html (and class_indices.json; ``ece`` into report.json) from a per-sample
+    pass of the run's best checkpoint over its test split: ``interpretation``, where the caller
+    has made it already (the trainer's one test pass, at the run's precision, of an uncalibrated
+    checkpoint), else a pass run now in fp32. Returns report.json's content."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")

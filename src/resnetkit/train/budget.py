@@ -177,7 +177,8 @@ def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, min
         return epochs
     fits = remaining_seconds(epochs, done, costs, eval_every) <= left_s
     base = epochs if fits else epochs - 1  # whole epochs before the partial one
-    least = max(math.ceil(MIN_PART * steps_per_epoch), math.floor((done - base) * steps_per_epoch) + 1)
+    # done is steps / steps_per_epoch: (30 / 44) * 44 is 29.999...
+    least = max(math.ceil(MIN_PART * steps_per_epoch), math.floor((done - base) * steps_per_epoch + 1e-9) + 1)
     if least >= steps_per_epoch:
         return epochs
     lo, hi = least - 1, steps_per_epoch  # the most steps k in [least, steps) that fit: lo

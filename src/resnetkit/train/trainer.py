@@ -64,6 +64,7 @@ FIRST_STEPS_LEAST = 0.5
 # at most this long, unless the probe has just timed it
 BUDGET_PROBE_S = 1.5
 QUIET_REFIT = 0.02  # a refit within this share of the plan that keeps the epoch count is not printed
+MIN_REFIT = 0.002  # nor made at all within this share (a few steps: noise, and a replay of the schedule)
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
 RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
@@ -247,6 +248,12 @@ class Trainer:
         self.fresh_modules = prepared.fresh_modules
         self.transfer_notes = list(prepared.notes)
         model.to(self.device)
+        # optimizer steps per epoch (--accum-steps: one per accumulated batch)
+        self.sched_steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)
+        # --max-steps: the epochs it reaches into; with --time-budget, the most the plan may hold
+        self.step_cap = cfg.max_steps if cfg.max_steps and not cfg.resume else None
+        if self.step_cap:
+            self.set_epochs(min(cfg.epochs, self.step_cap / self.sched_steps))
         self.choose_runtime(model)
         self.transfer_notes += [n for n in (probe.precision_note(self.precision.name, self.device),) if n]
         if self.channels_last:
@@ -254,10 +261,6 @@ class Trainer:
         self.model = model
         self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a schedule moves them
-        # optimizer steps per epoch (--accum-steps: one per accumulated batch)
-        self.sched_steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)
-        if cfg.max_steps and not cfg.resume:  # --max-steps: the epochs it reaches into
-            self.set_epochs(min(cfg.epochs, cfg.max_steps / self.sched_steps))
         if self.budget is not None:
             self.fit_budget(model)
         self.scheduler = build_scheduler(self.optimizer, self.cfg, self.sched_steps)
@@ -285,7 +288,7 @@ class Trainer:
                                   channels_last=cfg.channels_last, compile=cfg.compile,
                                   network=network_key(cfg, self.model_args),
                                   make_step=timing_step,
-                                  run_steps=cfg.epochs * len(self.loaders.train))
+                                  run_steps=run_steps(cfg, self.sched_steps) * cfg.accum_steps)
         self.choice = distributed.broadcast_object(choice)
         self.precision = resolve_precision(self.choice.precision, self.device)
 
@@ -304,7 +307,7 @@ class Trainer:
         self.speeds = SizeSpeeds(self.spec.img_size)
         self.speeds.record(self.spec.img_size, speed)
         epochs = distributed.broadcast_object(
-            self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps))
+            self.capped(self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps)))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {self.plan_text()} "
                           f"at ~{speed:,.0f} img/s")
@@ -318,6 +321,10 @@ class Trainer:
         """Each epoch's training input size in a run of ``epochs`` (--min-img-size)."""
         return epoch_img_sizes(epochs, self.spec.img_size, self.cfg.min_img_size, self.cfg.progressive_until)
 
+
+    def capped(self, epochs: float) -> float:
+        """A --time-budget plan held to the user's --max-steps, if any."""
+        return min(epochs, self.step_cap / self.sched_steps) if self.step_cap else epochs
 
     def set_epochs(self, epochs: float) -> None:
         """Change the run's length in epochs; a fraction ends the last epoch early, at a step
@@ -338,8 +345,10 @@ class Trainer:
         rewrites config.json."""
         planned = self.planned_epochs
         epochs = distributed.broadcast_object(
-            max(least, self.budget.refit(planned, done, costs, self.cfg.eval_every, self.sched_steps)))
-        if round(epochs * self.sched_steps) == round(planned * self.sched_steps):
+            self.capped(max(least, self.budget.refit(planned, done, costs, self.cfg.eval_every,
+                                                     self.sched_steps))))
+        new, old = round(epochs * self.sched_steps), round(planned * self.sched_steps)
+        if abs(new - old) < max(1.0, MIN_REFIT * old):  # each new plan replays the schedule so far
             return
         was, whole = self.plan_text(), self.cfg.epochs
         self.set_epochs(epochs)
@@ -563,8 +572,9 @@ class Trainer:
         zero = torch.zeros((), device=self.device)
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
-        updates = updates_left = epoch_steps(self.cfg, epoch, self.sched_steps)  # --max-steps may end it early
-        bar = self.progress(epoch, min(len(loader), updates_left * self.cfg.accum_steps))
+        updates = 0  # optimizer steps; --max-steps (or a --time-budget refit) may end the epoch early
+        bar = self.progress(epoch, min(len(loader), epoch_steps(self.cfg, epoch, self.sched_steps)
+                                       * self.cfg.accum_steps))
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
         autocast = self.precision.autocast()
@@ -586,19 +596,20 @@ class Trainer:
                 self.scheduler.step()
                 if self.ema is not None:  # once per optimizer update
                     self.ema.update(self.model)
-                updates_left -= 1
+                updates += 1
             loss_sum += loss * y.shape[0]
             correct += hits
             seen += y.shape[0]
-            if step % every == 0 or step == len(loader) or updates_left == 0:
-                self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
-            if updates_left == 0:  # the last epoch of a --max-steps run, cut at its last step
-                break
             if step == 2 and check_at:
                 sync(self.device)
                 since, seen_before = time.perf_counter(), seen
             elif step == check_at and step > 2:
-                self.first_steps_check(step, since, seen - seen_before)
+                self.first_steps_check(step, since, seen - seen_before)  # may shorten this very epoch
+            end = last and updates >= epoch_steps(self.cfg, epoch, self.sched_steps)
+            if step % every == 0 or step == len(loader) or end:
+                self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+            if end:  # the epoch's last update: all of them, or where --max-steps cuts the run
+                break
         if bar is not None:
             bar.close()
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
@@ -743,7 +754,7 @@ def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, 
                  device: torch.device, compile: bool) -> float:
     """Training images/s at the full input size for --time-budget's first fit: the probe's, where
     it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
-    if choice.chosen_by == "probe" and choice.images_per_s:
+    if choice.images_per_s and (choice.chosen_by == "probe" or compile):  # compiling again: seconds
         return choice.images_per_s
     setting = probe.Setting(choice.precision, choice.channels_last, compile)
     rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
@@ -841,7 +852,7 @@ def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
 def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
     name = "ema val" if ema else "val"  # with --ema the average is evaluated, not the weights
     size = f"  {r['img_size']}px" if "img_size" in r else ""
-    size += f"  {r['steps']:,} steps" if "steps" in r else ""  # a last epoch --max-steps ended early
+    size += f"  {r['steps']:,} step{'s' * (r['steps'] != 1)}" if "steps" in r else ""  # a last epoch --max-steps ended early
     test = (f"{name} loss  -      acc   -    " if r["val_acc"] is None
             else f"{name} loss {r['val_loss']:.4f} acc {100 * r['val_acc']:6.2f}%")
     width = len(str(epochs))
