@@ -216,6 +216,7 @@ class Trainer:
         self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
         self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
+        self.test_interpretation: interpret.Interpretation | None = None  # the test pass, per sample (report.html)
         self.train_seconds: list[tuple[int, float]] = []  # (input size, seconds) of each epoch (--time-budget)
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
