@@ -6,11 +6,11 @@ epochs three times, each with a better measurement: before training from the pro
 after the first steps of epoch 1 from the loop's own images/s, and after each epoch from its
 measured seconds. A plan is a number of optimizer steps: whole epochs and, where the budget
 holds a share of one more, that share of its steps (``--max-steps``), so the run ends near the
-budget rather than up to one epoch short of it. The schedule (one-cycle, cosine, step) is rebuilt
-for the new length at the current step, so the run still ends annealed instead of being cut off. With progressive
-resizing each epoch costs what an image of its size was measured to cost (``SizeSpeeds``: the
-probe at full size, the run's own steps at the sizes it has trained, interpolated in between),
-so the small early epochs neither shrink nor inflate the plan.
+budget rather than up to one epoch short of it. The schedule (one-cycle, cosine, step) is
+rebuilt for the new length at the current step, so the run still ends annealed instead of being
+cut off. With progressive resizing each epoch costs what an image of its size was measured to
+cost (``SizeSpeeds``: the probe at full size, the run's own steps at the sizes it has trained,
+interpolated in between), so the small early epochs neither shrink nor inflate the plan.
 """
 from __future__ import annotations
 

@@ -574,8 +574,8 @@ class Trainer:
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
         updates = 0  # optimizer steps; --max-steps (or a --time-budget refit) may end the epoch early
-        bar = self.progress(epoch, min(len(loader), epoch_steps(self.cfg, epoch, self.sched_steps)
-                                       * self.cfg.accum_steps))
+        last_update = epoch_steps(self.cfg, epoch, self.sched_steps)
+        bar = self.progress(epoch, min(len(loader), last_update * self.cfg.accum_steps))
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
         start = time.perf_counter()
         autocast = self.precision.autocast()
@@ -605,8 +605,9 @@ class Trainer:
                 sync(self.device)
                 since, seen_before = time.perf_counter(), seen
             elif step == check_at and step > 2:
-                self.first_steps_check(step, since, seen - seen_before)  # may shorten this very epoch
-            end = last and updates >= epoch_steps(self.cfg, epoch, self.sched_steps)
+                self.first_steps_check(step, since, seen - seen_before)
+                last_update = epoch_steps(self.cfg, epoch, self.sched_steps)  # it may shorten this epoch
+            end = last and updates >= last_update
             if step % every == 0 or step == len(loader) or end:
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
             if end:  # the epoch's last update: all of them, or where --max-steps cuts the run
