@@ -7,7 +7,8 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` by defa
 - ``throughput``: training images/s of the fast recipe's network under resnetkit's fast path
   (in-memory loader, its precision and memory format, no host read per step) against a plain
   PyTorch tutorial loop (torchvision dataset + DataLoader + PIL transforms, fp32,
-  ``loss.item()`` per step), same model, optimizer and batch size, in this process.
+  ``loss.item()`` per step), same model, optimizer and batch size, each measurement in a new
+  process (the tutorial loop with glibc's malloc as it comes).
 - ``bench``: the ``resnetkit bench`` table of the fast recipe's network (train and infer).
 - ``inference``: benchmarks/bench_inference.py.
 - ``compute``: benchmarks/compute.py: training compute (TFLOP) against final-epoch test accuracy,
@@ -338,31 +339,77 @@ def tutorial_path(cfg: Any, device: torch.device, steps: int, warmup: int, worke
     return timed_steps(endless(loader), step, steps, warmup, device)
 
 
+LOOPS = ("tutorial", "fast", "fast-system-malloc")
+
+
+def loop_in_process(loop: str, data_dir: Path, device: torch.device, steps: int, warmup: int,
+                    workers: int, choice: Any) -> float:
+    """Images/s of one loop, measured in a new Python process: the tutorial loop runs as a user's
+    own script would (glibc's malloc as it comes, the recipe's thread count), the fast path as
+    `resnetkit train` runs it (runtime.cpu_threads: freed memory kept), so neither inherits the
+    other's allocator state or warm caches. ``fast-system-malloc``: the fast path with glibc's
+    malloc as it comes (RESNETKIT_SYSTEM_MALLOC=1), what keeping freed memory gives."""
+    from resnetkit.runtime import ALLOCATOR_OPT_OUT
+
+    env = {**os.environ, **({ALLOCATOR_OPT_OUT: "1"} if loop == "fast-system-malloc" else {})}
+    args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop.split("-")[0], "--loop-data", str(data_dir),
+            "--device", str(device), "--steps", str(steps), "--loop-warmup", str(warmup),
+            "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)}"]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    """The child side of loop_in_process: one measurement, printed as one JSON line."""
+    from types import SimpleNamespace
+
+    from resnetkit.runtime import cpu_threads, resolve_device
+
+    device = resolve_device(args.device)
+    cfg = fast_config(args.loop_data, device)
+    steps, warmup = args.steps or 60, args.loop_warmup
+    if args.loop == "tutorial":
+        if device.type == "cpu" and cfg.threads:
+            torch.set_num_threads(cfg.threads)  # the recipe's count, set as a script would
+        speed = tutorial_path(cfg, device, steps, warmup, args.workers)
+    else:
+        precision, cl = args.loop_setting.split(",")
+        with cpu_threads(cfg.threads, device):
+            speed = fast_path(cfg, device, steps, warmup,
+                              SimpleNamespace(precision=precision, channels_last=cl == "1"))
+    print(json.dumps({"loop": args.loop, "images_per_s": speed}))
+    return 0
+
+
 def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup: int, repeats: int,
                        workers: int, quick: bool, cmd: str) -> str:
     from resnetkit.runtime import cpu_threads
 
     cfg = fast_config(data_dir, device)
-    speeds: dict[str, list[float]] = {"tutorial": [], "fast": []}
+    speeds: dict[str, list[float]] = {loop: [] for loop in LOOPS}
     with cpu_threads(cfg.threads, device):
         choice = probe_choice(cfg, device)
-        print(f"  throughput: the probe chose {choice.describe()}", file=sys.stderr, flush=True)
-        for r in range(repeats):  # alternated, so a slow spell of a shared machine hits both
-            print(f"  throughput: repeat {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
-            speeds["tutorial"].append(tutorial_path(cfg, device, steps, warmup, workers))
-            speeds["fast"].append(fast_path(cfg, device, steps, warmup, choice))
-    tut, fast = (statistics.median(speeds[k]) for k in ("tutorial", "fast"))
+    print(f"  throughput: the probe chose {choice.describe()}", file=sys.stderr, flush=True)
+    for r in range(repeats):  # alternated, so a slow spell of a shared machine hits both
+        print(f"  throughput: repeat {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
+        for loop in LOOPS:
+            speeds[loop].append(loop_in_process(loop, data_dir, device, steps, warmup, workers, choice))
+    tut, fast, system = (statistics.median(speeds[k]) for k in LOOPS)
     per_image = train_flops_per_image(cfg, device)
     net = f"{cfg.model} {json.dumps(cfg.model_args, separators=(',', ':'))}"
+    from resnetkit.runtime import keep_freed_memory
+
     fast_how = (f"in-memory loader with the recipe's augmentation ({cfg.augment}), the setting "
-                f"`--precision auto` chose here: {choice.describe()}; no host read per step")
+                f"`--precision auto` chose here: {choice.describe()}; no host read per step; "
+                f"freed memory kept in the process (allocator: {keep_freed_memory()})")
     return "\n".join([
         "### Training throughput: resnetkit's fast path vs a plain PyTorch loop", "", provenance(cmd),
         *([QUICK_NOTE] if quick else []),
         f"Fashion-MNIST train split, the fast recipe's network {net}, batch {cfg.batch_size}, "
         f"SGD lr {cfg.lr:g} (momentum 0.9, Nesterov, wd {cfg.weight_decay:g}) in both, device {device}. "
         f"{steps} timed steps after {warmup} warm-up steps, fetching the batches included, building "
-        f"the dataset and loader not; median of {repeats} alternated repeats (min-max). "
+        f"the dataset and loader not; each measurement in a new process; median of {repeats} "
+        f"alternated repeats (min-max). "
         f"Utilisation: training FLOP/s (3 x {per_image // 3 / 1e6:.1f} MFLOP forward per image, "
         f"torch.utils.flop_counter) over the matmul peak above at the loop's precision.", "",
         "| loop | what it does | images/s | utilisation | ratio |", "|---|---|---:|---|---:|",
@@ -371,7 +418,10 @@ def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup:
         f"| {utilisation(tut, per_image, 'fp32')} | 1.00x |",
         f"| resnetkit fast path | {fast_how} | {spread(speeds['fast'], ',.0f')} | "
         f"{utilisation(fast, per_image, choice.precision)} | "
-        f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |"])
+        f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |",
+        f"| fast path, glibc's malloc as it comes | the same with RESNETKIT_SYSTEM_MALLOC=1: what keeping "
+        f"freed memory gives ({fast / system:.2f}x) | {spread(speeds['fast-system-malloc'], ',.0f')} | "
+        f"{utilisation(system, per_image, choice.precision)} | {system / tut:.2f}x |"])
 
 
 # ------------------------------------------------------------------ c. resnetkit bench
@@ -515,6 +565,10 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--levers", default=None, metavar="TEXT,...",
                    help="compute: only the rows whose name contains one of these (default: every row)")
     p.add_argument("--quick", action="store_true", help="tiny settings: check that every section works")
+    p.add_argument("--loop", choices=("tutorial", "fast"), help=argparse.SUPPRESS)  # loop_in_process's child
+    p.add_argument("--loop-data", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--loop-warmup", type=int, default=5, help=argparse.SUPPRESS)
+    p.add_argument("--loop-setting", default="fp32,0", help=argparse.SUPPRESS)
     p.add_argument("--write", type=Path, nargs="?", const=DEFAULT_MD, default=None, metavar="FILE",
                    help="markdown file to rewrite (default BENCHMARKS.md); a run without --quick "
                         "always writes, a --quick run only with --write")
@@ -527,7 +581,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--seeds must be at least 3 (a median and a spread need them); 1 with --quick")
     if any(v is not None and v < 1 for v in (args.steps, args.repeats)):
         p.error("--steps and --repeats must be positive")
-    if args.write is None and not args.quick:
+    if args.write is None and not args.quick and not args.loop:
         args.write = DEFAULT_MD
     return args
 
@@ -565,6 +619,8 @@ def run_compute(seeds: int | None, runs: Path | None, levers: str | None, quick:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
+    if args.loop:
+        return run_loop(args)
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
