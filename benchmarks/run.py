@@ -8,7 +8,7 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` by defa
   (in-memory loader, its precision and memory format, no host read per step) against a plain
   PyTorch tutorial loop (torchvision dataset + DataLoader + PIL transforms, fp32,
   ``loss.item()`` per step), same model, optimizer and batch size, each measurement in a new
-  process (the tutorial loop with glibc's malloc as it comes).
+  process.
 - ``bench``: the ``resnetkit bench`` table of the fast recipe's network (train and infer).
 - ``inference``: benchmarks/bench_inference.py.
 - ``compute``: benchmarks/compute.py: training compute (TFLOP) against final-epoch test accuracy,
@@ -339,23 +339,18 @@ def tutorial_path(cfg: Any, device: torch.device, steps: int, warmup: int, worke
     return timed_steps(endless(loader), step, steps, warmup, device)
 
 
-LOOPS = ("tutorial", "fast", "fast-system-malloc")
+LOOPS = ("tutorial", "fast")
 
 
 def loop_in_process(loop: str, data_dir: Path, device: torch.device, steps: int, warmup: int,
                     workers: int, choice: Any) -> float:
-    """Images/s of one loop, measured in a new Python process: the tutorial loop runs as a user's
-    own script would (glibc's malloc as it comes, the recipe's thread count), the fast path as
-    `resnetkit train` runs it (runtime.cpu_threads: freed memory kept), so neither inherits the
-    other's allocator state or warm caches. ``fast-system-malloc``: the fast path with glibc's
-    malloc as it comes (RESNETKIT_SYSTEM_MALLOC=1), what keeping freed memory gives."""
-    from resnetkit.runtime import ALLOCATOR_OPT_OUT
-
-    env = {**os.environ, **({ALLOCATOR_OPT_OUT: "1"} if loop == "fast-system-malloc" else {})}
-    args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop.split("-")[0], "--loop-data", str(data_dir),
+    """Images/s of one loop, measured in a new Python process (the tutorial loop as a user's own
+    script, with the recipe's thread count; the fast path as `resnetkit train` runs it), so
+    neither inherits the other's allocator state or warm caches."""
+    args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop, "--loop-data", str(data_dir),
             "--device", str(device), "--steps", str(steps), "--loop-warmup", str(warmup),
             "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)}"]
-    out = subprocess.run(args, check=True, capture_output=True, text=True, env=env).stdout
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
 
 
@@ -394,14 +389,11 @@ def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup:
         print(f"  throughput: repeat {r + 1}/{repeats} ...", file=sys.stderr, flush=True)
         for loop in LOOPS:
             speeds[loop].append(loop_in_process(loop, data_dir, device, steps, warmup, workers, choice))
-    tut, fast, system = (statistics.median(speeds[k]) for k in LOOPS)
+    tut, fast = (statistics.median(speeds[k]) for k in LOOPS)
     per_image = train_flops_per_image(cfg, device)
     net = f"{cfg.model} {json.dumps(cfg.model_args, separators=(',', ':'))}"
-    from resnetkit.runtime import keep_freed_memory
-
     fast_how = (f"in-memory loader with the recipe's augmentation ({cfg.augment}), the setting "
-                f"`--precision auto` chose here: {choice.describe()}; no host read per step; "
-                f"freed memory kept in the process (allocator: {keep_freed_memory()})")
+                f"`--precision auto` chose here: {choice.describe()}; no host read per step")
     return "\n".join([
         "### Training throughput: resnetkit's fast path vs a plain PyTorch loop", "", provenance(cmd),
         *([QUICK_NOTE] if quick else []),
@@ -418,10 +410,7 @@ def section_throughput(data_dir: Path, device: torch.device, steps: int, warmup:
         f"| {utilisation(tut, per_image, 'fp32')} | 1.00x |",
         f"| resnetkit fast path | {fast_how} | {spread(speeds['fast'], ',.0f')} | "
         f"{utilisation(fast, per_image, choice.precision)} | "
-        f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |",
-        f"| fast path, glibc's malloc as it comes | the same with RESNETKIT_SYSTEM_MALLOC=1: what keeping "
-        f"freed memory gives ({fast / system:.2f}x) | {spread(speeds['fast-system-malloc'], ',.0f')} | "
-        f"{utilisation(system, per_image, choice.precision)} | {system / tut:.2f}x |"])
+        f"**{fast / tut:.2f}x** (target >= {RATIO_TARGET:g}x) |"])
 
 
 # ------------------------------------------------------------------ c. resnetkit bench

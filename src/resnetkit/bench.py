@@ -19,7 +19,6 @@ from torch import nn
 from .errors import UserError
 from .models import create_model
 from .probe import Setting, cpu_model, failure, prepare, time_steps
-from .runtime import keep_freed_memory
 from .train.steps import timing_step
 
 
@@ -114,8 +113,6 @@ def bench_grid(model: str | nn.Module, input_size: Sequence[int], *, batch_size:
     """measure_throughput for every mode x setting, each row with its ``speedup`` over fp32
     eager; ``progress(row)`` is called after each measurement."""
     device = torch.device(device)
-    if device.type == "cpu":
-        keep_freed_memory()  # as training runs
     net = _build(model, input_size, model_args)  # an unknown name fails once, before any timing
     rows = []
     for mode in modes:
@@ -180,8 +177,6 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     env = {"device": str(device), "cpu": cpu_model(), "cpu_cores": os.cpu_count(),
            "cpu_threads": torch.get_num_threads(), "torch_version": torch.__version__,
            "python_version": platform.python_version()}
-    if device.type == "cpu":
-        env["allocator"] = keep_freed_memory()
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env

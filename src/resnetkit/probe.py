@@ -36,7 +36,7 @@ Step = Callable[[torch.Tensor, torch.Tensor], None]
 # make_step(model, mode, precision name) -> one train ("train") or inference ("infer") step on (x, y)
 StepFactory = Callable[[nn.Module, str, str], Step]
 
-CACHE_VERSION = 2  # 2: timed with freed memory kept (runtime.keep_freed_memory)
+CACHE_VERSION = 1
 WARMUP_STEPS = 2  # oneDNN builds its kernels on the first call of each shape: never timed
 MIN_ROUNDS, MAX_ROUNDS = 2, 7  # timed rounds, one step of every candidate per round
 # The probe stops after MIN_ROUNDS once it has run this long. A default fast run takes 75-170 s

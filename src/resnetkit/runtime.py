@@ -3,11 +3,7 @@ and the one timing loop that every images/s figure comes from."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
-import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Iterator
@@ -79,54 +75,10 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device.type)
 
 
-# glibc's mallopt parameters (malloc.h) and the values resnetkit sets: PyTorch's CPU allocator
-# frees each activation after use, and glibc hands large blocks back to the kernel (above its mmap
-# threshold, or as the heap's top is trimmed), so the next step takes page faults to get them back:
-# thousands per training step of a small net, 10-15% of its time. Keeping freed memory in the
-# process is what the allocators PyTorch's CPU tuning guides preload (jemalloc, tcmalloc) do.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-TRIM_THRESHOLD = 2**31 - 1  # never trim the heap's top
-MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit: blocks up to 32 MiB come from the heap
-ALLOCATOR_OPT_OUT = "RESNETKIT_SYSTEM_MALLOC"
-_ALLOCATOR: dict[str, str] = {}
-
-
-def keep_freed_memory() -> str:
-    """Tune glibc's malloc to keep freed memory for reuse, once per process, and say what the
-    allocator is: "kept" (tuned here), or why not: "preloaded" (LD_PRELOAD names jemalloc,
-    tcmalloc or mimalloc), "env" (RESNETKIT_SYSTEM_MALLOC=1, or glibc's thresholds set through
-    MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES), "not glibc". The process
-    then holds its peak heap until it exits, which a training run does anyway."""
-    if not _ALLOCATOR:
-        _ALLOCATOR["state"] = _tune_allocator()
-    return _ALLOCATOR["state"]
-
-
-def _tune_allocator() -> str:
-    env = os.environ
-    if any(name in env.get("LD_PRELOAD", "") for name in ("jemalloc", "tcmalloc", "mimalloc")):
-        return "preloaded"
-    tunables = env.get("GLIBC_TUNABLES", "")
-    if (env.get(ALLOCATOR_OPT_OUT, "0") not in ("", "0") or "MALLOC_TRIM_THRESHOLD_" in env or "MALLOC_MMAP_THRESHOLD_" in env
-            or "trim_threshold" in tunables or "mmap_threshold" in tunables):
-        return "env"
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
-        return "not glibc"
-    try:
-        libc = ctypes.CDLL(None)
-        ok = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        ok = 0
-    return "kept" if ok else "not glibc"
-
-
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
     """Run with ``threads`` intra-op CPU threads (on a CPU device), then restore the previous
-    count. The count is part of a run's config because it changes the order of float sums.
-    On a CPU it also keeps freed memory in the process (:func:`keep_freed_memory`)."""
-    if device.type == "cpu":
-        keep_freed_memory()
+    count. The count is part of a run's config because it changes the order of float sums."""
     if not threads or device.type != "cpu" or threads == torch.get_num_threads():
         yield
         return

@@ -49,7 +49,7 @@ from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
                     plan_text, run_steps, step_on_metric, with_length)
 from .recipes import describe, resolve_config
-from ..runtime import cpu_threads, keep_freed_memory, resolve_device, resolve_precision, sync
+from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
 from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -405,7 +405,6 @@ class Trainer:
         return {"device": str(self.device), "precision": self.precision.name,
                 "channels_last": self.channels_last, "compile": self.cfg.compile,
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
-                "allocator": keep_freed_memory() if self.device.type == "cpu" else None,
                 "images_per_s": c.images_per_s if c and c.images_per_s else
                 (float(np.median(speeds)) if speeds else None),
                 "train_images_per_s": float(np.median(speeds)) if speeds else None,
