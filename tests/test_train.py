@@ -246,6 +246,27 @@ def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert result.config.threads == 1 and torch.get_num_threads() == threads  # the recipe's, then restored
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_each_epoch_records_the_lr_of_its_last_update(tmp_path: Path, schedule: str) -> None:
+    """Not the one the schedule moves to next: after the last update that one lies past the
+    schedule's end (one-cycle's cosine rises again there)."""
+    from resnetkit.train.optim import build_optimizer, build_scheduler
+
+    result = resnetkit.train({"model": "resnet8", "subset": 200, "epochs": 3, "batch_size": 32},
+                             schedule=schedule, out=str(tmp_path / "run"), verbose=False)
+    cfg, history = result.config, result.history
+    steps = math.ceil(result.report["data"]["train_size"] / cfg.batch_size)
+    optimizer = build_optimizer([torch.zeros(1, requires_grad=True)], cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    used = []
+    for _ in range(cfg.epochs * steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [h["lr"] for h in history] == pytest.approx([used[e * steps - 1] for e in (1, 2, 3)])
+    assert history[-1]["lr"] == pytest.approx(min(used))
+
+
 @pytest.mark.slow
 def test_default_train_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           capsys: pytest.CaptureFixture) -> None:

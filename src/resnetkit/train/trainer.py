@@ -541,7 +541,7 @@ class Trainer:
         do_eval = selecting and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs)
         val = self.timed_evaluate(self.loaders.val).summary() if do_eval else {"loss": None, "acc": None}
         record = {"epoch": epoch, "train_loss": train.pop("train_loss"), "train_acc": train.pop("train_acc"),
-                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": current_lr(self.optimizer),
+                  "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.pop("lr"),
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
         step_on_metric(self.scheduler, record)  # --schedule plateau
@@ -574,6 +574,7 @@ class Trainer:
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
         updates = 0  # optimizer steps; --max-steps (or a --time-budget refit) may end the epoch early
+        lr = current_lr(self.optimizer)
         last_update = epoch_steps(self.cfg, epoch, self.sched_steps)
         bar = self.progress(epoch, min(len(loader), last_update * self.cfg.accum_steps))
         every = max(1, min(SYNC_EVERY, len(loader) // 4))
@@ -594,6 +595,7 @@ class Trainer:
                                         clip_grad=self.cfg.clip_grad, loss_scale=share, zero_grad=first,
                                         update=last)
             if last:
+                lr = current_lr(self.optimizer)  # the epoch line's: its last update's, not the next one's
                 self.scheduler.step()
                 if self.ema is not None:  # once per optimizer update
                     self.ema.update(self.model)
@@ -616,7 +618,7 @@ class Trainer:
             bar.close()
         loss, hits, seen = self.global_sums(loss_sum, correct, seen)
         out = {"train_loss": loss / max(seen, 1), "train_acc": hits / max(seen, 1),
-               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1),
+               "images_per_s": round(seen / max(time.perf_counter() - start, 1e-9), 1), "lr": lr,
                **({"img_size": size} if self.cfg.min_img_size else {}),
                **({"steps": updates} if updates < self.sched_steps else {})}
         if grad_norms is not None:
