@@ -96,8 +96,11 @@ def test_table_and_report(toy_run: tuple[Path, dict, str]) -> None:
 def test_verdict_follows_the_numbers(toy_run: tuple[Path, dict, str]) -> None:
     _, report, _ = toy_run
     v, err = report["verdict"], {k: r["final_train_error"] for k, r in report["nets"].items()}
-    assert v["plain_deeper_trains_worse"] == (err["plain20"] > err["plain8"])
-    assert v["resnet_deeper_trains_worse"] == (err["resnet20"] > err["resnet8"])
+    margin = v["noise_margin"]
+    assert v["train_images"] == report["nets"]["plain8"]["train_images"] > 0
+    assert margin["plain"] > 0 and margin["resnet"] > 0
+    assert v["plain_deeper_trains_worse"] == (err["plain20"] - err["plain8"] > margin["plain"])
+    assert v["resnet_deeper_trains_worse"] == (err["resnet20"] - err["resnet8"] > margin["resnet"])
     assert v["reproduced"] == (v["plain_deeper_trains_worse"] and not v["resnet_deeper_trains_worse"])
     assert v["train_error"] == {k: err[k] for k in NETS}
     assert v["message"].startswith("degradation reproduced" if v["reproduced"] else "degradation not reproduced")
@@ -117,6 +120,24 @@ def test_verdict_both_ways() -> None:
                              run("resnet56", 0.03)])
     assert not v["reproduced"] and not v["plain_deeper_trains_worse"]
     assert v["message"].startswith("degradation not reproduced at this size: plain56 trains no worse")
+
+
+def test_a_difference_within_sampling_noise_is_not_degradation() -> None:
+    def run(name: str, err: float, n: int) -> degradation.NetRun:
+        kind, depth = name.rstrip("0123456789"), int(name.lstrip("plainresnet"))
+        return degradation.NetRun(name, kind, depth, Path(name), [{"train_acc": 1 - err}], 1, 1.0,
+                                  train_images=n)
+
+    # 5.0% vs 5.5% on 1,000 images: 0.5 points, under two standard errors (about 2 points)
+    v = degradation.verdict([run("plain20", 0.050, 1000), run("plain56", 0.055, 1000),
+                             run("resnet20", 0.04, 1000), run("resnet56", 0.03, 1000)])
+    assert not v["reproduced"] and not v["plain_deeper_trains_worse"] and v["train_images"] == 1000
+    assert v["noise_margin"]["plain"] == pytest.approx(2 * ((0.05 * 0.95 + 0.055 * 0.945) / 1000) ** 0.5, abs=1e-6)
+    assert "only within noise" in v["message"] and "1,000 images" in v["message"]
+    # the same gap on 100,000 images is far outside the noise
+    v = degradation.verdict([run("plain20", 0.050, 100_000), run("plain56", 0.055, 100_000),
+                             run("resnet20", 0.04, 100_000), run("resnet56", 0.03, 100_000)])
+    assert v["reproduced"] and v["message"].startswith("degradation reproduced")
 
 
 def test_rerun_reuses_finished_runs_and_refuses_other_settings(toy_run: tuple[Path, dict, str]) -> None:

@@ -19,6 +19,7 @@ Train error is measured during each epoch on augmented batches in training mode,
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -145,6 +146,7 @@ class NetRun:
     seconds: float  # training wall time of the run, also when reused
     reused: bool = False  # finished before this invocation: its numbers were read, not retrained
     test_top1: float | None = None  # report.json: the one test pass, on the checkpoint val chose
+    train_images: int | None = None  # images per epoch, behind train_error's sampling noise
 
     @property
     def train_error(self) -> float:
@@ -177,8 +179,9 @@ def train_net(s: Settings, net: str, run_dir: Path, *, verbose: bool = True) -> 
         seconds = result.wall_time_s
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     kind, depth = net.rstrip("0123456789"), int(net.lstrip("abcdefghijklmnopqrstuvwxyz"))
-    top1 = json.loads((run_dir / "report.json").read_text()).get("top1")
-    return NetRun(net, kind, depth, run_dir, history, count_params(run_dir), float(seconds), reused, top1)
+    report = json.loads((run_dir / "report.json").read_text())
+    return NetRun(net, kind, depth, run_dir, history, count_params(run_dir), float(seconds), reused,
+                  report.get("top1"), (report.get("data") or {}).get("train_size"))
 
 
 def check_same_config(cfg: RunConfig, run_dir: Path) -> None:
@@ -236,35 +239,59 @@ def describe(s: Settings) -> str:
 
 
 # ------------------------------------------------------------------ the verdict and the report
+NOISE_SE = 2.0  # a deeper net "trains worse" when its error is higher by more than this many standard errors
+
+
+def noise_margin(a: float, b: float, n: int | None) -> float:
+    """The difference two train errors measured on ``n`` images each can show by chance alone:
+    NOISE_SE binomial standard errors of the difference (0 when ``n`` is unknown)."""
+    if not n:
+        return 0.0
+    return NOISE_SE * math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
 def verdict(runs: Sequence[NetRun]) -> dict[str, Any]:
-    """Does the deepest plain net end with a higher train error than the shallowest, while the
-    deepest residual net does not?"""
+    """Does the deepest plain net end with a higher train error than the shallowest, by more than
+    sampling noise (:func:`noise_margin`), while the deepest residual net does not?"""
     by = {(r.kind, r.depth): r for r in runs}
     lo, hi = min(r.depth for r in runs), max(r.depth for r in runs)
     err = {k: {d: by[(k, d)].train_error for d in (lo, hi)} for k in ("plain", "resnet")}
-    plain_worse = err["plain"][hi] > err["plain"][lo]
-    resnet_worse = err["resnet"][hi] > err["resnet"][lo]
+    n = min((r.train_images for r in runs if r.train_images), default=None)
+    margin = {k: noise_margin(err[k][hi], err[k][lo], n) for k in err}
+    plain_worse = err["plain"][hi] - err["plain"][lo] > margin["plain"]
+    resnet_worse = err["resnet"][hi] - err["resnet"][lo] > margin["resnet"]
     reproduced = plain_worse and not resnet_worse
     p, r = err["plain"], err["resnet"]
     nums = f"({100 * p[hi]:.2f}% vs {100 * p[lo]:.2f}% train error)"
     rnums = f"({100 * r[hi]:.2f}% vs {100 * r[lo]:.2f}%)"
-    if reproduced:
+    within = margin["resnet"] if reproduced else margin["plain"]
+    noise = (f"; differences under {100 * within:.2f} points are within the sampling noise of "
+             f"{n:,} images" if n else "")
+    if reproduced and r[hi] > r[lo]:
+        msg = (f"degradation reproduced: plain{hi} trains worse than plain{lo} {nums}, "
+               f"resnet{hi} not beyond noise {rnums}{noise}")
+    elif reproduced:
         msg = (f"degradation reproduced: plain{hi} trains worse than plain{lo} {nums}, "
                f"resnet{hi} does not {rnums}")
     elif plain_worse:
         msg = (f"degradation not reproduced at this size: plain{hi} trains worse than plain{lo} {nums}, "
                f"but so does resnet{hi} than resnet{lo} {rnums}")
+    elif p[hi] > p[lo]:
+        msg = (f"degradation not reproduced at this size: plain{hi} trains worse than plain{lo} "
+               f"{nums} only within noise{noise}; resnet{hi} vs resnet{lo} {rnums}")
     else:
         msg = (f"degradation not reproduced at this size: plain{hi} trains no worse than plain{lo} "
                f"{nums}; resnet{hi} vs resnet{lo} {rnums}")
     return {"reproduced": reproduced, "plain_deeper_trains_worse": plain_worse,
             "resnet_deeper_trains_worse": resnet_worse, "shallow_depth": lo, "deep_depth": hi,
-            "train_error": {f"{k}{d}": e for k, v in err.items() for d, e in v.items()}, "message": msg}
+            "train_error": {f"{k}{d}": e for k, v in err.items() for d, e in v.items()},
+            "noise_margin": {k: round(v, 6) for k, v in margin.items()}, "train_images": n, "message": msg}
 
 
 def build_report(s: Settings, runs: Sequence[NetRun], wall: float) -> dict[str, Any]:
     nets = {r.name: {"kind": r.kind, "depth": r.depth, "run_dir": r.run_dir.name, "params": r.params,
                      "seconds": round(r.seconds, 1), "reused": r.reused, "epochs": len(r.history),
+                     "train_images": r.train_images,
                      "final_train_error": r.train_error, "final_val_error": r.val_error,
                      "test_error": r.test_error, "train_error": [1 - h["train_acc"] for h in r.history],
                      "val_error": [None if h.get("val_acc") is None else 1 - h["val_acc"] for h in r.history],
