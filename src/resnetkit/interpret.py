@@ -52,12 +52,16 @@ class Collector:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        logits, y, x = logits.float().cpu(), y.cpu(), x.cpu().contiguous()
+        """On the batch's device, without waiting for it (a GPU pass is not held up per batch);
+        :meth:`result` brings everything to the CPU once."""
+        device = logits.device
+        logits, y, x = logits.float(), y.to(device), x.to(device).contiguous()
         self.logits.append(logits)
         self.targets.append(y)
         pool_images = x if self.best_images is None else torch.cat([self.best_images, x])
-        pool_loss = torch.cat([self.best_loss, per_sample_loss(logits, y)])
-        pool_index = torch.cat([self.best_index, torch.arange(self.seen, self.seen + len(y))])
+        pool_loss = torch.cat([self.best_loss.to(device), per_sample_loss(logits, y)])
+        pool_index = torch.cat([self.best_index.to(device),
+                                torch.arange(self.seen, self.seen + len(y), device=device)])
         # stable sort: among equal losses the earlier sample wins, whatever the batch size
         order = torch.sort(pool_loss, descending=True, stable=True).indices[:self.k]
         self.best_loss, self.best_index, self.best_images = pool_loss[order], pool_index[order], pool_images[order]
@@ -66,9 +70,9 @@ class Collector:
     def result(self) -> Interpretation:
         if not self.logits:
             return Interpretation(torch.empty(0, 0), torch.empty(0, dtype=torch.long),
-                                  self.best_index, torch.empty(0))
-        return Interpretation(torch.cat(self.logits), torch.cat(self.targets), self.best_index,
-                              self.best_images if self.best_images is not None else torch.empty(0))
+                                  self.best_index.cpu(), torch.empty(0))
+        return Interpretation(torch.cat(self.logits).cpu(), torch.cat(self.targets).cpu(), self.best_index.cpu(),
+                              self.best_images.cpu() if self.best_images is not None else torch.empty(0))
 
 
 @torch.no_grad()
