@@ -76,3 +76,27 @@ def test_a_run_finds_its_data_again_without_the_environment(tiny_mnist_root: Pat
     from resnetkit.evaluate import run_config
 
     assert run_config({**cfg, "data_dir": str(tmp_path / "gone")}).data_dir is None
+
+
+def test_another_dataset_keeps_the_runs_own_confusion_matrix(run, capsys: pytest.CaptureFixture) -> None:
+    own = run.run_dir / "confusion-test.png"
+    main(["evaluate", str(run.run_dir)])
+    before = own.read_bytes()
+    assert main(["evaluate", str(run.run_dir), "--dataset", "digits", "--tta"]) == 0
+    assert "confusion-digits-test.png" in capsys.readouterr().out
+    assert own.read_bytes() == before  # the tta matrix went to its own file
+    assert (run.run_dir / "confusion-digits-test.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_a_run_without_a_test_split_is_evaluated_as_val(tiny_split_imagefolder: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    res = train(dataset="imagefolder", data_dir=str(tiny_split_imagefolder), model="resnet8", img_size=16,
+                epochs=1, batch_size=8, out=str(tmp_path / "run"), verbose=False)
+    assert main(["evaluate", str(res.run_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_is_val"] is True and result["source"] == "val split (no test split)"
+    assert main(["evaluate", str(res.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "imagefolder val (no test split)" in out and "imagefolder test" not in out
+    assert main(["report", str(res.run_dir), "--top-losses", "2"]) == 0
+    assert "(val top-1 " in capsys.readouterr().out

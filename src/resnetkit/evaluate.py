@@ -56,15 +56,18 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     if out.count == 0:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
+    # a run without a test split was tested on its val split (build_eval_loader's source says so)
+    test_is_val = split == "test" and str(loader.source).startswith("val split")
+    shown = "val, no test split" if test_is_val else split
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
-              "split": split, "source": loader.source, "tta": tta,
+              "split": split, "test_is_val": test_is_val, "source": loader.source, "tta": tta,
               "tta_views": views.count if views else 1, "loss": out.summary()["loss"],
               "temperature": temperature, **rep,
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:
         try:
             plot_confusion(np.asarray(rep["confusion_matrix"]), loaded.classes, confusion_png,
-                           title=f"{loaded.arch} on {cfg.dataset} ({split}{', tta' if tta else ''})")
+                           title=f"{loaded.arch} on {cfg.dataset} ({shown}{', tta' if tta else ''})")
             result["confusion_png"] = str(confusion_png)
         except UserError as e:  # a read-only folder costs the picture, never the metrics
             result["confusion_png_error"] = f"{e}; choose another place with --out"
@@ -77,8 +80,11 @@ def run_config(saved: dict[str, Any], **changes: Any) -> RunConfig:
     return cfg.replace(**{k: v for k, v in changes.items() if v is not None})
 
 
-def default_confusion_path(checkpoint: Path, split: str) -> Path:
-    return checkpoint.parent / f"confusion-{split}.png"
+def default_confusion_path(checkpoint: Path, split: str, dataset: str | None = None) -> Path:
+    """confusion-<split>.png beside the checkpoint; with a --dataset given,
+    confusion-<dataset>-<split>.png, so the run's own picture is not replaced."""
+    name = f"{dataset}-{split}" if dataset else split
+    return checkpoint.parent / f"confusion-{name}.png"
 
 
 class _CallableModule(types.ModuleType):

@@ -25,7 +25,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "with flips) and both shifted by 1 px (default: as trained)")
     p.add_argument("--json", action="store_true", help="print the whole result as one JSON object")
     p.add_argument("--out", metavar="FILE", help="confusion matrix image "
-                                                 "(default: confusion-<split>.png beside the checkpoint)")
+                                                 "(default: confusion-<split>.png beside the checkpoint; "
+                                                 "with --dataset, confusion-<dataset>-<split>.png)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--batch-size", type=int, metavar="N", help="default: as trained")
     p.set_defaults(func=run)
@@ -36,13 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from .. import checkpoint, evaluate, report  # lazy dispatch: torch loads only to run
 
     path = checkpoint.resolve_checkpoint_path(args.checkpoint)
-    png = Path(args.out) if args.out else evaluate.default_confusion_path(path, args.split)
+    png = Path(args.out) if args.out else evaluate.default_confusion_path(path, args.split, args.dataset)
     result = evaluate.evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
                       device=args.device, batch_size=args.batch_size, confusion_png=png)
     if args.json:
         print(json.dumps(result))
         return 0
-    title = f"{result['dataset']} {result['split']}{', tta' if result['tta'] else ''}"
+    split = "val (no test split)" if result.get("test_is_val") else result["split"]
+    title = f"{result['dataset']} {split}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(report.format_report(result, title=title))
     scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--top-losses must be >= 0, got {args.top_losses}")
     rep = report_html.write_run_report(args.run_dir, device=args.device, top_k=args.top_losses,
                                        method=args.method)
-    ece = rep.get("ece")
+    ece, split = rep.get("ece"), rep.get("split") or "test"  # "val": the run had no test split
     print(f"wrote {Path(args.run_dir) / report_html.FILENAME}"
-          + (f"  (test top-1 {100 * rep['top1']:.2f}%, ECE {100 * ece:.2f}%)" if ece is not None else ""))
+          + (f"  ({split} top-1 {100 * rep['top1']:.2f}%, ECE {100 * ece:.2f}%)" if ece is not None else ""))
     return 0
