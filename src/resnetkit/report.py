@@ -114,6 +114,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = _figure(10, 4, ncols=2)
+    last = max((h["epoch"] for h in history), default=1)
+    accuracies: list[float] = []
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         for split, style in (("train", "-o"), ("val", "-s")):
             points = [(h["epoch"], h[f"{split}_{key}"]) for h in history
@@ -121,11 +123,14 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, style, markersize=3, label=split)
+                accuracies += ys if key == "acc" else []
         ax.set(xlabel="epoch", ylabel=label, title=label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)  # whole epochs, a short run not squeezed into a sliver
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend()
-    ax_acc.set_ylim(top=1.0)
+    if accuracies:  # room below the lowest point and up to 100%, none on the frame
+        ax_acc.set_ylim(max(0.0, min(accuracies) - 0.05), 1.01)
     _save_png(fig, path)
 
 
