@@ -267,3 +267,11 @@ def test_sign_language_digits(tmp_path: Path, weights_dir: Path, arch: str) -> N
     assert all(0 <= r["val_acc"] <= 1 for r in result.history)
     assert result.report["transfer"][0].startswith("pretrained: ")
     assert load_checkpoint(result.run_dir).spec.num_classes == 10
+
+
+def test_a_missing_data_folder_is_named_before_missing_weights(hub: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """Offline and without the folder: the folder is the first thing to fix, so it is named first."""
+    assert main(["finetune", str(tmp_path / "nothere"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "nothere not found" in err and "download" not in err.lower() and len(err.strip().splitlines()) == 1

@@ -195,8 +195,8 @@ def plan_lines(values: dict[str, Any]) -> list[str]:
     """The resolved plan of ``resnetkit finetune``, printed before any image is decoded."""
     cfg = resolve_config(RunConfig.from_dict(values), set(values))
     freeze_plan(cfg)  # a bad --freeze fails here, not after the data is read
+    spec = dataset_spec(cfg)  # a missing DATA_DIR first: the weights would not help
     source = pretrained.check_source(cfg.pretrained, cfg.model) if cfg.pretrained else None
-    spec = dataset_spec(cfg)
     origin = f"from {source.label}" if source else "from scratch (no --pretrained)"
     # The preprocessing and the freeze schedule follow from the trainer, once the weights are in.
     return [f"fine-tune plan: {cfg.model} {origin}",
