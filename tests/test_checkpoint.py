@@ -138,3 +138,40 @@ def test_resume_state_roundtrip_uses_weights_only(tmp_path: Path) -> None:
     back = ckpt.load_state(tmp_path / "state.pt")
     assert back["epoch"] == 2 and torch.equal(back["model"]["w"], torch.ones(3))
     assert back["history"] == state["history"]
+
+
+def damaged_states(tmp_path: Path) -> dict[str, bytes]:
+    """Files a kill, a full disk or a stray write could leave as state.pt."""
+    good = tmp_path / "good.pt"
+    ckpt.save_state(good, {"epoch": 2, "model": {"w": torch.ones(64)}, "history": []})
+    data = good.read_bytes()
+    return {"junk": b"junk", "empty": b"", "truncated": data[: len(data) // 2], "cut-tail": data[:-30],
+            "text": b"hello world\n" * 10, "zeros": b"\0" * 100, "protocol-only": b"\x80\x05junk",
+            "a-list": pickle.dumps([1, 2], protocol=2)}
+
+
+@pytest.mark.parametrize("kind", ["junk", "empty", "truncated", "cut-tail", "text", "zeros",
+                                  "protocol-only", "a-list"])
+def test_a_damaged_resume_state_is_one_clear_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "run" / "state.pt"
+    path.parent.mkdir()
+    path.write_bytes(damaged_states(tmp_path)[kind])
+    save_tiny(path.parent / "last.safetensors")
+    with pytest.raises(UserError) as e:
+        ckpt.load_state(path)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and str(path) in message and "not a readable resume state" in message
+    assert "last.safetensors are separate files and are not touched" in message
+    assert "start a new run with another --out" in message and "weights_only=False" not in message
+
+
+def test_resume_from_a_garbage_state_is_refused_without_a_traceback(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "resnet8", "epochs": 1, "subset": 200}))
+    (run / "state.pt").write_bytes(b"junk")  # struct.error inside the unpickler
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetkit: error: refusing to resume from") and len(err.strip().splitlines()) == 1
+    assert (run / "state.pt").read_bytes() == b"junk"  # nothing rewritten

@@ -276,3 +276,82 @@ def test_default_train_reaches_97_percent(tmp_path: Path, monkeypatch: pytest.Mo
     report = json.loads((run / "report.json").read_text())
     assert report["top1"] >= 0.97
     assert "chosen on val" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"model": ', "is not valid JSON (line 1, column 11"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"model": "resnet8", "epochs": "three"}', "wrong type(s): epochs='three'"),
+    ('{"model": "resnet8", "epoch": 3}', "unknown key(s) epoch"),
+], ids=["truncated", "not-an-object", "wrong-type", "unknown-key"])
+def test_resume_refuses_a_damaged_config_json(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              text: str, says: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(text)
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"resnetkit: error: --resume: {run / 'config.json'}") and says in err
+    assert len(err.strip().splitlines()) == 1 and "another --out" in err
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # nothing written
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--resume", str(tmp_path / "nothere")]) == 2
+    assert "nothere: folder not found" in capsys.readouterr().err
+
+
+def test_a_resumed_run_says_its_speed_settings_come_from_its_config(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(model="resnet8", subset=200, epochs=1, out=str(run), verbose=False)
+    # a finished run keeps its state.pt: resuming it writes the same report again; its precision
+    # and memory format come from config.json, not from flags the user gave
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "(from the resumed run's config)" in out and "forced by flags" not in out
+    flip = "--no-channels-last" if json.loads((run / "config.json").read_text())["channels_last"] else "--channels-last"
+    assert main(["train", "--resume", str(run), flip]) == 0
+    assert "(precision from the resumed run's config, channels_last forced by a flag)" in capsys.readouterr().out
+
+
+def test_resume_of_a_trained_run_without_state_is_refused_and_overwrites_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    train(model="resnet8", subset=200, epochs=1, out=str(run), verbose=False)
+    (run / "state.pt").unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "state.pt is missing" in err and "another --out" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_of_a_run_killed_while_saving_its_first_epoch_starts_over(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """state.pt is written last: a kill after epoch 1's checkpoints and metrics line but before its
+    state leaves nothing to continue, and starting over rewrites only what epoch 1 wrote."""
+    run, killed = tmp_path / "run", tmp_path / "killed"
+
+    def copy_epoch_1_without_state(trainer, record):
+        if record["epoch"] == 1:
+            shutil.copytree(run, killed, ignore=shutil.ignore_patterns("state.pt"))
+
+    train(model="resnet8", subset=200, epochs=2, out=str(run), verbose=False,
+          callbacks=[copy_epoch_1_without_state])
+    assert (killed / "last.safetensors").is_file() and len(read_jsonl(killed / "metrics.jsonl")) == 1
+    capsys.readouterr()
+    assert main(["train", "--resume", str(killed)]) == 0
+    assert "no epoch of it was saved (no state.pt); starting over from epoch 1" in capsys.readouterr().out
+    assert [h["epoch"] for h in read_jsonl(killed / "metrics.jsonl")] == [1, 2]
+
+
+def test_resume_refuses_a_state_of_another_network(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "resnet8", "epochs": 1, "subset": 200}))
+    ckpt.save_state(run / "state.pt", {"epoch": 1, "model": {"w": torch.ones(3)}, "optimizer": {},
+                                       "scheduler": {}, "rng": {}, "best": {}, "bad_evals": 0, "history": []})
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "its weights do not fit resnet8" in err and len(err.strip().splitlines()) == 1

@@ -143,6 +143,16 @@ def read_metadata(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[st
     return meta, tensors
 
 
+def recorded_epoch(path: str | os.PathLike[str]) -> int | None:
+    """The epoch in a checkpoint's metrics, read from its header alone; None when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            epoch = json.loads((f.metadata() or {}).get("metrics", "{}")).get("epoch")
+    except (SafetensorError, OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the model of a checkpoint file or run folder, weights loaded, in eval mode."""
     p = resolve_checkpoint_path(path)
@@ -252,13 +262,28 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         with warnings.catch_warnings():  # protocol notes about a file about to be refused anyway
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # torch's refusal of a callable names it so
+            raise UserError(unreadable_state(p, e)) from None
         # torch's message advises weights_only=False, which would run whatever the file names
         raise UserError(f"refusing to resume from {p}: it holds pickled code or objects other "
                         f"than tensors, numbers and strings, and was not loaded; a resnetkit run "
                         f"never writes such a file, so do not load it another way") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        raise UserError(f"refusing to resume from {p}: not a readable resume state ({first_line(e)})") from None
+    except Exception as e:  # noqa: BLE001 - garbage or a truncated file fails anywhere in the
+        # unpickler (struct.error, KeyError, UnicodeDecodeError, a zip reader's RuntimeError...)
+        raise UserError(unreadable_state(p, e)) from None
     if not isinstance(state, dict) or "epoch" not in state or "model" not in state:
-        raise UserError(f"{p} is not a resnetkit resume state")
+        raise UserError(unreadable_state(p, "it holds no epoch and model"))
     return state
+
+
+def unreadable_state(path: Path, why: str | Exception) -> str:
+    """The one line for a damaged state.pt: the run cannot be continued, its checkpoints (separate
+    files) are not touched, and a new run needs another folder."""
+    if isinstance(why, Exception):  # the gist: torch's zip reader goes on for three sentences
+        why = ("missing entry " if isinstance(why, KeyError) else "") + first_line(why).split(". ")[0]
+    kept = [name for name in (BEST, LAST) if (path.parent / name).is_file()]
+    intact = (f"; its checkpoints {' and '.join(kept)} are separate files and are not touched "
+              f"(evaluate, predict and export take them)" if kept else "")
+    return (f"refusing to resume from {path}: not a readable resume state ({why}), so the run cannot "
+            f"be continued{intact}; start a new run with another --out")

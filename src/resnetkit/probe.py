@@ -167,14 +167,15 @@ class Choice:
     measured: list[dict[str, Any]] = field(default_factory=list)  # every candidate's speed
     probe_seconds: float | None = None
 
-    def describe(self) -> str:
-        """``fp32 + channels_last (probe: 671 img/s; bf16 not native here)``."""
+    def describe(self, forced: str = "forced by flags") -> str:
+        """``fp32 + channels_last (probe: 671 img/s; bf16 not native here)``; ``forced``: where a
+        fixed setting came from (a resumed run reads it from its config)."""
         head = Setting(self.precision, self.channels_last, self.compile).name()
         why = {"probe": "probe", "cache": "cached probe"}.get(self.chosen_by)
         if why and self.images_per_s:
             parts = [f"{why}: {self.images_per_s:,.0f} img/s"]
         elif self.chosen_by == "flag":
-            parts = ["forced by flags"]
+            parts = [forced]
         else:
             parts = [] if self.reason else ["this device's rule"]
         parts += [self.reason] if self.reason else []

@@ -21,6 +21,8 @@ import math
 import random
 import sys
 import time
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,7 +42,7 @@ from ..data import build_loaders, tta_for
 from ..data.augment import TTA
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
 from .budget import Budget, Costs, SizeSpeeds, format_duration
@@ -153,9 +155,12 @@ def resume_config(cfg: RunConfig, explicit: set[str] | None) -> tuple[RunConfig,
     """The saved config of the run folder ``cfg.resume``; a resumed run continues it unchanged."""
     run_dir = Path(cfg.resume)
     path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        what = "is not a folder" if run_dir.exists() else "folder not found"
+        raise UserError(f"--resume {run_dir}: {what}; pass the run folder (--out) of an earlier 'resnetkit train'")
     if not path.is_file():
         raise UserError(f"--resume {run_dir}: no config.json there; pass the folder of an earlier run")
-    saved = recorded_config(json.loads(path.read_text(encoding="utf-8")))
+    saved = recorded_config(read_run_config(path))
     explicit = explicit if explicit is not None else set()
     changed = sorted(k for k in explicit - set(RESUME_MAY_CHANGE)
                      if getattr(cfg, k) != getattr(saved, k))
@@ -166,6 +171,60 @@ def resume_config(cfg: RunConfig, explicit: set[str] | None) -> tuple[RunConfig,
     keep = {k: getattr(cfg, k) for k in RESUME_MAY_CHANGE if k in explicit}
     resolved = saved.replace(**{**keep, "out": str(run_dir), "resume": str(run_dir)})
     return resolved, {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, refused in one line when it is not what a run writes: a resumed run
+    must continue with exactly the values it started with, none dropped or misread."""
+    damaged = "the run cannot be continued as it was configured; repair the file or start a new run with another --out"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"--resume: {path} is not valid JSON (line {e.lineno}, column {e.colno}: "
+                        f"{e.msg}); {damaged}") from None
+    except (OSError, ValueError) as e:  # unreadable, or not UTF-8 text
+        raise UserError(f"--resume: cannot read {path} ({first_line(e)}); {damaged}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--resume: {path} holds a JSON {type(data).__name__}, not an object of "
+                        f"config keys; {damaged}")
+    hints = typing.get_type_hints(RunConfig)
+    unknown = sorted(k for k in data if k not in hints)
+    wrong = [f"{k}={v!r:.40}" for k, v in data.items() if k in hints and not json_fits(v, hints[k])]
+    if unknown or wrong:
+        what = "; ".join(([f"unknown key(s) {', '.join(unknown)} (another resnetkit version wrote it, or "
+                           f"it was edited)"] if unknown else []) +
+                         ([f"wrong type(s): {', '.join(wrong)}"] if wrong else []))
+        raise UserError(f"--resume: {path} has {what}; {damaged}")
+    return data
+
+
+def json_fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a type of the RunConfig field annotation ``hint`` (an int is a
+    float; a bool is neither); kinds JSON cannot tell apart (Any, Literal) are checked where used."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in kinds:
+        kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
+        if kind is type(None):
+            ok = value is None
+        elif kind in (int, float):
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and (kind is float or isinstance(value, int)))
+        elif kind in (str, bool, dict, list, tuple):
+            ok = isinstance(value, list if kind is tuple else kind)
+        else:
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+def line_epoch(line: str) -> int | None:
+    """The epoch of a metrics.jsonl line; None when the line is not one."""
+    try:
+        epoch = json.loads(line).get("epoch")
+    except (ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
 
 
 def seed_everything(seed: int) -> None:
@@ -437,10 +496,47 @@ class Trainer:
             report_html.write_class_files(self.run_dir, self.spec.classes)
 
     def resume_state(self) -> dict[str, Any] | None:
-        """state.pt as rank 0 reads it, on every rank (other machines need not see the folder)."""
+        """state.pt as rank 0 reads it, on every rank (other machines need not see the folder);
+        None for a run killed before its first epoch was saved, which starts over."""
         path = self.run_dir / ckpt.STATE
-        state = ckpt.load_state(path) if self.is_main and path.exists() else None
+        state = None
+        if self.is_main and path.exists():
+            state = ckpt.load_state(path)
+            self.check_state(state, path)
+        elif self.is_main:
+            self.check_nothing_trained()
+            self.log(f"--resume {self.run_dir}: no epoch of it was saved (no {ckpt.STATE}); starting over "
+                     f"from epoch 1")
         return distributed.broadcast_object(state)
+
+    def check_state(self, state: Mapping[str, Any], path: Path) -> None:
+        """The entries restore() reads, and weights of this run's network: a state.pt copied
+        from another run would otherwise fail half way through restoring."""
+        missing = [k for k in ("optimizer", "scheduler", "rng", "best", "bad_evals", "history")
+                   if k not in state]
+        want = self.model.state_dict()
+        got = state["model"] if isinstance(state["model"], dict) else {}
+        fits = set(got) == set(want) and all(
+            isinstance(got[k], torch.Tensor) and got[k].shape == want[k].shape for k in want)
+        if missing or not fits:
+            why = f"it lacks {', '.join(missing)}" if missing else f"its weights do not fit {self.cfg.model}"
+            raise UserError(ckpt.unreadable_state(path, why))
+
+    def check_nothing_trained(self) -> None:
+        """Without state.pt, resuming starts over, which is right only when no epoch was finished:
+        at most epoch 1 was being saved when the run was killed (the state is written last). A
+        folder with a later epoch or a report lost its state.pt, and its files are kept."""
+        metrics = self.run_dir / "metrics.jsonl"
+        lines = metrics.read_text(encoding="utf-8", errors="replace").splitlines() if metrics.is_file() else []
+        epochs = [ckpt.recorded_epoch(self.run_dir / n) for n in (ckpt.BEST, ckpt.LAST)
+                  if (self.run_dir / n).is_file()] + [line_epoch(line) for line in lines if line.strip()]
+        if (self.run_dir / "report.json").exists() or any(e is None or e > 1 for e in epochs):
+            found = [n for n in (ckpt.BEST, ckpt.LAST, "metrics.jsonl", "report.json")
+                     if (self.run_dir / n).is_file()]
+            raise UserError(f"--resume {self.run_dir}: its {ckpt.STATE} is missing, so the run cannot be "
+                            f"continued, and starting over would overwrite its {', '.join(found)}; "
+                            f"start a new run with another --out (--config {self.run_dir / 'config.json'} "
+                            f"trains it the same way)")
 
     def saved_config(self) -> dict[str, Any]:
         """The config as config.json and the checkpoints record it: where the run lives, not how
@@ -495,7 +591,7 @@ class Trainer:
         self.log(describe(self.cfg))
         self.log(split_line(self.loaders))
         if self.choice is not None:
-            self.log(f"speed: {self.choice.describe()}")
+            self.log(f"speed: {self.choice.describe(forced=self.forced_by())}")
         for line in self.notes:
             self.log(line)
         for line in self.transfer_notes:
@@ -529,6 +625,23 @@ class Trainer:
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
+
+    def forced_by(self) -> str:
+        """Where forced precision and memory format came from: a resumed run reads them from its
+        config.json (as resolved when it started) unless a flag changed them."""
+        if not self.cfg.resume:
+            return "forced by flags"
+        try:
+            saved = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            saved = {}
+        kept = [k for k in ("precision", "channels_last") if saved.get(k) == getattr(self.cfg, k)]
+        if len(kept) == 2:
+            return "from the resumed run's config"
+        if not kept:
+            return "forced by flags"
+        other = "channels_last" if kept[0] == "precision" else "precision"
+        return f"{kept[0]} from the resumed run's config, {other} forced by a flag"
 
     def out_of_patience(self) -> bool:
         return bool(self.cfg.early_stop) and self.best.bad_evals >= self.cfg.early_stop
