@@ -183,3 +183,12 @@ def test_explain_command_writes_one_picture_per_image(digits_run: Path, digit_fi
     assert f"{stems[0]}.png" in names  # a/X.png and b/X.png would be X.png and X-2.png
     assert main(["explain", str(digits_run), str(digit_files[0]), "--out", str(out), "--class", "cat"]) == 2
     assert "unknown class 'cat'" in capsys.readouterr().err
+
+
+def test_explain_out_that_is_a_file_is_a_user_error(digits_run: Path, digit_files: list[Path],
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    picture = digit_files[0]
+    assert main(["explain", str(digits_run), str(picture), "--out", str(picture)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err == f"resnetkit: error: --out must be a folder, but a file named {picture} exists; choose a folder\n"

@@ -268,3 +268,37 @@ def test_export_mnist_checkpoint_checks_and_quantizes_on_real_data(tmp_path: Pat
     out = capsys.readouterr().out
     assert "parity on 32 mnist test images" in out
     assert "calibration on 64 mnist train images" in out and "test accuracy on 10000 images" in out
+
+
+# ------------------------------------------------------------------ opsets and exporter chatter
+def test_opset_out_of_range_is_refused_before_any_work(capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model, spec = eval_net("resnet20", 1), spec_for(1, 8)
+    for opset in (3, E.max_opset() + 1):
+        with pytest.raises(UserError, match=rf"--opset {opset} is out of range: .* opsets 7 to {E.max_opset()}"):
+            E.export_onnx(model, spec, tmp_path / "m.onnx", opset=opset)
+    # the CLI checks it before reading the checkpoint (which does not even exist here)
+    assert main(["export", str(tmp_path / "none.safetensors"), "--opset", "3"]) == 2
+    out, err = capfd.readouterr()
+    assert out == "" and err.startswith("resnetkit: error: --opset 3 is out of range") and err.count("\n") == 1
+
+
+def test_failed_legacy_export_prints_one_line_and_no_exporter_chatter(capfd: pytest.CaptureFixture[str],
+                                                                      tmp_path: Path) -> None:
+    # resnet20's option-A shortcut slices with a step of 2: the legacy exporter needs opset 10 for it
+    # and, failing at 9, dumps its whole TorchScript IR graph (~20 KB) from C++ onto stdout
+    model, spec = eval_net("resnet20", 1), spec_for(1, 8)
+    with pytest.raises(UserError) as info:
+        E.export_onnx(model, spec, tmp_path / "m9.onnx", opset=9)
+    assert capfd.readouterr() == ("", "")
+    message = str(info.value)
+    assert "at opset 9 failed" in message and "newer --opset" in message and "\n" not in message
+    assert "Caused by" not in message and len(message) < 300
+    E.export_onnx(model, spec, tmp_path / "m10.onnx", opset=10)  # in range and enough for the model
+    assert B.read_info(tmp_path / "m10.onnx").extra["opset"] == 10
+
+
+def test_cli_export_out_below_a_file_is_a_user_error(trained_run: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.png").write_bytes(b"x")
+    assert main(["export", str(trained_run), "--out", str(tmp_path / "a.png" / "m.onnx"), "--check", "0"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.png'} is a file, not a folder" in err and err.count("\n") == 1

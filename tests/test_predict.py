@@ -146,3 +146,49 @@ def test_annotate_draws_the_answer_on_each_image(digits_run: Path, digit_pngs: t
         # below the band the digit itself, enlarged with whole pixels
         original = np.asarray(Image.open(path).convert("RGB")).astype(int)
         assert (picture[-20::20, ::20] == original[-1:, :]).all()
+
+
+def test_a_reader_that_goes_away_ends_predict_quietly(trained: Path, digit_pngs: tuple[list[Path], list[str]],
+                                                      tmp_path: Path) -> None:
+    """`resnetkit predict ... --json | head -1`: exit 141 with nothing on stderr, as Unix tools do.
+
+    ~140 KB of answers, more than a pipe holds (64 KiB on Linux), so writes go on after head has
+    read its line and exited, whatever the timing."""
+    import subprocess
+    import sys
+
+    paths, _ = digit_pngs
+    cmd = [sys.executable, "-m", "resnetkit", "predict", str(trained), *map(str, paths * 10), "--json"]
+    producer = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    head = subprocess.Popen(["head", "-1"], stdin=producer.stdout, stdout=subprocess.PIPE)
+    assert producer.stdout is not None and producer.stderr is not None
+    producer.stdout.close()  # head alone reads the pipe: when it exits, nobody does
+    first, _ = head.communicate(timeout=300)
+    err = producer.stderr.read().decode()
+    assert producer.wait(timeout=300) == 141, err
+    assert err == "" and json.loads(first)["path"] == str(paths[0])
+
+
+def test_inputs_that_match_nothing_say_why(trained: Path, digit_pngs: tuple[list[Path], list[str]],
+                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    paths, _ = digit_pngs
+    group = paths[0].parent
+    (tmp_path / "notes.txt").write_text("not a picture")
+    inputs = [str(group / "*" / "*.xyz"), str(tmp_path / "*.txt"), str(group.parent / "*"),
+              str(paths[0] / "x.png"), str(tmp_path / "missing.png")]
+    assert main(["predict", str(trained), *inputs, "--json"]) == 1
+    errors = [json.loads(line)["error"] for line in capsys.readouterr().out.splitlines()]
+    assert errors == ["the pattern matched no file", "the pattern matched no image file",
+                      "the pattern matched only folders; name a folder itself to classify the images under it",
+                      f"{paths[0]} is a file, not a folder", "file not found"]
+
+
+def test_annotate_into_a_file_is_a_user_error(trained: Path, digit_pngs: tuple[list[Path], list[str]],
+                                              capsys: pytest.CaptureFixture) -> None:
+    paths, _ = digit_pngs
+    for annotate, says in ((paths[1], f"a file named {paths[1]} exists"),
+                           (paths[1] / "sub", f"{paths[1]} in {paths[1] / 'sub'} is a file")):
+        assert main(["predict", str(trained), str(paths[0]), "--annotate", str(annotate)]) == 2
+        out, err = capsys.readouterr()
+        assert out == ""  # refused before any image is classified
+        assert err.startswith("resnetkit: error: --annotate must be a folder") and says in err

@@ -77,3 +77,25 @@ def test_resume_with_the_toolbox_flags_equals_an_uninterrupted_run(tmp_path: Pat
     a, b = load_file(str(whole.run_dir / "last.safetensors")), load_file(str(cut / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert list((cut / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_closed_pipe_on_stdout_ends_the_command_quietly(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A real pipe whose reader has gone (`resnetkit models | head -1` once head has exited).
+
+    Once the write has failed, flushing again succeeds (the bytes were dropped), so only the pipe
+    itself can tell that stdout's reader is gone."""
+    import io
+    import os
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = io.TextIOWrapper(io.FileIO(write_end, "w"), write_through=True)  # each print is a write
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        assert main(["models"]) == 141
+    finally:
+        monkeypatch.undo()
+        stdout.close()
+    assert capsys.readouterr().err == ""

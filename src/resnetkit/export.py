@@ -10,12 +10,17 @@ Every export is checked against eager PyTorch (:func:`resnetkit.backends.check_p
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import io
 import json
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -31,6 +36,9 @@ from .specs import DatasetSpec
 FORMATS = ("onnx", "torchscript")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 MIN_DYNAMO_OPSET = 18
+# The TorchScript-based exporter's floor (torch.onnx._constants.ONNX_MIN_OPSET) and onnxruntime's:
+# below 7 the exporter either refuses or writes graphs that onnxruntime cannot run.
+MIN_OPSET = 7
 
 
 # ------------------------------------------------------------------ writing
@@ -49,6 +57,54 @@ def _require_onnx() -> Any:
     return onnx
 
 
+def max_opset() -> int:
+    """The newest opset the installed onnx package knows: the dynamo exporter converts its graph
+    up to it; beyond it the conversion fails and the exporter silently writes opset 18."""
+    return int(_require_onnx().defs.onnx_opset_version())
+
+
+def check_opset(opset: int | None) -> None:
+    """Refuse an opset no exporter can write, before any work."""
+    if opset is not None and not MIN_OPSET <= opset <= max_opset():
+        raise UserError(f"--opset {opset} is out of range: the ONNX exporters write opsets {MIN_OPSET} to "
+                        f"{max_opset()}; pick one in that range or leave --opset out")
+
+
+@contextlib.contextmanager
+def _muted() -> Iterator[None]:
+    """Swallow what the exporters print: the TorchScript exporter dumps its whole IR graph (tens of
+    KB) from C++ on a failure, onnxscript logs its version conversions. The C++ output goes to
+    file descriptors 1 and 2, so they are pointed at a scratch file, not just sys.stdout/stderr;
+    our own one-line message says what went wrong."""
+    with contextlib.ExitStack() as stack:
+        sink = io.StringIO()
+        stack.enter_context(contextlib.redirect_stdout(sink))
+        stack.enter_context(contextlib.redirect_stderr(sink))
+        scratch = stack.enter_context(tempfile.TemporaryFile())
+        _flush_all()  # what was printed before goes where it was meant to
+        saved = []
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                saved.append((fd, os.dup(fd)))
+                os.dup2(scratch.fileno(), fd)
+        try:
+            yield
+        finally:
+            _flush_all()  # what is still buffered was written while muted: into the scratch file
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def _flush_all() -> None:
+    """Flush the interpreter's standard streams and every C stdio stream (C++ code writes there)."""
+    for stream in (sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # closed, or None
+            stream.flush()  # type: ignore[union-attr]
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None).fflush(None)  # POSIX: fflush(NULL) flushes every C stream
+
+
 def onnx_model_proto(model: nn.Module, spec: DatasetSpec, *, dynamic_batch: bool = True,
                      opset: int | None = None) -> tuple[Any, str]:
     """The ONNX graph of ``model`` and the exporter that made it ("dynamo" or "legacy").
@@ -58,9 +114,10 @@ def onnx_model_proto(model: nn.Module, spec: DatasetSpec, *, dynamic_batch: bool
     and newer only (an older request would silently come out as 18), so older opsets go through
     the TorchScript-based exporter."""
     _require_onnx()
+    check_opset(opset)
     x = _example_input(model, spec, 2 if dynamic_batch else 1)
     kw: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    with EvalMode(model), torch.no_grad(), warnings.catch_warnings():
+    with EvalMode(model), torch.no_grad(), warnings.catch_warnings(), _muted():
         warnings.simplefilter("ignore")
         if opset is not None and opset < MIN_DYNAMO_OPSET:
             return _legacy_proto(model, x, dynamic_batch, kw, None), "legacy"
@@ -87,13 +144,19 @@ def _legacy_proto(model: nn.Module, x: torch.Tensor, dynamic_batch: bool, kw: di
         torch.onnx.export(model, (x,), buf, dynamo=False, dynamic_axes=axes,
                           **{**kw, "opset_version": kw["opset_version"] or 17})
     except Exception as e:  # noqa: BLE001
-        legacy = f"{type(e).__name__}: {first_line(e)}"
-        if dynamo_error is None:
-            raise UserError(f"ONNX export at opset {kw['opset_version']} failed ({legacy}); "
-                            f"try --opset {MIN_DYNAMO_OPSET} or newer") from None
+        legacy = f"{type(e).__name__}: {_gist(e)}"
+        if dynamo_error is None:  # in range, but too old for this model (resnet20's strided slice needs 10)
+            raise UserError(f"ONNX export at opset {kw['opset_version']} failed ({legacy}); try a newer "
+                            f"--opset (up to {max_opset()}) or leave --opset out") from None
         raise UserError(f"ONNX export failed with both exporters: {type(dynamo_error).__name__}: "
-                        f"{first_line(dynamo_error)} / {legacy}") from None
+                        f"{_gist(dynamo_error)} / {legacy}") from None
     return onnx.load_model_from_string(buf.getvalue())
+
+
+def _gist(e: BaseException) -> str:
+    """The exporter's reason without the graph node it quotes ("... [Caused by the value '62
+    defined in (%62 : Float(...) = onnx::Relu(...), scope: ...")."""
+    return first_line(e).split(" [Caused by")[0].strip()
 
 
 def export_onnx(model: nn.Module, spec: DatasetSpec, out: str | os.PathLike[str], *, arch: str = "",
@@ -168,8 +231,13 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], *, fmt: str = "onnx",
     if check < 0 or calib < 1:
         raise UserError(f"--check must be >= 0 and --calib >= 1 (got {check} and {calib})")
 
+    if fmt == "onnx":
+        check_opset(opset)
     ckpt = load_checkpoint(checkpoint)
     out = Path(out) if out is not None else default_output(checkpoint, fmt)
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"cannot write --out {out}: {blocker} is a file, not a folder; choose another path")
     if out.is_dir():
         out = out / f"model{SUFFIXES[fmt]}"
     extra = {"metrics": ckpt.metrics} if ckpt.metrics else {}

@@ -75,7 +75,7 @@ class Classifier:
                 slots.append(len(out))
                 out.append({"path": name})
             except ImageReadError as e:
-                out.append({"path": name, "error": e.reason})
+                out.append({"path": name, "error": read_error(item, e.reason)})
         return out, tensors, slots
 
     def _predict_chunk(self, items: Sequence[tuple[str, Any]], topk: int,
@@ -235,6 +235,35 @@ def collect_images(inputs: Sequence[str]) -> list[str]:
                        if Path(m).is_file() and is_image_file(m)]
             found.extend(matches or [arg])
     return found
+
+
+def read_error(item: Any, reason: str) -> str:
+    """Why an input could not be read, in the user's terms when it is a path that does not exist:
+    a glob (kept by :func:`collect_images`) that matched nothing, or a path through a file."""
+    if not isinstance(item, (str, os.PathLike)) or os.path.lexists(item):
+        return reason
+    name = os.fspath(item)
+    if glob.has_magic(name):
+        matches = glob.glob(name, recursive=True)
+        if not matches:
+            return "the pattern matched no file"
+        if all(os.path.isdir(m) for m in matches):
+            return "the pattern matched only folders; name a folder itself to classify the images under it"
+        return "the pattern matched no image file"
+    blocker = next((p for p in Path(name).parents if p.exists() and not p.is_dir()), None)
+    return f"{blocker} is a file, not a folder" if blocker is not None else reason
+
+
+def output_folder(path: str | os.PathLike[str], flag: str) -> Path:
+    """``path`` checked, before any work, as a folder to write pictures into (it is created on the
+    first write): a UserError when it, or a folder on its way, is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} must be a folder, but a file named {path} exists; choose a folder")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"{flag} must be a folder, but {blocker} in {path} is a file; choose a folder")
+    return path
 
 
 def output_names(paths: Sequence[str]) -> list[str]:

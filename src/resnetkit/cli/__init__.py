@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import select
 import sys
 import warnings
 from typing import Iterator, Sequence
@@ -63,8 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # read-only mid-run): name the path and the cause, not the line of resnetkit that asked
         if e.errno is None:
             raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"resnetkit: error:{where}: {os.strerror(e.errno)}", file=sys.stderr)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"resnetkit: error: {where}{os.strerror(e.errno)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
@@ -91,13 +92,23 @@ def _one_line_warnings() -> Iterator[None]:
 
 
 def _stdout_is_closed() -> bool:
+    """Whether stdout's reader went away (the BrokenPipeError came from stdout, not another pipe).
+
+    Flushing again is no test: once a write fails, the buffer has dropped its bytes and the next
+    flush succeeds. So ask the pipe itself: poll(2) reports POLLERR (Linux) or POLLHUP (macOS)
+    on a pipe's write end once its last reader has closed it; a file or terminal reports neither."""
     try:
         sys.stdout.flush()
     except BrokenPipeError:
         return True
     except (OSError, ValueError):
         return False
-    return False
+    try:
+        poller = select.poll()  # not on Windows: AttributeError
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last two
+        return False
 
 
 def _silence_stdout() -> None:

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"no image files found in {', '.join(args.images)}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    predict.output_folder(args.out, "--out")
     clf = predict.load(args.checkpoint, device=args.device)
     if args.target is not None:
         clf.class_index(args.target)  # an unknown class stops here, before any work

@@ -20,7 +20,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
                    help="ONNX: symbolic batch dimension (default); --no-dynamic-batch fixes it at 1")
     p.add_argument("--opset", type=int, default=None, metavar="N",
-                   help="ONNX opset version (default: the exporter's, 20 with torch 2.14)")
+                   help="ONNX opset version, from 7 to the newest the installed onnx package knows; below "
+                        "18 the TorchScript-based exporter writes it (default: the exporter's, 20 with "
+                        "torch 2.14)")
     p.add_argument("--check", type=int, default=64, metavar="N",
                    help="compare with PyTorch on N inputs (default 64; 0 skips)")
     p.add_argument("--atol", type=float, default=1e-3,

@@ -45,13 +45,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import annotate_file, collect_images, load, output_names  # lazy dispatch: torch loads to run
+    from ..predict import (annotate_file, collect_images, load, output_folder,  # lazy dispatch: torch loads to run
+                           output_names)
 
     if args.min_confidence is not None and not 0 <= args.min_confidence <= 1:
         raise UserError(f"--min-confidence is a probability in [0, 1], got {args.min_confidence}")
     paths = collect_images(args.images)
     if not paths:
         raise UserError(f"no image files found in {', '.join(args.images)}")
+    if args.annotate:
+        output_folder(args.annotate, "--annotate")
     clf = load(args.checkpoint, device=args.device, backend=args.backend)
     writer = csv.writer(sys.stdout, lineterminator="\n") if args.csv else None
     if writer:
