@@ -85,11 +85,11 @@ def test_max_steps_ends_the_last_epoch_and_the_schedule_there(tmp_path: Path) ->
     assert "steps" not in run.history[1] and run.history[2]["steps"] == 2  # metrics.jsonl says so
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.lr)
     sched = build_scheduler(opt, run.config, steps_per_epoch=4)
-    lrs = []
+    lrs = []  # the lr of each of the 10 updates; an epoch records its last one's
     for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-        lrs.append(opt.param_groups[0]["lr"])
     assert run.history[-1]["lr"] == pytest.approx(lrs[-1]) and lrs[-1] < 0.05 * run.config.lr
     assert run.history[1]["lr"] == pytest.approx(lrs[7])
 
@@ -162,7 +162,7 @@ def test_a_refit_stretches_the_schedule_to_the_new_length(tmp_path: Path,
     # the last lr is where a run planned at 2 epochs from the start ends: annealed, not cut off
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=run.config.lr)
     sched = build_scheduler(opt, run.config, steps_per_epoch=4)
-    for _ in range(8):
+    for _ in range(7):  # the 8th update's lr is the last the run used
         opt.step()
         sched.step()
     assert run.history[-1]["lr"] == pytest.approx(opt.param_groups[0]["lr"])

@@ -13,6 +13,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+from conftest import write_class_folders
 import torch
 import torchvision
 from safetensors.torch import save_file
@@ -262,9 +263,7 @@ def test_imagenet_from_the_hub_cache(hub: Path) -> None:
 
 def test_cli_errors_are_one_line(hub: Path, tmp_path: Path, weights_dir: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "photos"
-    for cls in ("a", "b"):
-        (folder / cls).mkdir(parents=True)
+    folder = write_class_folders(tmp_path / "photos", {"a": 1, "b": 1})  # a folder that is fine
     assert main(["finetune", str(folder)]) == 2  # imagenet, offline: fails before any image is read
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and R18_FILE in err and "Traceback" not in err

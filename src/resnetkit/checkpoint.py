@@ -263,7 +263,7 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # torch's refusal of a callable names it so
+        if "unsupported global" not in str(e).lower():  # torch's refusal of a callable names it so
             raise UserError(unreadable_state(p, e)) from None
         # torch's message advises weights_only=False, which would run whatever the file names
         raise UserError(f"refusing to resume from {p}: it holds pickled code or objects other "
