@@ -148,3 +148,55 @@ def test_a_recipe_warmup_longer_than_a_short_run_is_shortened_not_an_error() -> 
     with pytest.raises(UserError, match="--warmup-epochs"):  # the user's own value stays checked
         resolve_config(RunConfig(dataset="imagefolder", epochs=1, warmup_epochs=1.0),
                        explicit={"epochs", "warmup_epochs"})
+
+
+# ------------------------------------------------------------------ one flag per error, checked before training
+@pytest.mark.parametrize("argv, message, not_named", [
+    (["--model-arg", "widths=abc"], "widths must be a JSON list of positive integers, got 'abc'", None),
+    (["--model-arg", 'widths=[16,32,"a"]'], "got [16, 32, 'a']", None),
+    (["--model-arg", "widths=16,32"], "got '16,32' (e.g. --model-arg 'widths=[16,32,64]')", None),
+    (["--label-smoothing", "2"], "--label-smoothing must be in [0, 1), e.g. 0.1, got 2.0", "--weight-decay"),
+    (["--weight-decay", "-1"], "--weight-decay must be >= 0, got -1.0", "--label-smoothing"),
+    (["--mixup", "-1"], "--mixup is a Beta(alpha, alpha) parameter", "--cutmix"),
+    (["--mix-switch-prob", "2"], "--mix-switch-prob is a probability in [0, 1], got 2.0", "--mix-prob "),
+    (["--subset", "-3"], "--subset must be a whole number of training samples, at least 1, got -3", "--batch-size"),
+    (["--subset", "0"], "--subset must be a whole number of training samples, at least 1, got 0", None),
+    (["--img-size", "0"], "--img-size must be a whole number of pixels, at least 4, got 0", None),
+    (["--min-img-size", "0"], "--min-img-size must be a whole number of pixels, at least 4, got 0", None),
+])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_bad_value_is_one_line_naming_its_flag(argv: list[str], message: str, not_named: str | None,
+                                                 dry_run: bool, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", *argv, "--out", str(out), *(["--dry-run"] if dry_run else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resnetkit: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err and (not_named is None or not_named not in err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cpu", "--precision", "fp16"], "--precision fp16 needs a GPU"),
+    (["--early-stop", "2", "--val-size", "0"], "--early-stop needs a validation split"),
+    (["--schedule", "plateau", "--val-size", "0"], "--schedule plateau needs a validation split"),
+    (["--min-img-size", "100"], "--min-img-size must be between 4 and the input size 8"),
+    (["--freeze", "bogus"], "unknown --freeze 'bogus'"),
+    (["--nproc", "3", "--batch-size", "64"], "--batch-size 64 (the global batch) does not split evenly"),
+])
+def test_dry_run_refuses_what_the_run_refuses(argv: list[str], message: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--dry-run passes only what a real run accepts: the same message, before any training."""
+    common = ["train", "--subset", "100", "--epochs", "1", "--out", str(tmp_path / "run"), *argv]
+    assert main([*common, "--dry-run"]) == 2
+    dry = capsys.readouterr().err
+    assert main(common) == 2
+    real = capsys.readouterr().err
+    assert message in dry and dry.strip().splitlines()[-1] == real.strip().splitlines()[-1]
+
+
+def test_recorded_zeros_of_older_versions_read_as_unset() -> None:
+    from resnetkit.config import recorded_config
+
+    cfg = recorded_config({"img_size": 0, "min_img_size": 0, "subset": 0, "epochs": 2})
+    assert (cfg.img_size, cfg.min_img_size, cfg.subset, cfg.epochs) == (None, None, None, 2)

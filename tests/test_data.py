@@ -419,3 +419,58 @@ def test_subset_is_stratified_and_independent_of_seed():
     b = build_loaders(RunConfig(subset=200, seed=2, val_size=0), CPU)
     assert a.train.dataset_size == 200 and a.test.dataset_size == 360
     assert torch.equal(a.train.labels.sort().values, b.train.labels.sort().values)
+
+
+# ------------------------------------------------------------------ sizes given as 0, subsets too large
+@pytest.mark.parametrize("bad, message", [
+    ({"subset": 0}, r"^--subset must be a whole number of training samples, at least 1, got 0; leave --subset "
+                    r"out for the whole training split$"),
+    ({"subset": -3}, r"^--subset must be a whole number of training samples, at least 1, got -3;"),
+    ({"img_size": 0}, r"^--img-size must be a whole number of pixels, at least 4, got 0;"),
+    ({"min_img_size": 0}, r"^--min-img-size must be a whole number of pixels, at least 4, got 0;"),
+    ({"batch_size": 0}, r"^--batch-size must be a positive integer, got 0$"),
+])
+def test_a_zero_size_is_refused_not_taken_for_unset(bad: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        dataset_spec(RunConfig(**bad))
+
+
+def test_a_subset_larger_than_the_split_says_the_whole_split_is_used() -> None:
+    with pytest.warns(DataWarning, match=r"--subset 5,000 exceeds the 1,437 samples of the training split; "
+                                         r"the whole split is used"):
+        loaders = build_loaders(RunConfig(subset=5000), CPU)
+    whole = build_loaders(RunConfig(), CPU)
+    assert loaders.info["train_size"] == whole.info["train_size"]
+
+
+def test_strict_names_every_unusable_file_of_every_split_at_once(tmp_path):
+    from conftest import write_class_folders
+
+    root = tmp_path / "pets"
+    for split in ("train", "val"):
+        write_class_folders(root / split, {"cat": 4, "dog": 4}, seed=len(split))
+    (root / "train" / "cat" / "broken.jpg").write_bytes(b"garbage bytes, not a JPEG" * 8)
+    (root / "val" / "dog" / "empty.png").write_bytes(b"")
+    (root / "val" / "dog" / "notes.txt").write_text("not an image\n")
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(root), img_size=16, batch_size=4, strict=True)
+    with pytest.raises(UserError, match=r"^3 unusable file\(s\)") as err:
+        build_loaders(cfg, CPU)
+    for name in ("train/cat/broken.jpg", "val/dog/empty.png", "val/dog/notes.txt"):
+        assert name in str(err.value)
+
+
+def test_strict_on_one_tree_names_the_files_of_train_and_val_together(odd_imagefolder):
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(odd_imagefolder), img_size=16, batch_size=4, strict=True)
+    with pytest.raises(UserError, match=r"^4 unusable file\(s\)") as err:
+        build_loaders(cfg, CPU)
+    for name in ("a/empty.jpg", "a/truncated.jpg", "a/fake.png", "a/notes.txt"):
+        assert str(err.value).count(name) == 1
+
+
+def test_each_skipped_file_is_warned_about_once(odd_imagefolder):
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(odd_imagefolder), img_size=16, batch_size=4)
+    with pytest.warns(DataWarning) as record:
+        build_loaders(cfg, CPU)
+    text = [str(w.message) for w in record]
+    for name in ("empty.jpg", "truncated.jpg", "fake.png", "notes.txt"):
+        assert sum(name in t for t in text) == 1, text

@@ -282,7 +282,7 @@ def test_cifar_net_widths_and_stride2_stem_give_the_fast_shape():
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert feats == {"layer1": (2, 32, 14, 14), "layer3": (2, 128, 4, 4)}
     assert sum(p.numel() for p in model.parameters()) == 297_450
-    with pytest.raises(UserError, match="stem_stride"):
+    with pytest.raises(UserError, match=r"widths must be three .* got \[16, 32\]"):  # widths is wrong, not stem_stride
         create_model("resnet8", widths=[16, 32], stem_stride=2)
 
 
@@ -339,3 +339,38 @@ def test_compile_and_tracing_take_the_plain_operations(monkeypatch: pytest.Monke
     torch.jit.trace(model.eval(), x)
     with pytest.raises(AssertionError, match="eager-only"):  # and eager training does use them
         model.train()(x).sum().backward()
+
+
+# ------------------------------------------------------------------ --model-arg values of the wrong type
+@pytest.mark.parametrize("name, kwargs, message", [
+    # a --model-arg VALUE that is not JSON arrives as text: "abc", "16,32"
+    ("resnet8", {"widths": "abc"}, r"resnet8: widths must be a JSON list of positive integers, got 'abc'"),
+    ("resnet8", {"widths": "16,32"}, r"widths must be a JSON list .* got '16,32' \(e\.g\. --model-arg 'widths=\[16,32,64\]'\)"),
+    ("resnet20", {"widths": [16, 32, "a"]}, r"widths must be a JSON list .* got \[16, 32, 'a'\]"),
+    ("resnet20", {"widths": [16, 32, True]}, r"widths must be a JSON list .* got \[16, 32, True\]"),
+    ("resnet20", {"widths": [16, 32, 64.5]}, r"widths must be a JSON list .* got \[16, 32, 64\.5\]"),
+    ("dy_resnet20", {"widths": None}, r"dy_resnet20 does not take widths"),
+    ("resnet8", {"widths": None}, r"widths must be a JSON list .* got None"),
+    ("resnet8", {"widths": [16, 32, 64, 128]}, r"widths must be three positive channel counts, got \[16, 32, 64, 128\]"),
+    ("resnet8", {"widths": [64, 32, 16]}, r"shortcut_type 'A' .* widths must not decrease, got \[64, 32, 16\]"),
+    ("resnet8", {"stem_stride": 3}, r"stem_stride must be 1 or 2, got 3 \(e\.g\. --model-arg stem_stride=2\)"),
+    ("resnet8", {"stem_stride": "abc"}, r"resnet8: stem_stride must be a positive integer, got 'abc' \(e\.g\."),
+    ("simple_resnet", {"hidden": "abc"}, r"simple_resnet: hidden must be a positive integer, got 'abc' \(e\.g\."),
+    ("simple_resnet", {"width": "wide"}, r"width must be a positive integer, got 'wide' \(e\.g\. --model-arg 'width=32'\)"),
+    ("resnet9", {"width": [64]}, r"resnet9: width must be a positive integer, got \[64\]"),
+    ("dy_resnet18", {"num_kernels": "4x"}, r"dy_resnet18: num_kernels must be a positive integer, got '4x'"),
+    ("dy_resnet20", {"anneal_epochs": [10]}, r"anneal_epochs must be a positive integer, got \[10\]"),
+    ("preact_resnet20", {"shortcut_type": 1}, r"shortcut_type must be 'A' or 'B', got 1 \(e\.g\."),
+    ("resnext50_32x4d", {"small_input": "yes"}, r"small_input must be true or false, got 'yes' \(e\.g\."),
+    ("densenet121", {"global_pool": 0}, r"global_pool must be .*, got 0 \(e\.g\."),
+])
+def test_model_args_of_the_wrong_type_are_one_line_errors(name: str, kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as err:
+        create_model(name, num_classes=3, in_chans=1, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_model_args_that_fit_still_build() -> None:
+    assert create_model("simple_resnet", num_classes=3, hidden=None).num_classes == 3  # int | None: None is fine
+    assert create_model("resnet8", num_classes=3, widths=(8, 8, 16)).fc.in_features == 16  # a tuple is a list
+    assert create_model("resnet8", num_classes=3, widths=[32, 16, 8], shortcut_type="B").fc.in_features == 8

@@ -241,6 +241,23 @@ def check_choice(name: str, value: Any) -> Any:
     return value
 
 
+# None leaves these to the dataset (its size, no progressive resizing, the whole split); a 0
+# given by the user is a mistake, not "unset": (smallest value, unit, what leaving it out gives).
+DATA_SIZES = {"img_size": (4, "pixels", "the dataset's input size"),
+              "min_img_size": (4, "pixels", "no progressive resizing"),
+              "subset": (1, "training samples", "the whole training split")}
+
+
+def check_data_sizes(cfg: RunConfig) -> None:
+    """--img-size, --min-img-size and --subset: unset (None) or a whole number in range."""
+    for key, (low, unit, unset) in DATA_SIZES.items():
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            flag = f"--{key.replace('_', '-')}"
+            raise UserError(f"{flag} must be a whole number of {unit}, at least {low}, got {value!r}; "
+                            f"leave {flag} out for {unset}")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dict of RunConfig keys (dashes become underscores)."""
     p = Path(path)
@@ -273,6 +290,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return out
 
 
+# Fields whose 0 older versions took for "unset" (the dataset's size, the whole split); now None.
+UNSET_AS_ZERO = ("img_size", "min_img_size", "subset")
+
 # --data-dir is the data itself (not where datasets live) for these: never dropped.
 DATA_IS_PATH = ("imagefolder", "arrays", "csv")
 
@@ -285,6 +305,9 @@ def recorded_config(saved: Mapping[str, Any]) -> RunConfig:
     the error to report."""
     known = set(field_names())
     values = {k: v for k, v in saved.items() if k in known}
+    for key in UNSET_AS_ZERO:  # earlier versions read a 0 here as unset, and recorded it
+        if values.get(key) == 0 and not isinstance(values[key], bool):
+            values[key] = None
     folder = values.get("data_dir")
     if folder and values.get("dataset") not in DATA_IS_PATH and not Path(folder).expanduser().exists():
         values["data_dir"] = None

@@ -65,7 +65,7 @@ class DatasetSpec:
         changes: dict[str, Any] = {"mean": channel_stats(pre.mean, self.in_chans),
                                    "std": channel_stats(pre.std, self.in_chans)}
         if pre.img_size is not None:
-            size = img_size or pre.img_size
+            size = pre.img_size if img_size is None else img_size
             resize = pre.resize_size
             if size != pre.img_size and resize is not None:
                 resize = round(size * PHOTO_RESIZE_RATIO)

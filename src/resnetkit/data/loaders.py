@@ -20,13 +20,14 @@ per class in proportion by a fixed seeded shuffle (:func:`~resnetkit.data.sampli
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
 import torch
 
-from ..config import RunConfig
+from ..config import RunConfig, check_data_sizes
 from ..errors import UserError
 from . import arrays, csvfile
 from ._util import summarize_names, warn
@@ -76,6 +77,9 @@ class _Plan:
     kind: str  # digits | idx | cifar-pickle | folder | arrays | dataset
     index: FolderIndex | None = None
     source: Any = None  # arrays.ArraySource or python.DatasetSource: data given, not looked up
+    # (tree, unreadable "file: reason", non-image files) of each folder split read: reported once
+    # all splits are read (report_plan_skips), so --strict names every file in one error
+    skipped: list[tuple[Path, list[str], list[str]]] = field(default_factory=list)
 
 
 def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None,
@@ -101,6 +105,7 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
             _folder_loader(plan, cfg, fs.val, False, **kw) if fs.val is not None else None)
         test = val if fs.test_is_val and val is not None else _folder_loader(plan, cfg, fs.test, False, **kw)
         test_is_val, val_source = fs.test_is_val, fs.val_source
+        report_plan_skips(plan, cfg.strict)
     else:
         pool = _device_pool(plan, cfg, kw["device"])  # once, for train and val
         train = _array_loader(plan, cfg, *pool.part("train"), True, **kw)
@@ -139,6 +144,7 @@ def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
         _check_present(files is not None, split)
         pair = _pool_loaders(plan, cfg, fs, False, **kw) if split != "test" else None
         loader = pair[split == "val"] if pair else _folder_loader(plan, cfg, files, False, **kw)
+        report_plan_skips(plan, cfg.strict)
         held = fs.val_source if split == "val" else ""
         test_is_val = fs.test_is_val
     elif split == "test":
@@ -171,14 +177,14 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
           preprocessing: Preprocessing | None = None, source: Any = None) -> _Plan:
     preset, source = given_data(cfg, source)
     augment = check_augment(cfg.augment)
-    batch_size = cfg.batch_size or preset.batch_size
-    if batch_size < 1 or (cfg.subset is not None and cfg.subset < 0):
-        raise UserError(f"--batch-size must be positive and --subset not negative "
-                        f"(got {batch_size} and {cfg.subset})")
+    batch_size = preset.batch_size if cfg.batch_size is None else cfg.batch_size
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    check_data_sizes(cfg)  # --img-size, --min-img-size, --subset: None is unset, 0 a mistake
     if batch_size < world_size:
         raise UserError(f"--batch-size {batch_size} is smaller than the {world_size} processes; "
                         f"it is the global batch, split across processes")
-    img_size = spec.img_size if spec else (cfg.img_size or preset.img_size)
+    img_size = spec.img_size if spec else (preset.img_size if cfg.img_size is None else cfg.img_size)
     if img_size < 4:
         raise UserError(f"--img-size must be at least 4 pixels, got {img_size}")
     kind, root, index, classes = _locate(cfg, preset, spec, source=source)
@@ -253,7 +259,7 @@ def _source(plan: _Plan) -> str:
 # ------------------------------------------------------------------ one split
 def _folder_splits(plan: _Plan, cfg: RunConfig) -> FolderSplits:
     pool = plan.index.train
-    if cfg.subset:
+    if cfg.subset and _subset_fits(cfg.subset, len(pool)):
         pool = pool.select(stratified_subset(torch.tensor(pool.labels), cfg.subset).tolist())
     return folder_splits(plan.index, pool, cfg, builtin=plan.preset.name != "imagefolder")
 
@@ -335,10 +341,18 @@ def _device_pool(plan: _Plan, cfg: RunConfig, device: torch.device) -> _DevicePo
 def _array_pool(plan: _Plan, cfg: RunConfig) -> ArraySplit:
     """The training split after --subset: what train and val are cut from."""
     data = _load_array(plan, cfg, "train")
-    if cfg.subset:
+    if cfg.subset and _subset_fits(cfg.subset, len(data.labels)):
         idx = stratified_subset(data.labels, cfg.subset)
         data.images, data.labels = data.images[idx], data.labels[idx]
     return data
+
+
+def _subset_fits(subset: int, n: int) -> bool:
+    """Whether --subset selects from ``n`` training samples; one note when it asks for more."""
+    if subset > n:
+        warn(f"--subset {subset:,} exceeds the {n:,} samples of the training split; the whole split "
+             f"is used", once=True)
+    return subset < n
 
 
 def _folder_geometry(plan: _Plan, train: bool) -> Geometry:
@@ -353,16 +367,39 @@ def _decode_folder(plan: _Plan, cfg: RunConfig, fsplit: FolderSplit, geometry: G
     images, labels, bad, path = decode_split_cached(
         fsplit, plan.spec.classes, name=cfg.dataset, in_chans=plan.spec.in_chans, geometry=geometry,
         workers=cfg.workers)
-    report_skipped(bad, fsplit.ignored, fsplit.root, cfg.strict)
-    _check_classes_left(labels.tolist(), plan.spec.classes, fsplit)
+    plan.skipped.append((fsplit.root, bad, fsplit.ignored))
+    if not (cfg.strict and bad):  # with --strict, the report of every unusable file comes first
+        _check_classes_left(labels.tolist(), plan.spec.classes, fsplit)
     return ArraySplit(images, labels, plan.spec.classes, str(fsplit.root), bad=bad, ignored=fsplit.ignored)
 
 
-def report_skipped(bad: list[str], ignored: list[str], where: Path, strict: bool) -> None:
-    """Warn (or, with --strict, raise) about unreadable images and non-image files."""
-    if strict and (bad or ignored):
-        raise UserError(f"{len(bad) + len(ignored)} unusable file(s) in {where}: "
-                        f"{summarize_names(bad + ignored, 3)}; fix or remove them, or drop --strict")
+def report_plan_skips(plan: _Plan, strict: bool) -> None:
+    """Report the files the splits read so far skipped, each once (train and val cut from one
+    tree share its non-image files); with ``strict``, one error naming all of them."""
+    trees: dict[Path, tuple[dict[str, None], dict[str, None]]] = {}  # ordered sets
+    for root, bad, ignored in plan.skipped:
+        seen_bad, seen_ignored = trees.setdefault(root, ({}, {}))
+        seen_bad.update(dict.fromkeys(bad))
+        seen_ignored.update(dict.fromkeys(ignored))
+    plan.skipped.clear()
+    if strict:
+        names = [_under(plan.root, root, name) for root, (bad, ignored) in trees.items()
+                 for name in (*bad, *ignored)]
+        if names:
+            raise UserError(f"{len(names)} unusable file(s) in {plan.root}: {summarize_names(names, 10)}; "
+                            f"fix or remove them, or drop --strict")
+    for root, (bad, ignored) in trees.items():
+        report_skipped(list(bad), list(ignored), root)
+
+
+def _under(top: Path, tree: Path, name: str) -> str:
+    """``name`` (relative to ``tree``) relative to ``top``: train/cat/x.jpg for a split layout."""
+    rel = os.path.relpath(tree, top).replace(os.sep, "/")
+    return name if rel == "." else f"{tree}/{name}" if rel.startswith("..") else f"{rel}/{name}"
+
+
+def report_skipped(bad: list[str], ignored: list[str], where: Path) -> None:
+    """Warn about the unreadable images and non-image files of the tree ``where``."""
     if bad:
         warn(f"skipped {len(bad)} unreadable image file(s) in {where}: {summarize_names(bad)}; "
              f"--strict makes this an error")
@@ -443,10 +480,11 @@ def _stream_loader(plan: _Plan, cfg: RunConfig, fsplit: FolderSplit, train: bool
                    bs: int, **kw: int) -> FolderLoader:
     spec = plan.spec
     bad = probe_split(fsplit, cfg.workers)
-    report_skipped(bad, fsplit.ignored, fsplit.root, cfg.strict)
+    plan.skipped.append((fsplit.root, bad, fsplit.ignored))
     bad_files = {b.split(": ", 1)[0] for b in bad}
     kept = fsplit.select([i for i, f in enumerate(fsplit.files) if f not in bad_files])
-    _check_classes_left(kept.labels, spec.classes, fsplit)
+    if not (cfg.strict and bad):
+        _check_classes_left(kept.labels, spec.classes, fsplit)
     fsplit = kept
     transform = train_transform(plan.preset, spec.img_size, spec.resize_size, spec.interpolation,
                                 plan.augment if train else "none", spec.mean)

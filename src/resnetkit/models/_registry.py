@@ -7,9 +7,12 @@ keyword parameters plus, for ``**kwargs: Unpack[SomeOptions]``, the keys of that
 """
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import fnmatch
 import inspect
+import json
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -77,17 +80,34 @@ def _unpacked(builder: Callable[..., Any], hint: Any) -> dict[str, Any]:
     return typing.get_type_hints(options)
 
 
-def _check_value(model: str, key: str, hint: Any, value: Any) -> None:
-    if typing.get_origin(hint) is typing.Literal:
-        ok, want = value in typing.get_args(hint), " or ".join(map(repr, typing.get_args(hint)))
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_value(model: str, key: str, hint: Any, value: Any, default: Any = None) -> None:
+    """A UserError naming ``key``, the value given and a valid one when ``value`` does not fit
+    ``hint``: a --model-arg VALUE that is not JSON arrives as text ("abc", "16,32")."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:  # ``int | None``: None is the builder's default
+            return
+        (hint,) = [a for a in args if a is not type(None)]
+    origin, choices = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        ok, want, example = value in choices, " or ".join(map(repr, choices)), choices[0]
     elif hint is bool:
-        ok, want = isinstance(value, bool), "true or false"
+        ok, want, example = isinstance(value, bool), "true or false", True
     elif hint is int:
-        ok, want = isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive integer"
+        ok, want = _positive_int(value), "a positive integer"
+        example = default if _positive_int(default) else 2
+    elif origin in (list, tuple, collections.abc.Sequence) and choices[:1] == (int,):
+        ok = isinstance(value, (list, tuple)) and all(_positive_int(v) for v in value)
+        want, example = "a JSON list of positive integers", [16, 32, 64]
     else:
         return
     if not ok:
-        raise UserError(f"{model}: {key} must be {want}, got {value!r}")
+        text = example if isinstance(example, str) else json.dumps(example, separators=(",", ":"))
+        raise UserError(f"{model}: {key} must be {want}, got {value!r} (e.g. --model-arg '{key}={text}')")
 
 
 def register_model(fn: Builder | None = None, *, input_size: tuple[int, int, int] = IMAGENET_INPUT,
@@ -142,10 +162,12 @@ def create_model(name: str, *, num_classes: int | None = None, in_chans: int | N
     if unknown:
         takes = ", ".join(options) or "no options besides num_classes and in_chans"
         raise UserError(f"{name} does not take {', '.join(unknown)}; it takes {takes}")
+    params = inspect.signature(info.builder).parameters
     for key, value in kwargs.items():
-        _check_value(name, key, options[key], value)
+        _check_value(name, key, options[key], value, params[key].default if key in params else None)
     if in_chans is not None:
-        _check_value(name, "in_chans", int, in_chans)
+        if not _positive_int(in_chans):
+            raise UserError(f"{name}: in_chans must be a positive integer, got {in_chans!r}")
         kwargs["in_chans"] = in_chans
     if num_classes is not None:
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:

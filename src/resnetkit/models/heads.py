@@ -114,7 +114,7 @@ class Backbone(nn.Module):
         """Global pooling (registered as ``avgpool``, torchvision's name, whatever the pooling)
         and the classifier, after the stages so that the module order is the data's."""
         if not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool) or not 0 <= drop_rate < 1:
-            raise UserError(f"drop_rate must be a number in [0, 1), got {drop_rate!r}")
+            raise UserError(f"drop_rate must be a number in [0, 1), e.g. 0.2, got {drop_rate!r}")
         if num_classes < 0:
             raise UserError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
         self.num_features, self.drop_rate = int(num_features), float(drop_rate)

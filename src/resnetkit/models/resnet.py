@@ -125,9 +125,15 @@ class CifarResNet(_Net):
             raise ValueError(f"a CIFAR ResNet has 6n+2 layers (8, 20, 32, ...), not {depth}")
         if shortcut_type not in ("A", "B"):
             raise UserError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}")
-        if len(widths) != 3 or min(widths) < 1 or stem_stride not in (1, 2):
-            raise UserError(f"widths must be three positive channel counts and stem_stride 1 or 2, "
-                            f"got {list(widths)} and {stem_stride}")
+        if (not isinstance(widths, (list, tuple)) or len(widths) != 3
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+            raise UserError(f"widths must be three positive channel counts, got {widths!r} "
+                            f"(e.g. --model-arg 'widths=[16,32,64]')")
+        if stem_stride not in (1, 2) or isinstance(stem_stride, bool):
+            raise UserError(f"stem_stride must be 1 or 2, got {stem_stride!r} (e.g. --model-arg stem_stride=2)")
+        if shortcut and shortcut_type == "A" and list(widths) != sorted(widths):
+            raise UserError(f"shortcut_type 'A' zero-pads new channels, so widths must not decrease, got "
+                            f"{list(widths)}; reorder them or use --model-arg shortcut_type=B")
         n = (depth - 2) // 6
         w1, w2, w3 = (int(w) for w in widths)
         self.shortcut, self.shortcut_type, self.inplanes = shortcut, shortcut_type, w1

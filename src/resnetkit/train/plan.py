@@ -12,17 +12,19 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .. import flops, probe
+from .. import flops, pretrained, probe
 from ..config import RunConfig
 from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
-from ..runtime import cpu_threads, resolve_device
+from ..runtime import cpu_threads, resolve_device, resolve_precision
 from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
+from .distributed import check_batch_size
+from .finetune import freeze_plan
 from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
 from .steps import timing_step
-from .trainer import budget_costs, budget_speed, network_key
+from .trainer import budget_costs, budget_speed, check_setup, network_key
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
@@ -46,11 +48,18 @@ def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, 
     With --time-budget the epochs are fitted from the speed probe (cached, or timed now)."""
     cfg = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
+    check_batch_size(cfg.batch_size, cfg.nproc)  # the launcher's check
+    resolve_precision(cfg.precision, device)  # the trainer's first checks: fp16 needs a GPU
+    freeze_plan(cfg)
     with cpu_threads(cfg.threads, device):
-        loaders = build_loaders(cfg, device)
+        # the data as the trainer reads it: with pretrained weights, at their preprocessing
+        weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
+        loaders = build_loaders(cfg, device, preprocessing=weights)
         spec = loaders.spec
+        head = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # as the trainer's
         model = create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                             **cfg.model_args).to(device)
+                             **{**head, **cfg.model_args}).to(device)
+        check_setup(cfg, loaders)
         shape = (spec.in_chans, spec.img_size, spec.img_size)
         images = loaders.train.num_samples
         steps_per_epoch = math.ceil(len(loaders.train) / cfg.accum_steps)

@@ -13,7 +13,7 @@ import difflib
 import math
 from typing import Any, Iterable, Mapping
 
-from ..config import FINETUNE_RECIPE, RunConfig, check_choice
+from ..config import FINETUNE_RECIPE, RunConfig, check_choice, check_data_sizes
 from ..data.presets import get_preset
 from ..data.splits import check_val_options
 from ..errors import UserError
@@ -149,14 +149,17 @@ def check_config(cfg: RunConfig) -> RunConfig:
     for key, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise UserError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
+    check_data_sizes(cfg)
     for key in ("lr", "weight_decay", "label_smoothing", "warmup_epochs", "backbone_lr_mult"):
         value = getattr(cfg, key, None)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
     if not cfg.lr or cfg.lr <= 0:
         raise UserError(f"--lr must be positive, got {cfg.lr!r}")
-    if cfg.weight_decay < 0 or not 0 <= cfg.label_smoothing < 1:
-        raise UserError("--weight-decay must be >= 0 and --label-smoothing in [0, 1)")
+    if cfg.weight_decay < 0:
+        raise UserError(f"--weight-decay must be >= 0, got {cfg.weight_decay}")
+    if not 0 <= cfg.label_smoothing < 1:
+        raise UserError(f"--label-smoothing must be in [0, 1), e.g. 0.1, got {cfg.label_smoothing}")
     if cfg.warmup_epochs is not None and not 0 <= cfg.warmup_epochs < cfg.epochs:
         raise UserError(f"--warmup-epochs must be in [0, epochs={cfg.epochs}), got {cfg.warmup_epochs}")
     if cfg.ema is not None and not 0 < cfg.ema < 1:
@@ -184,12 +187,13 @@ def check_toolbox(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise UserError(f"--{key.replace('_', '-')} must be a finite number, got {value!r}")
-    if cfg.mixup < 0 or cfg.cutmix < 0:
-        raise UserError(f"--mixup and --cutmix are Beta(alpha, alpha) parameters: 0 (off) or positive, "
-                        f"got {cfg.mixup} and {cfg.cutmix}")
-    if not (0 <= cfg.mix_prob <= 1 and 0 <= cfg.mix_switch_prob <= 1):
-        raise UserError(f"--mix-prob and --mix-switch-prob are probabilities in [0, 1], got "
-                        f"{cfg.mix_prob} and {cfg.mix_switch_prob}")
+    for key in ("mixup", "cutmix"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"--{key} is a Beta(alpha, alpha) parameter: 0 (off) or positive, "
+                            f"got {getattr(cfg, key)}")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0 <= getattr(cfg, key) <= 1:
+            raise UserError(f"--{key.replace('_', '-')} is a probability in [0, 1], got {getattr(cfg, key)}")
     if not isinstance(cfg.accum_steps, int) or isinstance(cfg.accum_steps, bool) or cfg.accum_steps < 1:
         raise UserError(f"--accum-steps must be a positive integer, got {cfg.accum_steps!r}")
     if cfg.clip_grad is not None and not cfg.clip_grad > 0:
@@ -203,7 +207,8 @@ def describe(cfg: RunConfig) -> str:
     warm = "" if cfg.warmup_epochs is None else f" warmup={cfg.warmup_epochs}"
     extra = (f" | ema {cfg.ema:g}" if cfg.ema else "") + (
         f" | progressive {cfg.min_img_size}px -> full by {cfg.progressive_until:g} of the epochs"
-        if cfg.min_img_size and cfg.min_img_size < (cfg.img_size or get_preset(cfg.dataset).img_size) else "")
+        if cfg.min_img_size and cfg.min_img_size < (get_preset(cfg.dataset).img_size if cfg.img_size is None
+                                                    else cfg.img_size) else "")
     steps = f" (stop at step {cfg.max_steps:,})" if cfg.max_steps else ""
     line1 = (f"{cfg.dataset} | {cfg.model}{args} | recipe {cfg.recipe} | {cfg.epochs} epochs{steps}, batch "
              f"{cfg.batch_size}, augment {cfg.augment or 'basic'}")

@@ -227,6 +227,16 @@ def line_epoch(line: str) -> int | None:
     return epoch if isinstance(epoch, int) else None
 
 
+def check_setup(cfg: RunConfig, loaders: Any) -> None:
+    """What the data and the flags must agree on before a run starts (the trainer's setup and
+    --dry-run both ask): a split to watch for --early-stop and plateau, room for --min-img-size."""
+    if loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
+        what = "--early-stop" if cfg.early_stop else "--schedule plateau"
+        raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
+    check_progressive(cfg.min_img_size, cfg.progressive_until, loaders.spec.img_size,
+                      bool(getattr(loaders.train, "in_memory", False)))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -295,9 +305,7 @@ class Trainer:
                                      preprocessing=weights, source=self.source)
         self.spec = self.loaders.spec
         self.tta = tta_for(cfg.dataset, self.spec)  # the views --tta averages
-        if self.loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
-            what = "--early-stop" if cfg.early_stop else "--schedule plateau"
-            raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
+        check_setup(cfg, self.loaders)
         head = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # recorded in the checkpoint
         self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
                            **head, **cfg.model_args}
@@ -329,8 +337,6 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.ema = WeightEma(model, cfg.ema) if cfg.ema else None
-        check_progressive(cfg.min_img_size, cfg.progressive_until, self.spec.img_size,
-                          bool(getattr(self.loaders.train, "in_memory", False)))
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
         # Evaluation runs the plain module: ranks hold different numbers of eval samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
