@@ -474,3 +474,14 @@ def test_each_skipped_file_is_warned_about_once(odd_imagefolder):
     text = [str(w.message) for w in record]
     for name in ("empty.jpg", "truncated.jpg", "fake.png", "notes.txt"):
         assert sum(name in t for t in text) == 1, text
+
+
+def test_a_data_dir_that_is_a_file_says_so(tmp_path: Path) -> None:
+    from resnetkit.data.folders import index_imagefolder
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"not a folder")
+    with pytest.raises(UserError, match="a.jpg is a file, not a folder; point --data-dir"):
+        index_imagefolder(photo)
+    with pytest.raises(UserError, match="nothere not found"):
+        index_imagefolder(tmp_path / "nothere")

@@ -223,8 +223,9 @@ def index_imagefolder(root: str | os.PathLike[str], *, classes: Sequence[str] | 
     check``). The validation split of a folder without val/ is made by :mod:`.splits`."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise UserError(f"image folder {root} not found; point --data-dir at a folder with one "
-                        f"sub-folder of images per class (or train/ and val/ trees of them)")
+        what = "is a file, not a folder" if root.exists() else "not found"
+        raise UserError(f"image folder {root} {what}; point --data-dir (finetune: DATA_DIR) at a folder "
+                        f"with one sub-folder of images per class (or train/ and val/ trees of them)")
     problems: list[str] | None = [] if tolerant else None
     train_tree, held_trees = detect_layout(root)
     names = _resolve_classes([train_tree, *held_trees.values()], classes, problems)
