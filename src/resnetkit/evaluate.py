@@ -56,8 +56,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     if out.count == 0:
         raise UserError(f"the {split} split of {cfg.dataset} has no images to evaluate")
     rep = classification_report(out.top5, out.targets, loaded.classes)
-    # a run without a test split was tested on its val split (build_eval_loader's source says so)
-    test_is_val = split == "test" and str(loader.source).startswith("val split")
+    test_is_val = bool(getattr(loader, "test_is_val", False))  # no test split: its val split
     shown = "val, no test split" if test_is_val else split
     result = {"checkpoint": str(loaded.path), "model": loaded.arch, "dataset": cfg.dataset,
               "split": split, "test_is_val": test_is_val, "source": loader.source, "tta": tta,

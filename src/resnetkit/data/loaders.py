@@ -157,6 +157,7 @@ def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
         held, test_is_val = array_val_source(pool.n_val, cfg), False
     loader.source = {"train": "training split", "val": f"val split: {held}",
                      "test": "val split (no test split)" if test_is_val else "test split"}[split]
+    loader.test_is_val = split == "test" and test_is_val  # a run without a test split was tested on val
     return loader
 
 
