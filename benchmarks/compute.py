@@ -36,8 +36,7 @@ TARGETS = {"fashion-mnist": (0.930, 28.0), "mnist": (0.995, 6.0)}
 # The rule of every row: the whole training split, no selection, the last epoch is the result.
 FIXED = ("--val-size", "0")
 # Fields of config.json that do not change what a run computes (or that the probe chose).
-NOT_COMPARED = frozenset({"out", "data_dir", "threads", "precision", "channels_last", "compile",
-                          "batch_split"})  # speed settings, chosen per machine
+NOT_COMPARED = frozenset({"out", "data_dir", "threads", "precision", "channels_last", "compile"})
 # (and eval_every where neither run has a validation split: there is nothing to evaluate per epoch)
 RECIPE_ROW = "the fast recipe"
 
