@@ -53,13 +53,12 @@ def child(mode: str, steps: int, setting: str) -> dict[str, float | str]:
 
     from resnetkit.data import dataset_spec
     from resnetkit.runtime import cpu_threads, resolve_precision
-    from resnetkit.train.split import BatchSplit
     from resnetkit.train.steps import train_step
 
     device = torch.device("cpu")
     cfg = fast_config(Path("."), device)
     spec = dataset_spec(cfg)
-    precision, cl, n = setting.split(",")
+    precision, cl = setting.split(",")
     state = ("kept" if keep_freed_memory() else "mallopt failed") if mode == "kept" else "as it comes"
     with cpu_threads(cfg.threads, device):
         model, optimizer = build_net(cfg, device, channels_last=cl == "1")
@@ -67,13 +66,11 @@ def child(mode: str, steps: int, setting: str) -> dict[str, float | str]:
         y = torch.randint(0, spec.num_classes, (cfg.batch_size,))
         if cl == "1":
             x = x.contiguous(memory_format=torch.channels_last)
-        prec = resolve_precision(precision, device)
-        autocast, split = prec.autocast(), BatchSplit(model, int(n), prec.autocast) if int(n) > 1 else None
+        autocast = resolve_precision(precision, device).autocast()
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step() -> None:
-            train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=None,
-                       split=split)
+            train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=None)
 
         for _ in range(WARMUP):
             step()
@@ -107,7 +104,7 @@ def section(pairs: int, steps: int, cmd: str) -> str:
     cfg = fast_config(Path("."), device)
     with cpu_threads(cfg.threads, device):
         choice = probe_choice(cfg, device)
-    setting = f"{choice.precision},{int(choice.channels_last)},{choice.batch_split}"
+    setting = f"{choice.precision},{int(choice.channels_last)}"
     rows: dict[str, list[dict]] = {m: [] for m in MODES}
     for i in range(pairs):
         print(f"  allocator: pair {i + 1}/{pairs} ...", file=sys.stderr, flush=True)
@@ -140,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
     p.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
-    p.add_argument("--setting", default="fp32,1,1", help=argparse.SUPPRESS)
+    p.add_argument("--setting", default="fp32,1", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(args.child, args.steps, args.setting)))

@@ -265,7 +265,6 @@ def probe_choice(cfg: Any, device: torch.device, batch_size: int | None = None) 
     """What `resnetkit train` with this config runs: the speed probe's choice (or its cache's)."""
     from resnetkit.data import dataset_spec
     from resnetkit.probe import choose
-    from resnetkit.train.split import can_split
     from resnetkit.train.steps import timing_step
     from resnetkit.train.trainer import network_key
 
@@ -274,9 +273,7 @@ def probe_choice(cfg: Any, device: torch.device, batch_size: int | None = None) 
     args = {"num_classes": spec.num_classes, "in_chans": spec.in_chans, **cfg.model_args}
     return choose(model, (spec.in_chans, spec.img_size, spec.img_size), batch_size or cfg.batch_size, device,
                   precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile,
-                  network=network_key(cfg, args), make_step=timing_step, batch_split=cfg.batch_split,
-                  max_split=can_split(device, torch.get_num_threads(), batch_size or cfg.batch_size,
-                                      compile=cfg.compile))
+                  network=network_key(cfg, args), make_step=timing_step)
 
 
 def train_flops_per_image(cfg: Any, device: torch.device) -> int:
@@ -299,22 +296,19 @@ def utilisation(images_per_s: float, flops_per_image: int, precision: str) -> st
 def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int, choice: Any) -> float:
     from resnetkit.data import build_loaders
     from resnetkit.runtime import resolve_precision
-    from resnetkit.train.split import BatchSplit
     from resnetkit.train.steps import train_step
 
     loaders = build_loaders(cfg, device)
     model, optimizer = build_net(cfg, device, channels_last=choice.channels_last)
     precision = resolve_precision(choice.precision, device)
     autocast, scaler = precision.autocast(), precision.grad_scaler()
-    split = BatchSplit(model, choice.batch_split, precision.autocast) if choice.batch_split > 1 else None
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def step(batch: Any) -> int:
         x, y = batch
         if choice.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler,
-                   split=split)
+        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
         return y.shape[0]
     return timed_steps(endless(loaders.train), step, steps, warmup, device)
 
@@ -355,7 +349,7 @@ def loop_in_process(loop: str, data_dir: Path, device: torch.device, steps: int,
     neither inherits the other's allocator state or warm caches."""
     args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop, "--loop-data", str(data_dir),
             "--device", str(device), "--steps", str(steps), "--loop-warmup", str(warmup),
-            "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)},{choice.batch_split}"]
+            "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)}"]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
 
@@ -374,10 +368,10 @@ def run_loop(args: argparse.Namespace) -> int:
             torch.set_num_threads(cfg.threads)  # the recipe's count, set as a script would
         speed = tutorial_path(cfg, device, steps, warmup, args.workers)
     else:
-        precision, cl, split = args.loop_setting.split(",")
+        precision, cl = args.loop_setting.split(",")
         with cpu_threads(cfg.threads, device):
-            speed = fast_path(cfg, device, steps, warmup, SimpleNamespace(
-                precision=precision, channels_last=cl == "1", batch_split=int(split)))
+            speed = fast_path(cfg, device, steps, warmup,
+                              SimpleNamespace(precision=precision, channels_last=cl == "1"))
     print(json.dumps({"loop": args.loop, "images_per_s": speed}))
     return 0
 
@@ -478,8 +472,6 @@ def section_bench(device: torch.device, quick: bool, cmd: str, steps: int | None
     if chosen:
         rate = utilisation(chosen["images_per_s"], train_flops_per_image(cfg, device), choice.precision)
         util = f"; in the table above that setting trains at {rate}"
-        if choice.batch_split > 1:
-            util += " on whole batches (the table splits none; the throughput section times the split)"
     return "\n".join([
         "### `resnetkit bench`: the fast recipe's network", "", provenance(cmd),
         *([QUICK_NOTE] if quick else []),
@@ -565,7 +557,7 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--loop", choices=("tutorial", "fast"), help=argparse.SUPPRESS)  # loop_in_process's child
     p.add_argument("--loop-data", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--loop-warmup", type=int, default=5, help=argparse.SUPPRESS)
-    p.add_argument("--loop-setting", default="fp32,0,1", help=argparse.SUPPRESS)
+    p.add_argument("--loop-setting", default="fp32,0", help=argparse.SUPPRESS)
     p.add_argument("--write", type=Path, nargs="?", const=DEFAULT_MD, default=None, metavar="FILE",
                    help="markdown file to rewrite (default BENCHMARKS.md); a run without --quick "
                         "always writes, a --quick run only with --write")

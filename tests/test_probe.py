@@ -106,8 +106,8 @@ def test_forced_flags_are_not_probed(tiny: torch.nn.Module, counted: list) -> No
 
 
 def test_a_failing_setting_is_skipped(tiny: torch.nn.Module, no_native_bf16: None) -> None:
-    def make_step(model: torch.nn.Module, mode: str, precision: str, split: int) -> Any:
-        step = timing_step(model, mode, precision, split)
+    def make_step(model: torch.nn.Module, mode: str, precision: str) -> Any:
+        step = timing_step(model, mode, precision)
         if any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters()):  # NHWC
             raise RuntimeError("no NHWC kernel here")
         return step

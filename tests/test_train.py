@@ -312,7 +312,7 @@ def test_a_resumed_run_says_its_speed_settings_come_from_its_config(tmp_path: Pa
     assert "(from the resumed run's config)" in out and "forced by flags" not in out
     flip = "--no-channels-last" if json.loads((run / "config.json").read_text())["channels_last"] else "--channels-last"
     assert main(["train", "--resume", str(run), flip]) == 0
-    assert "(precision and batch_split from the resumed run's config, channels_last forced by a flag)" in capsys.readouterr().out
+    assert "(precision from the resumed run's config, channels_last forced by a flag)" in capsys.readouterr().out
 
 
 def test_resume_of_a_trained_run_without_state_is_refused_and_overwrites_nothing(

@@ -171,11 +171,6 @@ class RunConfig:
                            "--batch-size stays the global batch")
     threads: int | None = flag(group="hardware", metavar="N",
                                help="CPU threads for torch (default: the recipe's, else torch's)")
-    # None: auto, timed on a CPU by the speed probe where it may split (resnetkit.train.split)
-    batch_split: int | None = flag(group="hardware", metavar="N",
-                                   help="train each batch in N chunks at once, one per CPU thread, each "
-                                        "through its own copy of the model (BatchNorm statistics per "
-                                        "chunk); 1: off; default: timed on a CPU by the speed probe")
     # -- output
     out: str | None = flag(group="output", metavar="RUN_DIR",
                            help="run folder (default runs/<dataset>-<model>-<time>)")

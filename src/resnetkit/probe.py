@@ -33,9 +33,8 @@ from .errors import UserError
 from .runtime import timed
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
-# make_step(model, mode, precision name, batch split) -> one train ("train") or inference ("infer")
-# step on (x, y)
-StepFactory = Callable[[nn.Module, str, str, int], Step]
+# make_step(model, mode, precision name) -> one train ("train") or inference ("infer") step on (x, y)
+StepFactory = Callable[[nn.Module, str, str], Step]
 
 CACHE_VERSION = 1
 WARMUP_STEPS = 2  # oneDNN builds its kernels on the first call of each shape: never timed
@@ -126,11 +125,10 @@ class Setting:
     precision: str  # fp32 | bf16 | fp16
     channels_last: bool
     compile: bool = False
-    split: int = 1  # --batch-split: chunks of the batch trained on as many threads (train.split)
 
     def name(self) -> str:
         return " + ".join([self.precision] + ["channels_last"] * self.channels_last
-                          + ["compile"] * self.compile + [f"batch split x{self.split}"] * (self.split > 1))
+                          + ["compile"] * self.compile)
 
 
 def num_classes(model: nn.Module) -> int:
@@ -152,7 +150,7 @@ def prepare(model: nn.Module, input_size: Sequence[int], batch_size: int, settin
     if setting.compile:
         torch._dynamo.reset()  # each compiled setting starts from an empty cache
         net = torch.compile(net)
-    return make_step(net, mode, setting.precision, setting.split), x, y
+    return make_step(net, mode, setting.precision), x, y
 
 
 # ------------------------------------------------------------------ the probe
@@ -168,12 +166,11 @@ class Choice:
     reason: str = ""  # e.g. "bf16 not native here"
     measured: list[dict[str, Any]] = field(default_factory=list)  # every candidate's speed
     probe_seconds: float | None = None
-    batch_split: int = 1
 
     def describe(self, forced: str = "forced by flags") -> str:
         """``fp32 + channels_last (probe: 671 img/s; bf16 not native here)``; ``forced``: where a
         fixed setting came from (a resumed run reads it from its config)."""
-        head = Setting(self.precision, self.channels_last, self.compile, self.batch_split).name()
+        head = Setting(self.precision, self.channels_last, self.compile).name()
         why = {"probe": "probe", "cache": "cached probe"}.get(self.chosen_by)
         if why and self.images_per_s:
             parts = [f"{why}: {self.images_per_s:,.0f} img/s"]
@@ -186,13 +183,11 @@ class Choice:
 
 
 def candidates(device: torch.device, precision: str, channels_last: bool | None, compile: bool,
-               bf16_ok: bool, batch_split: int | None = 1, max_split: int = 1) -> list[Setting]:
-    """The settings to time on a CPU: a forced flag fixes its axis, auto tries both values
-    (--batch-split: 1 and ``max_split``, the split this machine and run allow, train.split)."""
+               bf16_ok: bool) -> list[Setting]:
+    """The settings to time on a CPU: a forced flag fixes its axis, auto tries both values."""
     precisions = [precision] if precision != "auto" else ["fp32", *(["bf16"] if bf16_ok else [])]
     layouts = [channels_last] if channels_last is not None else [False, True]
-    splits = [batch_split] if batch_split is not None else sorted({1, max_split})
-    return [Setting(p, cl, compile, n) for p in precisions for cl in layouts for n in splits]
+    return [Setting(p, cl, compile) for p in precisions for cl in layouts]
 
 
 def probe(model: nn.Module, input_size: Sequence[int], batch_size: int, settings: Sequence[Setting],
@@ -239,27 +234,22 @@ def failure(e: BaseException) -> str:
 
 def choose(model: nn.Module, input_size: Sequence[int], batch_size: int, device: torch.device, *,
            precision: str, channels_last: bool | None, compile: bool, network: str,
-           make_step: StepFactory, run_steps: int | None = None, batch_split: int | None = 1,
-           max_split: int = 1) -> Choice:
-    """Resolve ``--precision``, channels_last and ``--batch-split`` for a run. Forced values are
-    kept; on a CPU the rest is measured (or read from the cache); on CUDA auto is bf16 where
-    supported, else fp16 with a GradScaler, and MPS runs fp32; channels_last auto is off on
-    both, and the batch is never split there. ``max_split``: the split auto may try (train.split)."""
+           make_step: StepFactory, run_steps: int | None = None) -> Choice:
+    """Resolve ``--precision`` and channels_last for a run. Forced values are kept; on a CPU the
+    rest is measured (or read from the cache); on CUDA auto is bf16 where supported, else fp16
+    with a GradScaler, and MPS runs fp32; channels_last auto is off on both."""
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         raise UserError(f"unknown --precision {precision!r}; choose auto, fp32, bf16 or fp16")
     if device.type != "cpu":
-        if batch_split and batch_split > 1:
-            raise UserError(f"--batch-split {batch_split} splits a batch over CPU threads; on {device.type} "
-                            f"leave it out (or use --nproc N for several GPUs)")
         chosen = precision if precision != "auto" else gpu_precision(device)
         by = "flag" if precision != "auto" and channels_last is not None else "rule"
         return Choice(chosen, bool(channels_last), compile, by)
     bf16_ok = bf16_native()
     reason = "" if bf16_ok or precision != "auto" else "bf16 not native here"
-    settings = candidates(device, precision, channels_last, compile, bf16_ok, batch_split, max_split)
+    settings = candidates(device, precision, channels_last, compile, bf16_ok)
     if len(settings) == 1:
         s = settings[0]
-        return Choice(s.precision, s.channels_last, compile, "flag", reason=reason, batch_split=s.split)
+        return Choice(s.precision, s.channels_last, compile, "flag", reason=reason)
     key = cache_key(network, input_size, batch_size, settings)
     cached = read_cache().get(key)
     if cached:
@@ -267,11 +257,9 @@ def choose(model: nn.Module, input_size: Sequence[int], batch_size: int, device:
     least = len(settings) * (WARMUP_STEPS + MIN_ROUNDS)
     if run_steps is not None and run_steps * MAX_SHARE < least:
         s = next((s for s in settings if s.precision == "fp32" and not s.channels_last), settings[0])
-        s = next((t for t in settings if t.split == 1 and (t.precision, t.channels_last) ==
-                  (s.precision, s.channels_last)), s)
         short = f"a run of {run_steps} steps is too short to probe"
         return Choice(s.precision, s.channels_last, compile, "rule",
-                      reason="; ".join(r for r in (short, reason) if r), batch_split=s.split)
+                      reason="; ".join(r for r in (short, reason) if r))
     start = time.perf_counter()
     rows = probe(model, input_size, batch_size, settings, device, make_step, run_steps=run_steps)
     ok = [r for r in rows if r["images_per_s"]]
@@ -280,7 +268,7 @@ def choose(model: nn.Module, input_size: Sequence[int], batch_size: int, device:
                         f"fp32 --no-channels-last")
     best = max(ok, key=lambda r: r["images_per_s"])
     choice = Choice(best["precision"], best["channels_last"], compile, "probe", best["images_per_s"],
-                    reason, rows, round(time.perf_counter() - start, 2), best["split"])
+                    reason, rows, round(time.perf_counter() - start, 2))
     write_cache(key, choice)
     return choice
 

@@ -23,7 +23,6 @@ from .distributed import check_batch_size
 from .finetune import freeze_plan
 from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
-from .split import can_split
 from .steps import timing_step
 from .trainer import budget_costs, budget_speed, check_setup, network_key
 
@@ -91,9 +90,7 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
     choice = probe.choose(model, shape, loaders.train.batch_size, device, precision=cfg.precision,
                           channels_last=cfg.channels_last, compile=cfg.compile,
                           network=network_key(cfg, model_args), make_step=timing_step,
-                          run_steps=cfg.epochs * len(loaders.train), batch_split=cfg.batch_split,
-                          max_split=can_split(device, torch.get_num_threads(), loaders.train.batch_size,
-                                              compile=cfg.compile))
+                          run_steps=cfg.epochs * len(loaders.train))
     speed = budget_speed(choice, model, shape, loaders.train.batch_size, device, cfg.compile)
     speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
     speeds.record(loaders.spec.img_size, speed)

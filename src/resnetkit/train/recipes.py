@@ -145,7 +145,6 @@ def check_config(cfg: RunConfig) -> RunConfig:
         check_choice(key, getattr(cfg, key))
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
                 "nproc": cfg.nproc, **({"threads": cfg.threads} if cfg.threads is not None else {}),
-                **({"batch_split": cfg.batch_split} if cfg.batch_split is not None else {}),
                 **({"max_steps": cfg.max_steps} if cfg.max_steps is not None else {})}
     for key, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -167,7 +166,6 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--ema is a decay per step in (0, 1), e.g. 0.99, got {cfg.ema}")
     if cfg.early_stop is not None and cfg.early_stop < 1:
         raise UserError(f"--early-stop is a patience in evaluations and must be >= 1, got {cfg.early_stop}")
-    check_split(cfg)
     check_val_options(cfg)  # sizes against the data are checked when it is read
     if not isinstance(cfg.model_args, Mapping):
         raise UserError("model_args must be a mapping of builder keyword arguments")
@@ -179,20 +177,6 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if cfg.time_budget is not None:
         cfg = cfg.replace(time_budget=parse_duration(cfg.time_budget))
     return check_toolbox(cfg)
-
-
-def check_split(cfg: RunConfig) -> None:
-    """--batch-split N > 1 trains chunks on CPU threads of one process, in eager mode."""
-    if not cfg.batch_split or cfg.batch_split == 1:
-        return
-    clash = ("--compile" if cfg.compile else f"--nproc {cfg.nproc}" if cfg.nproc > 1 else
-             f"--device {cfg.device}" if cfg.device not in ("auto", "cpu") else None)
-    if clash:
-        raise UserError(f"--batch-split {cfg.batch_split} trains on the threads of one CPU process and "
-                        f"cannot run with {clash}; drop one of them")
-    if cfg.batch_split > cfg.batch_size:
-        raise UserError(f"--batch-split {cfg.batch_split} is more chunks than --batch-size "
-                        f"{cfg.batch_size} has images; use at most {cfg.batch_size}")
 
 
 def check_toolbox(cfg: RunConfig) -> RunConfig:

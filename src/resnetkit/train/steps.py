@@ -14,7 +14,6 @@ from torch import nn
 
 from ..data.augment import TTA
 from ..runtime import Precision
-from .split import BatchSplit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -23,8 +22,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: n
                optimizer: torch.optim.Optimizer, autocast: ContextManager[object],
                scaler: torch.amp.GradScaler | None = None,
                before_update: Callable[[], None] | None = None, clip_grad: float | None = None,
-               loss_scale: float = 1.0, zero_grad: bool = True, update: bool = True,
-               split: BatchSplit | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               loss_scale: float = 1.0, zero_grad: bool = True,
+               update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward, backward, update. Returns (mean loss, number correct) as device tensors.
 
     ``y``: class indices, or soft targets (N, classes) from mixup/cutmix, where a prediction is
@@ -33,18 +32,14 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, loss_fn: n
     Gradient accumulation: ``zero_grad`` on a group's first micro-batch, ``update`` on its last,
     and ``loss_scale`` = the micro-batch's share of the group's samples, so the summed gradient
     is the mean over the group, as one batch of its size would give.
-    ``split`` (--batch-split, CPU): forward and backward in chunks on several threads.
     """
+    with autocast:
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)  # the loss in fp32 whatever the autocast dtype
     if zero_grad:
         optimizer.zero_grad(set_to_none=True)
-    if split is not None:  # it makes its own autocast per thread; no GradScaler on a CPU
-        loss, logits = split.forward_backward(x, y, loss_fn, loss_scale)
-    else:
-        with autocast:
-            logits = model(x)
-        loss = loss_fn(logits.float(), y)  # the loss in fp32 whatever the autocast dtype
-        scaled = loss * loss_scale if loss_scale != 1.0 else loss
-        (scaled if scaler is None else scaler.scale(scaled)).backward()
+    scaled = loss * loss_scale if loss_scale != 1.0 else loss
+    (scaled if scaler is None else scaler.scale(scaled)).backward()
     if update:
         apply_update(model, optimizer, scaler, clip_grad, before_update)
     labels = y.argmax(1) if y.ndim > 1 else y
@@ -94,11 +89,9 @@ def sync_context(model: nn.Module, sync: bool) -> ContextManager[object]:
     return contextlib.nullcontext() if sync or no_sync is None else no_sync()
 
 
-def timing_step(model: nn.Module, mode: str, precision: str,
-                split: int = 1) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def timing_step(model: nn.Module, mode: str, precision: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One train_step (or an inference forward, ``mode="infer"``) of ``model`` on (x, y) under
-    ``precision``, the batch split over ``split`` threads: what the speed probe and ``resnetkit
-    bench`` time. Nothing is read back."""
+    ``precision``: what the speed probe and ``resnetkit bench`` time. Nothing is read back."""
     device_type = next(model.parameters()).device.type
     prec = Precision(precision, device_type)
     autocast = prec.autocast()
@@ -113,11 +106,9 @@ def timing_step(model: nn.Module, mode: str, precision: str,
     # lr is irrelevant to speed; momentum keeps the optimizer's state and work realistic
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     loss_fn, scaler = nn.CrossEntropyLoss(), prec.grad_scaler()
-    batch_split = BatchSplit(model, split, prec.autocast) if split > 1 else None
 
     def train(x: torch.Tensor, y: torch.Tensor) -> None:
-        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler,
-                   split=batch_split)
+        train_step(model, x, y, loss_fn=loss_fn, optimizer=optimizer, autocast=autocast, scaler=scaler)
     return train
 
 

@@ -52,7 +52,6 @@ from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch
                     plan_text, run_steps, step_on_metric, with_length)
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
-from .split import BatchSplit, can_split
 from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
@@ -339,8 +338,6 @@ class Trainer:
         self.mix = Mixer(cfg, self.spec.num_classes)  # --mixup / --cutmix; identity when off
         self.ema = WeightEma(model, cfg.ema) if cfg.ema else None
         self.net: nn.Module = self.wrap(model)  # trains; checkpoints always save self.model
-        n = self.choice.batch_split if self.choice else 1
-        self.split = BatchSplit(model, n, self.precision.autocast) if n > 1 else None
         # Evaluation runs the plain module: ranks hold different numbers of eval samples, and
         # DDP's forward would wait for the others (buffer broadcast) on every batch.
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
@@ -357,11 +354,7 @@ class Trainer:
                                   channels_last=cfg.channels_last, compile=cfg.compile,
                                   network=network_key(cfg, self.model_args),
                                   make_step=timing_step,
-                                  run_steps=run_steps(cfg, self.sched_steps) * cfg.accum_steps,
-                                  batch_split=cfg.batch_split,
-                                  max_split=can_split(self.device, torch.get_num_threads(),
-                                                      self.loaders.train.batch_size, compile=cfg.compile,
-                                                      world_size=self.world_size))
+                                  run_steps=run_steps(cfg, self.sched_steps) * cfg.accum_steps)
         self.choice = distributed.broadcast_object(choice)
         self.precision = resolve_precision(self.choice.precision, self.device)
 
@@ -470,17 +463,12 @@ class Trainer:
     def channels_last(self) -> bool:
         return bool(self.choice.channels_last) if self.choice else bool(self.cfg.channels_last)
 
-    @property
-    def batch_split(self) -> int:
-        return self.split.n if self.split else 1
-
     def runtime(self) -> dict[str, Any]:
         """report.json's "runtime": what this run computed with, and how that was chosen."""
         c = self.choice
         speeds = [h["images_per_s"] for h in self.history if h.get("images_per_s")]
         return {"device": str(self.device), "precision": self.precision.name,
                 "channels_last": self.channels_last, "compile": self.cfg.compile,
-                "batch_split": self.batch_split,
                 "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
                 "images_per_s": c.images_per_s if c and c.images_per_s else
                 (float(np.median(speeds)) if speeds else None),
@@ -562,7 +550,7 @@ class Trainer:
         Precision and memory format are recorded as resolved: evaluate and resume compute as this
         run did."""
         cfg = self.cfg.replace(out=str(self.run_dir), resume=None, precision=self.precision.name,
-                               channels_last=self.channels_last, batch_split=self.batch_split)
+                               channels_last=self.channels_last)
         if cfg.dataset != "digits" and self.source is None:  # where the data was, for evaluate and export
             cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
         return cfg.to_dict()
@@ -640,8 +628,6 @@ class Trainer:
             used = self.budget.used()
             self.log(f"budget {format_duration(self.budget.seconds)}: {used:.1f} s used so far "
                      f"({used / self.budget.seconds:.0%}; the interpreter's exit follows)")
-        if self.split is not None:
-            self.split.close()
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
@@ -655,15 +641,13 @@ class Trainer:
             saved = json.loads((self.run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             saved = {}
-        keys = ("precision", "channels_last", "batch_split")
-        kept = [k for k in keys if saved.get(k, 1 if k == "batch_split" else None) == getattr(self.cfg, k)]
-        if len(kept) == len(keys):
+        kept = [k for k in ("precision", "channels_last") if saved.get(k) == getattr(self.cfg, k)]
+        if len(kept) == 2:
             return "from the resumed run's config"
         if not kept:
             return "forced by flags"
-        flagged = [k for k in keys if k not in kept]
-        return (f"{' and '.join(kept)} from the resumed run's config, {' and '.join(flagged)} forced by "
-                f"{'a flag' if len(flagged) == 1 else 'flags'}")
+        other = "channels_last" if kept[0] == "precision" else "precision"
+        return f"{kept[0]} from the resumed run's config, {other} forced by a flag"
 
     def out_of_patience(self) -> bool:
         return bool(self.cfg.early_stop) and self.best.bad_evals >= self.cfg.early_stop
@@ -705,8 +689,6 @@ class Trainer:
         if self.world_size > 1 and distributed.trainable(self.model) != before:
             self.net = self.wrap(self.model)  # DDP synchronises the parameters trainable at its start
         self.net.train()
-        if self.split is not None:  # modes, frozen parameters and set_epoch's changes
-            self.split.refresh()
         zero = torch.zeros((), device=self.device)
         loss_sum, correct, seen = zero.clone(), zero.clone(), 0
         grad_norms = GradNormLog(self.model, self.device) if self.cfg.log_grad_norms else None
@@ -730,7 +712,7 @@ class Trainer:
                                         autocast=autocast, scaler=self.scaler,
                                         before_update=grad_norms.add if grad_norms else None,
                                         clip_grad=self.cfg.clip_grad, loss_scale=share, zero_grad=first,
-                                        update=last, split=self.split)
+                                        update=last)
             if last:
                 lr = current_lr(self.optimizer)  # the epoch line's: its last update's, not the next one's
                 self.scheduler.step()
@@ -897,7 +879,7 @@ def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, 
     it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
     if choice.images_per_s and (choice.chosen_by == "probe" or compile):  # compiling again: seconds
         return choice.images_per_s
-    setting = probe.Setting(choice.precision, choice.channels_last, compile, choice.batch_split)
+    setting = probe.Setting(choice.precision, choice.channels_last, compile)
     rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
     return rows[0]["images_per_s"] or 1.0
 
