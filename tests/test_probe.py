@@ -168,3 +168,19 @@ def test_a_run_records_its_runtime(tmp_path: Path, no_native_bf16: None,
     forced = train(dataset="digits", epochs=1, subset=64, precision="fp32", channels_last=False,
                    out=str(tmp_path / "forced"), verbose=False)
     assert forced.report["runtime"]["chosen_by"] == "flag"
+
+
+def test_the_probe_takes_rounds_until_its_time_cap(tiny: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[int] = []
+
+    def fake(step: Any, x: Any, y: Any, steps: int, device: Any) -> float:
+        timed.append(steps)
+        return 0.001 * steps  # never sleeps: the cap is never reached
+    monkeypatch.setattr(probe, "time_steps", fake)
+    settings = [probe.Setting("fp32", False), probe.Setting("fp32", True)]
+    rows = probe.probe(tiny, (1, 8, 8), 4, settings, CPU, timing_step)
+    assert timed.count(1) == len(settings) * probe.MAX_ROUNDS and probe.MAX_ROUNDS > 7
+    assert all(r["images_per_s"] == 4000.0 for r in rows)
+    timed.clear()
+    probe.probe(tiny, (1, 8, 8), 4, settings, CPU, timing_step, time_cap_s=0.0)
+    assert timed.count(1) == len(settings) * probe.MIN_ROUNDS
