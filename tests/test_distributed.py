@@ -236,18 +236,29 @@ def _gathered_eval_checks(model: torch.nn.Module, rank: int) -> dict:
     return out
 
 
-def spawn(phase: str, cfg: dict, out: Path) -> list[dict]:
+def spawn(phase: str, cfg: dict, out: Path, attempts: int = 3) -> list[dict]:
+    """Run the ranks; free_port() releases its port before rank 0 binds it, so another process
+    may take it in between: a rank that finds its port in use is retried on a new one."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_ddp_worker, args=(free_port(), phase, cfg, str(out)), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    for _ in range(SPAWN_TIMEOUT_S):
-        if ctx.join(timeout=1):
-            break
-    else:
-        for p in ctx.processes:
-            p.kill()
-        pytest.fail(f"the {phase} phase did not finish within {SPAWN_TIMEOUT_S}s")
+    for attempt in range(attempts):
+        ctx = mp.start_processes(_ddp_worker, args=(free_port(), phase, cfg, str(out)), nprocs=WORLD,
+                                 join=False, start_method="spawn")
+        try:
+            for _ in range(SPAWN_TIMEOUT_S):
+                if ctx.join(timeout=1):
+                    break
+            else:
+                for p in ctx.processes:
+                    p.kill()
+                pytest.fail(f"the {phase} phase did not finish within {SPAWN_TIMEOUT_S}s")
+        except mp.ProcessRaisedException as e:
+            if "address already in use" not in str(e).lower() or attempt == attempts - 1:
+                raise
+            for p in ctx.processes:
+                p.kill()
+            continue
+        break
     return [json.loads((out / f"{phase}-rank{r}.json").read_text()) for r in range(WORLD)]
 
 
