@@ -245,19 +245,17 @@ def spawn(phase: str, cfg: dict, out: Path, attempts: int = 3) -> list[dict]:
         ctx = mp.start_processes(_ddp_worker, args=(free_port(), phase, cfg, str(out)), nprocs=WORLD,
                                  join=False, start_method="spawn")
         try:
-            for _ in range(SPAWN_TIMEOUT_S):
-                if ctx.join(timeout=1):
-                    break
-            else:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"the {phase} phase did not finish within {SPAWN_TIMEOUT_S}s")
+            finished = any(ctx.join(timeout=1) for _ in range(SPAWN_TIMEOUT_S))
         except mp.ProcessRaisedException as e:
-            if "address already in use" not in str(e).lower() or attempt == attempts - 1:
-                raise
             for p in ctx.processes:
                 p.kill()
-            continue
+            if "address already in use" in str(e).lower() and attempt < attempts - 1:
+                continue
+            raise
+        if not finished:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the {phase} phase did not finish within {SPAWN_TIMEOUT_S}s")
         break
     return [json.loads((out / f"{phase}-rank{r}.json").read_text()) for r in range(WORLD)]
 
