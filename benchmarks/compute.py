@@ -128,7 +128,13 @@ LADDER: tuple[Lever, ...] = (
     Lever("fashion-mnist", "24/48/96, 20 epochs 12->28 px (full from 75%), batch 128, lr 0.2, EMA 0.999",
           ("--epochs", "20", *W24, "--min-img-size", "12", "--progressive-until", "0.75", *B128,
            "--lr", "0.2", "--ema", "0.999"), seeds=1),
-    # the recipe as shipped: 24/48/96, 20 epochs 12->28 px, batch 128, lr 0.2
+    # larger batches at the linearly scaled lr: the same compute in fewer steps (faster per image
+    # on a CPU, most of all in the small early epochs)
+    Lever("fashion-mnist", "24/48/96, 20 epochs 12->28 px (full from 75%), batch 256, lr 0.4",
+          ("--epochs", "20", *W24, "--min-img-size", "12", "--progressive-until", "0.75",
+           "--batch-size", "256", "--lr", "0.4"), seeds=1),
+    # the recipe as shipped: 24/48/96, 20 epochs 12->28 px, batch 512, lr 0.8 (batch 128, lr 0.2
+    # until 2026-12-03: the row above with B128 and lr 0.2)
     Lever("fashion-mnist", RECIPE_ROW),
 )
 
