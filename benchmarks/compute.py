@@ -129,7 +129,7 @@ LADDER: tuple[Lever, ...] = (
           ("--epochs", "20", *W24, "--min-img-size", "12", "--progressive-until", "0.75", *B128,
            "--lr", "0.2", "--ema", "0.999"), seeds=1),
     # larger batches at the linearly scaled lr: the same compute in fewer steps (faster per image
-    # on a CPU, most of all in the small early epochs)
+    # on the Xeon without AMX of BENCHMARKS.md, most of all in the small early epochs)
     Lever("fashion-mnist", "24/48/96, 20 epochs 12->28 px (full from 75%), batch 256, lr 0.4",
           ("--epochs", "20", *W24, "--min-img-size", "12", "--progressive-until", "0.75",
            "--batch-size", "256", "--lr", "0.4"), seeds=1),
