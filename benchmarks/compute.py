@@ -133,8 +133,8 @@ LADDER: tuple[Lever, ...] = (
     Lever("fashion-mnist", "24/48/96, 20 epochs 12->28 px (full from 75%), batch 256, lr 0.4",
           ("--epochs", "20", *W24, "--min-img-size", "12", "--progressive-until", "0.75",
            "--batch-size", "256", "--lr", "0.4"), seeds=1),
-    # the recipe as shipped: 24/48/96, 20 epochs 12->28 px, batch 512, lr 0.8 (batch 128, lr 0.2
-    # until 2026-12-03: the row above with B128 and lr 0.2)
+    # the recipe as shipped: 24/48/96, 20 epochs 12->28 px, batch 512, lr 0.8 (until 2026-12-03
+    # batch 128 at lr 0.2: the row "24/48/96, 20 epochs 12->28 px (full from 75%), batch 128, lr 0.2")
     Lever("fashion-mnist", RECIPE_ROW),
 )
 

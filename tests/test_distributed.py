@@ -245,18 +245,16 @@ def spawn(phase: str, cfg: dict, out: Path, attempts: int = 3) -> list[dict]:
         ctx = mp.start_processes(_ddp_worker, args=(free_port(), phase, cfg, str(out)), nprocs=WORLD,
                                  join=False, start_method="spawn")
         try:
-            finished = any(ctx.join(timeout=1) for _ in range(SPAWN_TIMEOUT_S))
-        except mp.ProcessRaisedException as e:
-            for p in ctx.processes:
-                p.kill()
-            if "address already in use" in str(e).lower() and attempt < attempts - 1:
-                continue
-            raise
-        if not finished:
-            for p in ctx.processes:
-                p.kill()
+            if any(ctx.join(timeout=1) for _ in range(SPAWN_TIMEOUT_S)):
+                break
             pytest.fail(f"the {phase} phase did not finish within {SPAWN_TIMEOUT_S}s")
-        break
+        except mp.ProcessRaisedException as e:
+            if "address already in use" not in str(e).lower() or attempt == attempts - 1:
+                raise
+        finally:  # every outcome but success leaves ranks behind: one place ends them
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
     return [json.loads((out / f"{phase}-rank{r}.json").read_text()) for r in range(WORLD)]
 
 

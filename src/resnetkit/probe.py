@@ -45,8 +45,8 @@ WARMUP_STEPS = 2  # oneDNN builds its kernels on the first call of each shape: n
 # channels_last first (3,904 against 3,063 img/s for fp32 + channels_last), and the cached
 # choice then trained 6 epochs in 93 s where fp32 + channels_last took 62 s (BENCHMARKS.md).
 MIN_ROUNDS, MAX_ROUNDS = 2, 40
-# The probe stops after MIN_ROUNDS once it has run this long. A default fast run takes 75-170 s
-# on the Xeon of BENCHMARKS.md, so 5% of it is 3.8 s; warm-up and the first rounds fit in that.
+# The probe stops after MIN_ROUNDS once it has run this long. A default fast run takes 72-316 s
+# on the Xeon of BENCHMARKS.md, so 5% of the shortest is 3.6 s; warm-up and the first rounds fit.
 TIME_CAP_S = 2.5
 RUN_SHARE = 0.03  # and once it has cost this share of the run it is choosing for (run_steps)
 # A run shorter than its probe's least cost (candidates x (warm-up + MIN_ROUNDS) steps) over this

@@ -56,7 +56,8 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # AVX512-BF16); a stride-2 stem with stages 32/64/128 at 14/7/4 px has 4x the parameters of
     # widths 16/32/64 at full resolution and trains 1.5x faster per image (5,700 against 3,750
     # images/s), and reached 93.1-93.2% where resnet8 reached 92.5% in the same wall time;
-    # torch.compile gained ~5% per step and cost 13 s of compilation; batch 512 no faster than 256.
+    # torch.compile gained ~5% per step and cost 13 s of compilation; batch 512 no faster than 256
+    # (that CPU, 32/64/128 at 28 px).
     # NHWC gradients through the option-A shortcut and the pooling (models/blocks.py) then made
     # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
     # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
