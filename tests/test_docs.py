@@ -131,7 +131,10 @@ def subparser_of(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argp
         rest = rest[rest.index(words[0]) + 1:]
 
 
-def flag_problems(argv: list[str]) -> list[str]:
+def flag_problems(argv: list[str], *, parse: bool = True) -> list[str]:
+    """What is wrong with ``resnetkit ARGV``: an unknown sub-command, a flag its parser lacks
+    (exactly spelled: argparse would accept an abbreviation), and with ``parse`` whatever makes
+    argparse refuse the whole line (a bad choice, a missing argument)."""
     if argv in (["--version"], ["--help"], []):
         return []
     parser, path = subparser_of(build_parser(), argv)
@@ -144,6 +147,8 @@ def flag_problems(argv: list[str]) -> list[str]:
             break
         if word.startswith("--") and word.split("=", 1)[0] not in known:
             problems.append(f"`resnetkit {' '.join(path)}` has no flag {word.split('=', 1)[0]}")
+    if not parse:
+        return problems
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -154,7 +159,25 @@ def flag_problems(argv: list[str]) -> list[str]:
     return problems
 
 
+INLINE = re.compile(r"(?<!`)`((?:python -m )?resnetkit [^`]+)`(?!`)")
+
+
+def inline_commands() -> list[tuple[str, list[str]]]:
+    """``resnetkit ...`` in inline code outside code blocks, e.g. in a table. These often hold
+    placeholders (``resnetkit COMMAND --help``, ``--nproc N``), so only their sub-command, where
+    it is spelled out, and their flags are checked."""
+    found = []
+    for path in DOCS:
+        text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+        for m in INLINE.finditer(text):
+            argv = resnetkit_argv(m.group(1), {})
+            if argv and re.fullmatch(r"[a-z][a-z-]*", argv[0]):
+                found.append((f"{path.relative_to(ROOT)} (inline)", argv))
+    return found
+
+
 COMMANDS = all_commands()
+INLINE_COMMANDS = inline_commands()
 
 
 def test_the_docs_hold_commands() -> None:
@@ -165,6 +188,13 @@ def test_the_docs_hold_commands() -> None:
 
 def test_every_documented_command_parses() -> None:
     bad = [f"{where}: resnetkit {shlex.join(argv)}: {p}" for where, argv in COMMANDS for p in flag_problems(argv)]
+    assert not bad, "\n".join(bad)
+
+
+def test_every_inline_command_has_its_flags() -> None:
+    assert len(INLINE_COMMANDS) >= 10, INLINE_COMMANDS
+    bad = [f"{where}: resnetkit {shlex.join(argv)}: {p}" for where, argv in INLINE_COMMANDS
+           for p in flag_problems(argv, parse=False)]
     assert not bad, "\n".join(bad)
 
 
