@@ -355,3 +355,21 @@ def test_resume_refuses_a_state_of_another_network(tmp_path: Path, capsys: pytes
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "its weights do not fit resnet8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_star_marks_a_strictly_better_val_accuracy_not_a_tie(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from resnetkit.train.trainer import Trainer
+
+    vals = iter([(0.5, 1.0), (0.5, 0.9), (0.6, 0.8), (0.6, 0.8)])  # (val acc, val loss) per epoch
+
+    def fake_eval(self: Trainer, loader: object) -> SimpleNamespace:
+        acc, loss = next(vals)
+        return SimpleNamespace(summary=lambda: {"acc": acc, "loss": loss})
+    monkeypatch.setattr(Trainer, "timed_evaluate", fake_eval)
+    res = train(model="resnet8", subset=100, epochs=4, out=str(tmp_path / "run"))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.endswith("*") for ln in lines] == [True, False, True, False]
+    assert res.best_metrics["epoch"] == 3

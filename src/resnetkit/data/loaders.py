@@ -170,7 +170,7 @@ def _dataset_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, *, dev
 def _check_present(present: bool, split: str) -> None:
     if not present:
         raise UserError(f"this run has no {split} split (it trained with --val-size 0); "
-                        f"evaluate --split test or train instead")
+                        f"choose --split test or --split train instead")
 
 
 # ------------------------------------------------------------------ resolving a config

@@ -111,6 +111,9 @@ class _Best:
         a, b = record, self.metrics
         return (a["val_acc"], -a["val_loss"]) > (b["val_acc"], -b["val_loss"])
 
+    def beats_accuracy(self, record: Mapping[str, Any]) -> bool:
+        return not self.metrics or record["val_acc"] > self.metrics["val_acc"]
+
 
 def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
           verbose: bool = True, source: Any = None, **overrides: Any) -> TrainResult:
@@ -664,12 +667,15 @@ class Trainer:
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
         step_on_metric(self.scheduler, record)  # --schedule plateau
+        # the epoch line's "*": a strictly higher val accuracy; a tie broken by the loss moves
+        # the checkpoint but is no new best accuracy
+        new_best = do_eval and self.best.beats_accuracy(record)
         improved = do_eval and self.best.improves(record)
         if do_eval:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
         if improved or not selecting:
             self.best.metrics = dict(record)
-        self.log(format_epoch(record, self.cfg.epochs, improved, ema=self.ema is not None))
+        self.log(format_epoch(record, self.cfg.epochs, new_best, ema=self.ema is not None))
         if self.budget is not None:  # before saving: state.pt then holds the refitted schedule
             self.epoch_end_check(epoch, train_seconds)
         self.save(epoch, record, improved or not selecting, self.wall_before + time.perf_counter() - t0)
