@@ -92,14 +92,15 @@ class Classifier:
         return out
 
     def explain(self, images: ImageInput | Sequence[ImageInput], *, target: str | int | None = None,
-                method: str = "gradcam", batch_size: int = 16) -> list[dict[str, Any]]:
+                method: str = "gradcam", batch_size: int = 16, layer: str | None = None) -> list[dict[str, Any]]:
         """Grad-CAM heat maps: per image ``{"path", "class", "index", "prob", "target",
         "heatmap", "image"}`` or ``{"path", "error"}``.
 
         ``class``/``index``/``prob``: the prediction; ``target``: the class the map explains
         (``target`` as a name or index, default the predicted class); ``heatmap``: (H, W) float
         array in [0, 1] at the model's input size; ``image``: a PIL picture of the input and its
-        overlay side by side, captioned. ``method``: ``gradcam`` or ``gradcam++``.
+        overlay side by side, captioned. ``method``: ``gradcam`` or ``gradcam++``; ``layer``: the
+        module to explain (default: the last stage whose map is at least 7x7).
         """
         if self.model is None:
             raise UserError("heat maps need the PyTorch model: load the .safetensors checkpoint, "
@@ -108,7 +109,7 @@ class Classifier:
         results: list[dict[str, Any]] = []
         items = _as_items(images)
         for start in range(0, len(items), max(1, batch_size)):
-            results.extend(self._explain_chunk(items[start:start + batch_size], index, method))
+            results.extend(self._explain_chunk(items[start:start + batch_size], index, method, layer))
         return results
 
     def class_index(self, name: str | int) -> int:
@@ -121,14 +122,14 @@ class Classifier:
         raise UserError(f"unknown class {name!r}; the model's classes are {shown}")
 
     def _explain_chunk(self, items: Sequence[tuple[str, Any]], target: int | None,
-                       method: str) -> list[dict[str, Any]]:
+                       method: str, layer: str | None = None) -> list[dict[str, Any]]:
         out, tensors, slots = self._read_chunk(items)
         if not tensors:
             return out
         assert self.model is not None
         device = next(self.model.parameters()).device
         x = torch.stack(tensors)
-        maps = cam.grad_cam(self.model, x.to(device), target, method=method)
+        maps = cam.grad_cam(self.model, x.to(device), target, method=method, layer=layer)
         probs = (maps.logits / self.temperature).softmax(1).cpu()
         for row, slot in enumerate(slots):
             pred = int(probs[row].argmax())
