@@ -56,6 +56,10 @@ from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, ti
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
+# ... and, while a progress bar is shown, at most this many seconds between reads: a slow net's
+# 25 batches can take a minute, and a bar that sits still looks hung. The clock is read on the
+# host, so a step costs no extra device sync; a read costs one, at most twice a second.
+REFRESH_S = 0.5
 FIRST_STEPS = 30  # --time-budget refits the epochs after this many steps of epoch 1
 # ... to no less than this share of the plan: a short window that a passing load slowed (e.g.
 # another process's threads on the same cores: 18x measured) must not end the run after epoch 1;
@@ -708,7 +712,7 @@ class Trainer:
         # --time-budget: the loop's own speed, from the end of step 2 (kernels built) to step
         # check_at (tiny epochs: the epoch's end decides instead)
         check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
-        since = start
+        since = shown = start
         for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
             x, target = self.mix(x, y)
             if self.channels_last:
@@ -735,8 +739,11 @@ class Trainer:
                 self.first_steps_check(step, since, seen - seen_before)
                 last_update = epoch_steps(self.cfg, epoch, self.sched_steps)  # it may shorten this epoch
             end = last and updates >= last_update
-            if step % every == 0 or step == len(loader) or end:
+            # one process only: under DDP the read is an all-reduce, which every rank must join
+            due = bar is not None and self.world_size == 1 and time.perf_counter() - shown >= REFRESH_S
+            if step % every == 0 or step == len(loader) or end or due:
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+                shown = time.perf_counter()
             if end:  # the epoch's last update: all of them, or where --max-steps cuts the run
                 break
         if bar is not None:
