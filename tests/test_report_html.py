@@ -183,8 +183,10 @@ def test_losses_read_in_three_digits_and_table_keys_keep_whole(run: Path) -> Non
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
 def test_a_browser_keeps_each_setting_name_on_one_line_on_a_phone(run: Path, tmp_path: Path) -> None:
     # the page has no script of its own; a copy with one measures the rendered key cells
+    # (a range over a cell's text has one client rect per line it is laid out on)
     probe = ("<script>window.onload=function(){var h=[];document.querySelectorAll('#settings td:first-child')"
-             ".forEach(function(td){var r=td.getClientRects();h.push(r.length)});"
+             ".forEach(function(td){var r=document.createRange();r.selectNodeContents(td);"
+             "h.push(r.getClientRects().length)});"
              "document.body.setAttribute('data-lines',Math.max.apply(null,h))}</script></body>")
     copy = tmp_path / "probe.html"
     copy.write_text(page(run).replace("</body>", probe), encoding="utf-8")
