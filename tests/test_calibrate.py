@@ -150,3 +150,14 @@ def test_a_run_without_val_is_told_to_calibrate_on_test(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert "calibrate RUN --split test" in err and "evaluate" not in err
     assert main(["calibrate", str(run.run_dir), "--split", "test"]) == 0
+
+
+def test_a_run_without_a_test_split_is_not_measured_twice_on_val(tiny_split_imagefolder: Path, tmp_path: Path) -> None:
+    from resnetkit.calibrate import calibrate_checkpoint
+    from resnetkit.train import train
+
+    run = train(dataset="imagefolder", data_dir=str(tiny_split_imagefolder), model="resnet8", img_size=16,
+                epochs=1, batch_size=8, out=str(tmp_path / "run"), verbose=False)
+    with pytest.warns(UserWarning, match="too few"):  # 12 val images
+        record = calibrate_checkpoint(run.run_dir, device="cpu")
+    assert "test_ece_after" not in record and "no test split" in record["note"]

@@ -182,9 +182,12 @@ def calibrate_checkpoint(path: str | os.PathLike[str], *, split: str | None = No
         if problem:
             record["warning"] = f"{problem}; the temperature stays 1 (probabilities unchanged)"
             warnings.warn(record["warning"], DataWarning, stacklevel=2)
-        if split != "test":
-            test = calibration_summary(*split_logits(loaded.model, build_eval_loader(
-                cfg, "test", dev, spec=loaded.spec)), t)
+        test_loader = build_eval_loader(cfg, "test", dev, spec=loaded.spec) if split != "test" else None
+        if test_loader is not None and getattr(test_loader, "test_is_val", False):
+            # no test split: the "test" loader is the val split again, not a second measure
+            record["note"] = "no test split: the ECE after is measured on the split it was fitted on (optimistic)"
+        elif test_loader is not None:
+            test = calibration_summary(*split_logits(loaded.model, test_loader), t)
             record.update({f"test_{k}": v for k, v in test.items()})
     if split == "test":
         record["note"] = "fitted and measured on the test split: the ECE after is optimistic"
