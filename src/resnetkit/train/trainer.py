@@ -1,7 +1,8 @@
 """The training loop: device, precision, schedule, logging, checkpoints, resume and the report.
 
 The steps themselves live in :mod:`.steps`. Per epoch the trainer reads the device twice at
-most per ``sync_every`` batches (progress and the finite-loss check) and writes, in order: the
+most per ``sync_every`` batches, or per REFRESH_S with a progress bar (progress and the
+finite-loss check) and writes, in order: the
 best checkpoint (when the validation accuracy improved), the last checkpoint, the metrics line
 and the resume state, each atomically. The test split is read once, after the last epoch, on the
 checkpoint the validation split chose (:mod:`resnetkit.data.splits`). The resume state carries the metrics history, so a run
