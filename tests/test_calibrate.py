@@ -115,3 +115,49 @@ def test_a_bad_temperature_in_the_metadata_is_refused_in_one_line(bad: object) -
     assert temperature_of({}) == 1.0 and temperature_of({"calibration": {"temperature": 2}}) == 2.0
     with pytest.raises(UserError, match="not a positive number"):
         temperature_of({"calibration": {"temperature": bad}})
+
+
+def test_a_split_too_accurate_or_too_small_keeps_t_at_one_and_says_why(
+        digits_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import resnetkit.calibrate as calibrate
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    real = calibrate.split_logits
+
+    def perfect(model: torch.nn.Module, batches: object) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, targets = real(model, batches)
+        logits[torch.arange(len(targets)), targets] += 100  # every prediction right, as a 100% val split
+        return logits, targets
+    monkeypatch.setattr(calibrate, "split_logits", perfect)
+    assert main(["calibrate", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "temperature 1.0000" in captured.out
+    assert "wrong on 0 of the 144 val images" in captured.err and "stays 1" in captured.err
+    assert read_metadata(run / "best.safetensors")[0]["calibration"]["temperature"] == 1.0
+
+    monkeypatch.setattr(calibrate, "split_logits", lambda m, b: tuple(t[:40] for t in real(m, b)))
+    with pytest.warns(UserWarning, match="has 40 images, too few"):
+        record = calibrate.calibrate_checkpoint(run, device="cpu")
+    assert record["temperature"] == 1.0 and "too few" in record["warning"]
+
+
+def test_a_run_without_val_is_told_to_calibrate_on_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit.train import train
+
+    run = train(model="resnet8", subset=100, val_size=0, epochs=1, out=str(tmp_path / "run"), verbose=False)
+    assert main(["calibrate", str(run.run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "calibrate RUN --split test" in err and "evaluate" not in err
+    assert main(["calibrate", str(run.run_dir), "--split", "test"]) == 0
+
+
+def test_a_run_without_a_test_split_is_not_measured_twice_on_val(tiny_split_imagefolder: Path, tmp_path: Path) -> None:
+    from resnetkit.calibrate import calibrate_checkpoint
+    from resnetkit.train import train
+
+    run = train(dataset="imagefolder", data_dir=str(tiny_split_imagefolder), model="resnet8", img_size=16,
+                epochs=1, batch_size=8, out=str(tmp_path / "run"), verbose=False)
+    with pytest.warns(UserWarning, match="too few"):  # 12 val images
+        record = calibrate_checkpoint(run.run_dir, device="cpu")
+    assert "test_ece_after" not in record and "no test split" in record["note"]

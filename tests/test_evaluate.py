@@ -100,3 +100,25 @@ def test_a_run_without_a_test_split_is_evaluated_as_val(tiny_split_imagefolder: 
     assert "imagefolder val (no test split)" in out and "imagefolder test" not in out
     assert main(["report", str(res.run_dir), "--top-losses", "2"]) == 0
     assert "(val top-1 " in capsys.readouterr().out
+
+
+def test_another_folder_without_split_folders_is_scored_whole(tiny_split_imagefolder: Path, tiny_imagefolder: Path,
+                                                              tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    res = train(dataset="imagefolder", data_dir=str(tiny_split_imagefolder), model="resnet8", img_size=16,
+                epochs=1, batch_size=8, out=str(tmp_path / "run"), verbose=False)
+    # trained on train/ + val/ (no test/): its report says val, with the bias, everywhere
+    rep = json.loads((res.run_dir / "report.json").read_text())
+    assert rep["split"] == "val" and "biased upwards" in rep["selection_note"]
+    html = (res.run_dir / "report.html").read_text()
+    assert "val top-1" in html and "test top-1" not in html and "test images" not in html
+    assert "biased upwards" in html
+    # another folder of the same classes, one tree of 30 images: every one is test
+    assert main(["evaluate", str(res.run_dir), "--dataset", "imagefolder", "--data-dir",
+                 str(tiny_imagefolder), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["num_samples"] == 30 and result["test_is_val"] is False
+    assert result["source"].startswith("all 30 images of") and "selection_note" not in result
+    # its own folder keeps its own splits: the val split, labelled so, with the warning
+    assert main(["evaluate", str(res.run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "(12 images, imagefolder val (no test split))" in out and "biased upwards" in out

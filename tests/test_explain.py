@@ -73,7 +73,7 @@ def test_gradcam_peaks_on_the_square_that_decides_the_class(square_net: nn.Modul
     for method in ("gradcam", "gradcam++"):
         cams = grad_cam(square_net, x[positive], target=1, method=method)
         assert cams.heatmaps.shape == (int(positive.sum()), SIZE, SIZE)
-        assert cams.layer == "layer3"
+        assert cams.layer == "layer2"  # 16 px: layer2's 8x8 map, the last one at least 7x7
         peaks, shares = [], []
         for heat, (r, c) in zip(cams.heatmaps, [k for k, p in zip(corners, positive) if p]):
             peak_r, peak_c = np.unravel_index(int(heat.argmax()), heat.shape)
@@ -94,7 +94,7 @@ def test_maps_agree_with_pytorch_grad_cam(square_net: nn.Module, method: str) ->
     cls = cam_lib.GradCAM if method == "gradcam" else cam_lib.GradCAMPlusPlus
     with cls(model=square_net, target_layers=[square_net.layer3]) as ref:
         expected = ref(input_tensor=x, targets=[ClassifierOutputTarget(t) for t in targets])
-    ours = grad_cam(square_net, x, target=targets, method=method).heatmaps.numpy()
+    ours = grad_cam(square_net, x, target=targets, method=method, layer="layer3").heatmaps.numpy()
     assert np.abs(ours - expected).max() < 2e-3
 
 
@@ -109,8 +109,9 @@ def test_any_registered_net_gets_a_map_from_its_last_wide_stage(name: str) -> No
     assert torch.isfinite(cams.heatmaps).all() and cams.heatmaps.min() >= 0 and cams.heatmaps.max() <= 1
     assert cams.targets.tolist() == cams.logits.argmax(1).tolist()
     names = [n for n, _ in candidate_layers(model)]
-    # ImageNet nets shrink 32 px to 1x1 in layer4: the map comes from the stage before it
-    assert cams.layer == (names[-2] if name in ("resnet18", "resnet50", "plain18") else names[-1])
+    # the last stage whose map is at least 7x7: ImageNet nets have 8x8 after layer1 at 32 px
+    # (stride 4 stem), CIFAR nets 8x8 in their last stage
+    assert cams.layer == (names[0] if name in ("resnet18", "resnet50", "plain18") else names[-1])
     assert model.training is False
 
 
@@ -192,3 +193,36 @@ def test_explain_out_that_is_a_file_is_a_user_error(digits_run: Path, digit_file
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1
     assert err == f"resnetkit: error: --out must be a folder, but a file named {picture} exists; choose a folder\n"
+
+
+def test_a_named_layer_is_explained_and_an_unknown_one_is_a_user_error(square_net: nn.Module) -> None:
+    x, _, _ = square_images(2, seed=3)
+    cams = grad_cam(square_net, x, layer="layer3.0")
+    assert cams.layer == "layer3.0" and cams.heatmaps.shape == (2, SIZE, SIZE)  # 4x4, upsampled
+    with pytest.raises(UserError, match="no such module.*layer1, layer2, layer3"):
+        grad_cam(square_net, x, layer="layer9")
+
+
+def test_top_loss_maps_follow_the_object_from_image_to_image(square_net: nn.Module) -> None:
+    """The report's gallery: a square in the top-left corner and one in the bottom-right give
+    maps that peak on opposite sides, not one blob for every image."""
+    from types import SimpleNamespace
+
+    from resnetkit.interpret import collect
+    from resnetkit.report_html import _gallery
+
+    x = torch.full((2, 1, SIZE, SIZE), 0.15)
+    x[0, 0, :SQUARE, :SQUARE] = 1.0
+    x[1, 0, -SQUARE:, -SQUARE:] = 1.0
+    x = (x - 0.5) / 0.5
+    y = torch.tensor([0, 0])  # labelled "no square": both are top losses, explained as predicted
+    with torch.no_grad():
+        assert square_net(x).argmax(1).tolist() == [1, 1]
+    interp = collect(square_net, [(x, y)], k=2)
+    loaded = SimpleNamespace(model=square_net, classes=["none", "square"], spec=SimpleNamespace(mean=(0.5,), std=(0.5,)))
+    cards = sorted(_gallery(loaded, interp, "gradcam"), key=lambda c: c["index"])
+    half = SIZE / 2
+    peaks = [np.unravel_index(int(c["heatmap"].argmax()), c["heatmap"].shape) for c in cards]
+    assert peaks[0][0] < half and peaks[0][1] < half, peaks  # top-left
+    assert peaks[1][0] >= half and peaks[1][1] >= half, peaks  # bottom-right
+    assert cards[0]["layer"] == "layer2" and cards[0]["png"].startswith(b"\x89PNG")

@@ -275,3 +275,14 @@ def test_a_missing_data_folder_is_named_before_missing_weights(hub: Path, tmp_pa
     assert main(["finetune", str(tmp_path / "nothere"), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "nothere not found" in err and "download" not in err.lower() and len(err.strip().splitlines()) == 1
+
+
+def test_config_json_records_the_freeze_that_was_done(tmp_path: Path) -> None:
+    from resnetkit.train import train as run_train
+
+    # --freeze-epochs alone freezes the backbone: config.json must not say "freeze none"
+    run = run_train(model="resnet8", subset=100, epochs=2, freeze_epochs=1, out=str(tmp_path / "run"), verbose=False)
+    saved = json.loads((run.run_dir / "config.json").read_text())
+    assert saved["freeze"] == "backbone" and saved["freeze_epochs"] == 1
+    assert run.report["freeze_timeline"][0]["what"] == "backbone"
+    assert [s["what"] for s in run.report["freeze_timeline"]] == ["backbone", "none"]

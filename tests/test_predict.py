@@ -86,6 +86,38 @@ def test_python_api_takes_paths_pil_images_and_tensors(trained: Path,
     assert len(clf.predict(torch.stack([normalized, normalized]))) == 2  # an NCHW batch
 
 
+def same(top: list[dict], other: list[dict]) -> bool:
+    """The same classes in the same order, the same probabilities to float rounding."""
+    return ([t["index"] for t in top] == [t["index"] for t in other]
+            and [t["prob"] for t in top] == pytest.approx([t["prob"] for t in other], abs=1e-6))
+
+
+def test_python_api_takes_numpy_arrays_as_keras_predict_does(trained: Path,
+                                                             digit_pngs: tuple[list[Path], list[str]]) -> None:
+    from resnetkit.errors import UserError
+
+    paths, _ = digit_pngs
+    clf = resnetkit.load(trained, device="cpu")
+    gray = [np.array(Image.open(p)) for p in paths[:5]]  # (8, 8) uint8
+    want = [r["top"] for r in clf.predict(paths[:5], topk=2)]
+    a = gray[0]
+    rgb = np.repeat(a[..., None], 3, axis=2)
+    spellings = [a, a[..., None], a[None], a / 255.0, (a / 255.0).astype(np.float32), rgb,
+                 np.moveaxis(rgb, -1, 0), torch.from_numpy(a)[None]]
+    for x in spellings:  # HW, HWC, CHW; uint8 or float 0..1; gray or RGB: one answer
+        (r,) = clf.predict(x, topk=2)
+        assert same(r["top"], want[0]), (x.shape, x.dtype)
+    batch = np.stack(gray)  # (5, 8, 8): five gray images, as MNIST's x_test (3 would read as one CHW image)
+    for x in (batch, batch[..., None], np.moveaxis(batch[..., None], -1, 1), list(batch)):  # NHW, NHWC, NCHW
+        got = clf.predict(x, topk=2)
+        assert len(got) == 5 and all(same(r["top"], w) for r, w in zip(got, want))
+    assert [r["path"] for r in clf.predict(list(batch[:2]))] == ["<array 0>", "<array 1>"]
+    with pytest.raises(UserError, match="divide by 255"):
+        clf.predict(a.astype(np.float32))
+    with pytest.raises(UserError, match="cannot classify a dict"):
+        clf.predict([{"x": 1}])
+
+
 def test_cli_json_lines_walks_folders_and_reports_bad_files(
         trained: Path, digit_pngs: tuple[list[Path], list[str]], tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:

@@ -165,3 +165,31 @@ def test_a_run_builds_its_report_from_its_one_test_pass(tmp_path: Path, monkeypa
     assert 0 < run.report["ece"] < 1
     shown = [int(i) for i in re.findall(r"test image #(\d+)</figcaption>", page(tmp_path / "run"))]
     assert len(shown) == 12 and len(IMG.findall(page(tmp_path / "run"))) == 3 + 12
+
+
+def test_losses_read_in_three_digits_and_table_keys_keep_whole(run: Path) -> None:
+    from resnetkit.report_html import CSS, _gallery_html
+
+    card = {"index": 7, "true": "cat", "pred": "dog", "prob": 0.999, "prob_true": 1e-6, "loss": 4328536.0,
+            "png": b"", "layer": "layer2"}
+    html = _gallery_html([card, {**card, "loss": 0.0123456}], split="val")
+    assert "loss 4.33e+06;" in html and "loss 0.0123;" in html and "val image #7" in html
+    assert "<code>layer2</code>" in html
+    # the setting names (first column) never break inside a word; values may, anywhere
+    assert "td:first-child,th:first-child{overflow-wrap:normal;white-space:nowrap}" in CSS
+    assert "<tr><td>freeze_epochs</td>" in page(run)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_a_browser_keeps_each_setting_name_on_one_line_on_a_phone(run: Path, tmp_path: Path) -> None:
+    # the page has no script of its own; a copy with one measures the rendered key cells
+    # (a range over a cell's text has one client rect per line it is laid out on)
+    probe = ("<script>window.onload=function(){var h=[];document.querySelectorAll('#settings td:first-child')"
+             ".forEach(function(td){var r=document.createRange();r.selectNodeContents(td);"
+             "h.push(r.getClientRects().length)});"
+             "document.body.setAttribute('data-lines',Math.max.apply(null,h))}</script></body>")
+    copy = tmp_path / "probe.html"
+    copy.write_text(page(run).replace("</body>", probe), encoding="utf-8")
+    dom = chromium("--window-size=360,800", "--virtual-time-budget=5000", "--dump-dom", copy.as_uri()).stdout
+    lines = re.search(r'data-lines="(\d+)"', dom)
+    assert lines and int(lines.group(1)) == 1  # one line box per key: none wrapped mid-word

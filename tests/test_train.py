@@ -355,3 +355,63 @@ def test_resume_refuses_a_state_of_another_network(tmp_path: Path, capsys: pytes
     assert main(["train", "--resume", str(run)]) == 2
     err = capsys.readouterr().err
     assert "its weights do not fit resnet8" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_star_marks_a_strictly_better_val_accuracy_not_a_tie(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from resnetkit.train.trainer import Trainer
+
+    vals = iter([(0.5, 1.0), (0.5, 0.9), (0.6, 0.8), (0.6, 0.8)])  # (val acc, val loss) per epoch
+
+    def fake_eval(self: Trainer, loader: object) -> SimpleNamespace:
+        acc, loss = next(vals)
+        return SimpleNamespace(summary=lambda: {"acc": acc, "loss": loss})
+    monkeypatch.setattr(Trainer, "timed_evaluate", fake_eval)
+    res = train(model="resnet8", subset=100, epochs=4, out=str(tmp_path / "run"))
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("epoch ")]
+    assert [ln.endswith("*") for ln in lines] == [True, False, True, False]
+    assert res.best_metrics["epoch"] == 3
+
+
+class _Bar:
+    """A stand-in for the tqdm bar: where it was moved to."""
+
+    def __init__(self) -> None:
+        self.n, self.moves = 0, []
+
+    def update(self, k: int) -> None:
+        self.n += k
+        self.moves.append(self.n)
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("refresh_s, shown", [(0.0, True), (float("inf"), True), (0.0, False)])
+def test_the_progress_bar_moves_on_time_not_every_25_batches(refresh_s: float, shown: bool, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import resnetkit.train.trainer as trainer
+
+    bars: list[_Bar] = []
+    reads: list[int] = []  # the batches after which the running sums were read from the device
+    check = trainer.Trainer.check_progress
+
+    def counted(self, bar, loss_sum, correct, seen, start, epoch, step):  # type: ignore[no-untyped-def]
+        reads.append(step)
+        return check(self, bar, loss_sum, correct, seen, start, epoch, step)
+    monkeypatch.setattr(trainer, "REFRESH_S", refresh_s)  # 0: every step is "a second later"
+    monkeypatch.setattr(trainer.Trainer, "progress", lambda self, epoch, total: bars.append(_Bar()) or bars[-1]
+                        if shown else None)
+    monkeypatch.setattr(trainer.Trainer, "check_progress", counted)
+    train(model="resnet8", subset=400, batch_size=32, epochs=1, out=str(tmp_path / "run"), verbose=False)
+    steps = 360 // 32 + (360 % 32 > 0)  # 400 images less a 10% val split
+    if shown and refresh_s == 0.0:  # a slow step: the bar moves after each one
+        assert bars[0].moves == list(range(1, steps + 1)) and reads == bars[0].moves
+    else:  # a fast loop, or nobody watching: the reads stay the 25-batch (here: quarter-epoch) ones
+        every = max(1, min(trainer.SYNC_EVERY, steps // 4))
+        assert reads == sorted({s for s in range(1, steps + 1) if s % every == 0} | {steps})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,11 +24,16 @@ from .checkpoint import load_checkpoint, resolve_checkpoint_path
 from .config import recorded_config
 from .data import build_eval_loader
 from .data.loaders import SPLITS
-from .errors import UserError
+from .errors import DataWarning, UserError
 from .runtime import cpu_threads, resolve_device
 
 N_BINS = 15  # Guo et al.'s choice; ECE depends on the bin count, so it is fixed
 T_RANGE = (0.05, 20.0)  # a fit outside this range means the held-out split is degenerate
+# Below these the fit says more about the split than about the model: T is set by a handful of
+# logits, and with no mistake at all the NLL keeps falling as T -> 0 (every probability -> 100%).
+# Guo et al. fit on 5,000 to 25,000 validation images.
+MIN_FIT_IMAGES = 100
+MIN_FIT_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,18 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     opt.step(closure)
     t = float(log_t.detach().exp())
     return min(max(t, T_RANGE[0]), T_RANGE[1])
+
+
+def fit_problem(logits: torch.Tensor, targets: torch.Tensor, split: str) -> str | None:
+    """Why ``logits`` of the ``split`` split cannot fit a temperature worth keeping, or None."""
+    n = len(targets)
+    wrong = int((logits.argmax(1) != targets).sum())
+    if n < MIN_FIT_IMAGES:
+        return f"the {split} split has {n} images, too few to fit a temperature (at least {MIN_FIT_IMAGES})"
+    if wrong < MIN_FIT_ERRORS:
+        return (f"the model is wrong on {wrong} of the {n} {split} images, too few mistakes to fit a "
+                f"temperature (at least {MIN_FIT_ERRORS}): the fit would make every prediction near 100% sure")
+    return None
 
 
 def calibration_summary(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> dict[str, float]:
@@ -148,15 +166,28 @@ def calibrate_checkpoint(path: str | os.PathLike[str], *, split: str | None = No
     loaded = load_checkpoint(file, map_location=dev)
     cfg = recorded_config(loaded.config)
     split = split or fit_split()
+    if split == "val" and cfg.val_size == 0:
+        raise UserError("this run has no val split (it trained with --val-size 0); fit on the test split "
+                        "with 'resnetkit calibrate RUN --split test' (its ECE after is then optimistic)")
     with cpu_threads(cfg.threads, dev):
         logits, targets = split_logits(loaded.model, build_eval_loader(cfg, split, dev, spec=loaded.spec))
-        t = fit_temperature(logits, targets)
+        problem = fit_problem(logits, targets, split)
+        t = 1.0 if problem else fit_temperature(logits, targets)
+        if not problem and t in T_RANGE:  # the fit ran into a bound: no optimum inside the range
+            problem = f"the temperature fitted on the {split} split ran to its bound ({t:g})"
+            t = 1.0
         record: dict[str, Any] = {"temperature": t, "fit_on": split, "fit_images": len(targets),
                                   "checkpoint": file.name,
                                   "bins": N_BINS, **calibration_summary(logits, targets, t)}
-        if split != "test":
-            test = calibration_summary(*split_logits(loaded.model, build_eval_loader(
-                cfg, "test", dev, spec=loaded.spec)), t)
+        if problem:
+            record["warning"] = f"{problem}; the temperature stays 1 (probabilities unchanged)"
+            warnings.warn(record["warning"], DataWarning, stacklevel=2)
+        test_loader = build_eval_loader(cfg, "test", dev, spec=loaded.spec) if split != "test" else None
+        if test_loader is not None and getattr(test_loader, "test_is_val", False):
+            # no test split: the "test" loader is the val split again, not a second measure
+            record["note"] = "no test split: the ECE after is measured on the split it was fitted on (optimistic)"
+        elif test_loader is not None:
+            test = calibration_summary(*split_logits(loaded.model, test_loader), t)
             record.update({f"test_{k}": v for k, v in test.items()})
     if split == "test":
         record["note"] = "fitted and measured on the test split: the ECE after is optimistic"

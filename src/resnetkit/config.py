@@ -22,11 +22,14 @@ from .errors import UserError
 
 
 def flag(default: Any = None, *, group: str, help: str | None = None, metavar: str | None = None,
-         choices: tuple[str, ...] | None = None, factory: Any = None, **argparse_kw: Any) -> Any:
+         choices: tuple[str, ...] | None = None, factory: Any = None,
+         datasets: tuple[str, ...] | None = None, **argparse_kw: Any) -> Any:
     """A RunConfig field whose metadata makes its ``resnetkit train`` flag: ``--name-with-dashes``
     in argument ``group``, typed from the annotation (bool: ``--x/--no-x``); ``argparse_kw``
-    (``flag``, ``action``, ``dest``) for the one flag that differs."""
-    meta = {"group": group, "help": help, "metavar": metavar, "choices": choices, **argparse_kw}
+    (``flag``, ``action``, ``dest``) for the one flag that differs. ``datasets``: the only
+    ``--dataset`` values that read it (a command fixed to another one leaves the flag out)."""
+    meta = {"group": group, "help": help, "metavar": metavar, "choices": choices, "datasets": datasets,
+            **argparse_kw}
     meta = {k: v for k, v in meta.items() if v is not None}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
@@ -99,14 +102,14 @@ class RunConfig:
     strict: bool = flag(False, group="data", help="unreadable image files (and bad CSV rows) are an "
                                                   "error, not a warning")
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
-    keys: str | None = flag(group="data", metavar="NAMES",
+    keys: str | None = flag(group="data", metavar="NAMES", datasets=("arrays",),
                             help="--dataset arrays: the array names when they follow no convention: X,Y "
                                  "or X,Y,XTEST,YTEST, or role=name pairs (x_train, y_train, x_val, y_val, "
                                  "x_test, y_test, classes)")
-    classes: str | None = flag(group="data", metavar="A,B,...",
+    classes: str | None = flag(group="data", metavar="A,B,...", datasets=("arrays", "csv"),
                                help="--dataset arrays or csv: class names, comma-separated, in label order "
                                     "(integer labels index them); default: list_classes, else the labels")
-    columns: str | None = flag(group="data", metavar="PATH,LABEL[,SPLIT]",
+    columns: str | None = flag(group="data", metavar="PATH,LABEL[,SPLIT]", datasets=("csv",),
                                help="--dataset csv: the names of the path, label and (optional) split "
                                     "columns (default path,label,split)")
     # -- optimisation

@@ -27,6 +27,10 @@ from .runtime import cpu_threads, resolve_device, resolve_precision
 from .train.steps import evaluate_batches
 
 
+BIASED = ("no test split: the checkpoint was chosen on this split, so its accuracy is biased upwards; "
+          "add a test/ folder")
+
+
 def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir: str | None = None,
              split: str = "test", tta: bool | None = None, *, device: str = "auto",
              batch_size: int | None = None, precision: str | None = None,
@@ -44,7 +48,8 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
     tta = cfg.tta if tta is None else tta
     views = tta_for(cfg.dataset, loaded.spec) if tta else None
     prec = resolve_precision(precision or cfg.precision, dev)
-    loader = build_eval_loader(cfg, split, dev, spec=loaded.spec)
+    loader = build_eval_loader(cfg, split, dev, spec=loaded.spec,
+                               whole=another_folder(loaded.config.get("data_dir"), data_dir))
     if cfg.channels_last:  # the run's memory format: the same kernels, the same sums
         loaded.model.to(memory_format=torch.channels_last)
     temperature = temperature_of(loaded.meta)  # divides the logits: the loss changes, the ranking not
@@ -62,6 +67,7 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
               "split": split, "test_is_val": test_is_val, "source": loader.source, "tta": tta,
               "tta_views": views.count if views else 1, "loss": out.summary()["loss"],
               "temperature": temperature, **rep,
+              **({"selection_note": BIASED} if test_is_val else {}),
               "evidence": evidence(device=dev, seed=cfg.seed, precision=prec.name)}
     if confusion_png is not None:
         try:
@@ -71,6 +77,14 @@ def evaluate(path: str | os.PathLike[str], dataset: str | None = None, data_dir:
         except UserError as e:  # a read-only folder costs the picture, never the metrics
             result["confusion_png_error"] = f"{e}; choose another place with --out"
     return result
+
+
+def another_folder(trained_on: str | None, given: str | None) -> bool:
+    """Whether ``given`` (--data-dir) names other data than the run trained on: a folder without
+    split folders is then all test, not cut into the run's train/val."""
+    if not given:
+        return False
+    return not trained_on or Path(given).expanduser().resolve() != Path(trained_on).expanduser().resolve()
 
 
 def run_config(saved: dict[str, Any], **changes: Any) -> RunConfig:

@@ -11,8 +11,10 @@ lines of tensor algebra, while the package pulls in OpenCV, SciPy and ttach, wor
 test suite checks these maps against the package's where it is installed.
 
 The target is the last residual stage (``model.stages``, else the last child holding a
-convolution) whose output is still wider than one pixel: on 8x8 digits a deep net's last stage is
-1x1, where a heat map is one number.
+convolution) whose output is at least 7x7 (ResNet's own layer4 map at 224 px): a 2x2 map
+upsampled is the same smooth blob on every image, so a small input is explained on an earlier,
+finer stage. Where no stage reaches 7x7 (8x8 digits), the largest map is used. ``layer=NAME``
+picks any module instead; its map is upsampled to the input as well.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from .errors import UserError
 METHODS = ("gradcam", "gradcam++")
 EPS = 1e-7  # min-max scaling guard, as pytorch-grad-cam
 PP_EPS = 1e-6  # Grad-CAM++ denominator guard, as pytorch-grad-cam (gradients are often ~1e-4)
+MIN_MAP = 7  # pixels on the shorter side of the default target's map: layer4 of a ResNet at 224 px
 DISPLAY_MIN = 160  # pixels: small inputs (8x8 digits, 28x28 MNIST) are enlarged to this for viewing
 
 
@@ -54,12 +57,13 @@ def candidate_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None,
-             *, method: str = "gradcam") -> CamResult:
+             *, method: str = "gradcam", layer: str | None = None) -> CamResult:
     """Heat maps of ``x`` (N, C, H, W, normalized) for ``target`` (one class for all, one per
-    image, or None: each image's predicted class)."""
+    image, or None: each image's predicted class). ``layer``: the name of the module whose
+    output is weighted (``model.named_modules()``); default: the last stage at least 7x7."""
     if method not in METHODS:
         raise UserError(f"unknown --method {method!r}; choose {' or '.join(METHODS)}")
-    layers = candidate_layers(model)
+    layers = [named_layer(model, layer)] if layer else candidate_layers(model)
     outputs: dict[str, torch.Tensor] = {}
     handles = [m.register_forward_hook(_keep(outputs, name)) for name, m in layers]
     was_training = model.training
@@ -80,6 +84,16 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | to
     return CamResult(_scale(cam, x.shape[-2:]), logits.detach().float(), classes.detach(), name)
 
 
+def named_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """(name, module) of ``--layer NAME``; an unknown name lists the stages to choose from."""
+    modules = dict(model.named_modules())
+    if name not in modules or not name:
+        stages = ", ".join(n for n, _ in candidate_layers(model))
+        raise UserError(f"--layer {name!r}: no such module in {type(model).__name__}; its stages are {stages} "
+                        f"(any name of model.named_modules() works, e.g. layer3.1)")
+    return name, modules[name]
+
+
 def _keep(store: dict[str, torch.Tensor], name: str) -> Any:
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
         if isinstance(output, torch.Tensor) and output.dim() == 4:
@@ -91,8 +105,12 @@ def _widest_last(layers: list[tuple[str, nn.Module]], outputs: dict[str, torch.T
     seen = [n for n, _ in layers if n in outputs]
     if not seen:
         raise UserError("no stage produced a feature map (N, C, H, W) to explain")
-    spatial = [n for n in seen if outputs[n].shape[-1] * outputs[n].shape[-2] > 1]
-    return (spatial or seen)[-1]
+    side = {n: min(outputs[n].shape[-2:]) for n in seen}
+    fine = [n for n in seen if side[n] >= MIN_MAP]
+    if fine:
+        return fine[-1]
+    largest = max(side.values())  # no stage reaches 7x7: the finest map there is, the last of those
+    return [n for n in seen if side[n] == largest][-1]
 
 
 def _targets(target: int | Sequence[int] | torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:

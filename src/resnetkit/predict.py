@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,7 +28,7 @@ from .errors import UserError
 from .runtime import resolve_device
 from .specs import DatasetSpec
 
-ImageInput = Union[str, "os.PathLike[str]", Any, torch.Tensor]  # path, PIL image or tensor
+ImageInput = Union[str, "os.PathLike[str]", Any, torch.Tensor]  # path, PIL image, numpy array or tensor
 UNKNOWN = "unknown"
 
 
@@ -47,10 +48,12 @@ class Classifier:
         """Per image ``{"path", "top": [{"class", "index", "prob"}...], "label"}``, or
         ``{"path", "error"}`` for an input that cannot be read.
 
-        ``images``: file paths, PIL images or tensors (float: already normalized CHW as
-        ``eval_transform`` gives; uint8: raw CHW pixels), one or a sequence; an NCHW tensor is a
-        batch. ``label`` is the top class, or "unknown" when its probability is below
-        ``min_confidence``.
+        ``images``, as Keras' ``model.predict(x)`` takes them: file paths, PIL images, numpy
+        arrays or tensors, one or a sequence. numpy arrays hold pixels, HWC or CHW (HW: gray),
+        uint8 0..255 or float 0..1 (``x / 255``); a 4-D array, or a 3-D one whose both ends are
+        no channel count (N, H, W: gray images), is a batch. Tensors: float is already normalized
+        CHW as ``eval_transform`` gives, uint8 raw CHW pixels; an NCHW tensor is a batch.
+        ``label`` is the top class, or "unknown" when its probability is below ``min_confidence``.
         """
         items = _as_items(images)
         if topk < 1:
@@ -92,14 +95,15 @@ class Classifier:
         return out
 
     def explain(self, images: ImageInput | Sequence[ImageInput], *, target: str | int | None = None,
-                method: str = "gradcam", batch_size: int = 16) -> list[dict[str, Any]]:
+                method: str = "gradcam", batch_size: int = 16, layer: str | None = None) -> list[dict[str, Any]]:
         """Grad-CAM heat maps: per image ``{"path", "class", "index", "prob", "target",
         "heatmap", "image"}`` or ``{"path", "error"}``.
 
         ``class``/``index``/``prob``: the prediction; ``target``: the class the map explains
         (``target`` as a name or index, default the predicted class); ``heatmap``: (H, W) float
         array in [0, 1] at the model's input size; ``image``: a PIL picture of the input and its
-        overlay side by side, captioned. ``method``: ``gradcam`` or ``gradcam++``.
+        overlay side by side, captioned. ``method``: ``gradcam`` or ``gradcam++``; ``layer``: the
+        module to explain (default: the last stage whose map is at least 7x7).
         """
         if self.model is None:
             raise UserError("heat maps need the PyTorch model: load the .safetensors checkpoint, "
@@ -108,7 +112,7 @@ class Classifier:
         results: list[dict[str, Any]] = []
         items = _as_items(images)
         for start in range(0, len(items), max(1, batch_size)):
-            results.extend(self._explain_chunk(items[start:start + batch_size], index, method))
+            results.extend(self._explain_chunk(items[start:start + batch_size], index, method, layer))
         return results
 
     def class_index(self, name: str | int) -> int:
@@ -121,14 +125,14 @@ class Classifier:
         raise UserError(f"unknown class {name!r}; the model's classes are {shown}")
 
     def _explain_chunk(self, items: Sequence[tuple[str, Any]], target: int | None,
-                       method: str) -> list[dict[str, Any]]:
+                       method: str, layer: str | None = None) -> list[dict[str, Any]]:
         out, tensors, slots = self._read_chunk(items)
         if not tensors:
             return out
         assert self.model is not None
         device = next(self.model.parameters()).device
         x = torch.stack(tensors)
-        maps = cam.grad_cam(self.model, x.to(device), target, method=method)
+        maps = cam.grad_cam(self.model, x.to(device), target, method=method, layer=layer)
         probs = (maps.logits / self.temperature).softmax(1).cpu()
         for row, slot in enumerate(slots):
             pred = int(probs[row].argmax())
@@ -144,11 +148,16 @@ class Classifier:
         return out
 
     def _preprocess(self, item: Any) -> torch.Tensor:
+        if isinstance(item, np.ndarray):  # pixels, as a file holds them: the file's very path
+            return self._transform(array_image(item))
         if isinstance(item, torch.Tensor):
             if item.dtype == torch.uint8:
                 x = eval_geometry(self.spec)(item)
                 return Normalizer(self.spec.mean, self.spec.std)(x)
             return item.float()
+        if not (_is_pil(item) or isinstance(item, (str, os.PathLike))):
+            raise UserError(f"cannot classify a {type(item).__name__}: pass file paths, PIL images, numpy "
+                            f"arrays or tensors (one, a list, or a batch)")
         return self._transform(item)
 
     @functools.cached_property
@@ -156,11 +165,53 @@ class Classifier:
         return eval_transform(self.spec)
 
 
+CHANNELS = (1, 3, 4)  # gray, RGB, RGBA: the channel counts a numpy image may have
+
+
+def _is_pil(item: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(item, Image.Image)
+
+
+def _array_batch(a: np.ndarray) -> bool:
+    """Whether a numpy array is several images: NHWC/NCHW, or N gray HxW images (MNIST's x_test)."""
+    return a.ndim == 4 or (a.ndim == 3 and a.shape[0] not in CHANNELS and a.shape[-1] not in CHANNELS)
+
+
+def array_image(a: np.ndarray) -> Any:
+    """One numpy image (HWC, CHW or HW; uint8 0..255 or float 0..1) as a PIL image."""
+    from PIL import Image
+
+    if a.ndim == 3 and a.shape[-1] not in CHANNELS and a.shape[0] in CHANNELS:
+        a = np.moveaxis(a, 0, -1)  # CHW -> HWC
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in CHANNELS):
+        raise UserError(f"a numpy image of shape {a.shape}: expected HxW, HxWxC or CxHxW with C in 1, 3, 4")
+    if a.dtype != np.uint8:
+        if a.dtype.kind not in "fiu":
+            raise UserError(f"a numpy image of dtype {a.dtype}: expected uint8 or float pixels")
+        if a.dtype.kind == "f":
+            low, high = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high > 1:
+                raise UserError(f"a float numpy image holds values from {low:g} to {high:g}; float pixels are "
+                                f"read as 0..1 (x / 255): divide by 255, or pass uint8")
+            a = a * 255.0 + 0.5
+        elif a.size and (a.min() < 0 or a.max() > 255):
+            raise UserError(f"an integer numpy image holds values from {a.min()} to {a.max()}, not 0..255")
+        a = a.astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
 def _as_items(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]]:
-    """(name, image) pairs; a path's name is the path, others get "<image N>" / "<tensor N>"."""
+    """(name, image) pairs; a path's name is the path, others get "<image N>" / "<array N>" /
+    "<tensor N>"."""
     if isinstance(images, torch.Tensor):
         images = list(images) if images.dim() == 4 else [images]
-    elif isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable):
+    elif isinstance(images, np.ndarray):
+        images = list(images) if _array_batch(images) else [images]
+    elif isinstance(images, (str, os.PathLike)) or not isinstance(images, Iterable) or _is_pil(images):
         images = [images]
     items = []
     for n, img in enumerate(images):
@@ -168,6 +219,8 @@ def _as_items(images: ImageInput | Sequence[ImageInput]) -> list[tuple[str, Any]
             items.append((str(img), img))
         elif isinstance(img, torch.Tensor):
             items.append((f"<tensor {n}>", img))
+        elif isinstance(img, np.ndarray):
+            items.append((f"<array {n}>", img))
         else:
             items.append((f"<image {n}>", img))
     return items

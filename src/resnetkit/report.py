@@ -19,6 +19,7 @@ from ._version import __version__
 
 ANNOTATE_MAX = 20  # classes up to which the confusion image prints every count
 TICKS_MAX = 40  # classes up to which its axes name every class
+LOG_LOSS_SPAN = 100.0  # losses spanning more than two decades are drawn on a log axis
 
 
 def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: int) -> np.ndarray:
@@ -131,7 +132,18 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         ax.legend()
     if accuracies:  # room below the lowest point and up to 100%, none on the frame
         ax_acc.set_ylim(max(0.0, min(accuracies) - 0.05), 1.01)
+    if loss_span(history) > LOG_LOSS_SPAN:  # one spike of 1e10 would flatten every other point
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylabel("loss (log scale)")
+        ax_loss.grid(alpha=0.3, which="both")
     _save_png(fig, path)
+
+
+def loss_span(history: Sequence[Mapping[str, Any]]) -> float:
+    """Largest over smallest positive train or val loss of ``history`` (1 when there is none)."""
+    losses = [h[k] for h in history for k in ("train_loss", "val_loss")
+              if isinstance(h.get(k), (int, float)) and np.isfinite(h[k]) and h[k] > 0]
+    return max(losses) / min(losses) if losses else 1.0
 
 
 def plot_grad_norms(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str],

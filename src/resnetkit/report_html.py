@@ -52,12 +52,14 @@ def write_class_files(run_dir: str | os.PathLike[str], classes: Sequence[str]) -
 
 def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.device = "auto",
                      freeze: FreezeTimeline | None = None, top_k: int = TOP_LOSSES,
-                     method: str = "gradcam",
+                     method: str = "gradcam", layer: str | None = None,
                      interpretation: interpret.Interpretation | None = None) -> dict[str, Any]:
     """Write report.html (and class_indices.json; ``ece`` into report.json) from a per-sample
     pass of the run's best checkpoint over its test split: ``interpretation``, where the caller
     has made it already (the trainer's one test pass, at the run's precision, of an uncalibrated
-    checkpoint), else a pass run now in fp32. Returns report.json's content."""
+    checkpoint), else a pass run now in fp32. ``layer``: the module whose map the gallery shows
+    (default: the last one at least 7x7, :func:`resnetkit.explain.grad_cam`). Returns report.json's
+    content."""
     run = Path(run_dir)
     if not (run / "config.json").is_file():
         raise UserError(f"{run} is not a run folder (no config.json); pass the --out folder of a training run")
@@ -65,11 +67,12 @@ def write_run_report(run_dir: str | os.PathLike[str], *, device: str | torch.dev
     loaded = load_checkpoint(resolve_checkpoint_path(run), map_location=dev)
     cfg = recorded_config(loaded.config)
     with cpu_threads(cfg.threads, dev):  # the run's thread count, as evaluate uses
-        return _write(run, loaded, cfg, dev, freeze, top_k, method, interpretation)
+        return _write(run, loaded, cfg, dev, freeze, top_k, method, interpretation, layer)
 
 
 def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: FreezeTimeline | None,
-           top_k: int, method: str, given: interpret.Interpretation | None = None) -> dict[str, Any]:
+           top_k: int, method: str, given: interpret.Interpretation | None = None,
+           layer: str | None = None) -> dict[str, Any]:
     write_class_files(run, loaded.classes)
     rep = _read_json(run / "report.json") or {}
     temperature = calibrate.temperature_of(loaded.meta)
@@ -87,7 +90,7 @@ def _write(run: Path, loaded: Any, cfg: RunConfig, dev: torch.device, freeze: Fr
         rep["freeze_timeline"] = freeze(cfg, loaded.model)
     timeline = rep.get("freeze_timeline") or []
     page = render(run=run, cfg=cfg, report=rep, history=_read_jsonl(run / "metrics.jsonl"),
-                  classes=loaded.classes, interp=interp, gallery=_gallery(loaded, interp, method),
+                  classes=loaded.classes, interp=interp, gallery=_gallery(loaded, interp, method, layer),
                   temperature=temperature, calibration=loaded.meta.get("calibration"),
                   timeline=timeline, data_note=data_note, title=f"{loaded.arch} on {cfg.dataset}")
     if rep:
@@ -110,12 +113,14 @@ def _interpret(loaded: Any, cfg: RunConfig, dev: torch.device, temperature: floa
         return interpret.collect(calibrate.with_temperature(model, temperature), loader, top_k), ""
 
 
-def _gallery(loaded: Any, interp: interpret.Interpretation | None, method: str) -> list[dict[str, Any]]:
-    """The top-loss cards: picture (input | Grad-CAM of the predicted class), true, predicted, prob."""
+def _gallery(loaded: Any, interp: interpret.Interpretation | None, method: str,
+             layer: str | None = None) -> list[dict[str, Any]]:
+    """The top-loss cards: picture (input | Grad-CAM of the predicted class), true, predicted,
+    prob, and the map itself (``heatmap``, (H, W) in [0, 1])."""
     if interp is None or not len(interp.top_index):
         return []
     dev = next(loaded.model.parameters()).device
-    cams = explain.grad_cam(loaded.model, interp.top_images.to(dev), method=method)
+    cams = explain.grad_cam(loaded.model, interp.top_images.to(dev), method=method, layer=layer)
     probs, losses = interp.probs, interp.losses
     cards = []
     for row, index in enumerate(interp.top_index.tolist()):
@@ -123,7 +128,7 @@ def _gallery(loaded: Any, interp: interpret.Interpretation | None, method: str) 
         rgb = explain.to_rgb(interp.top_images[row], loaded.spec.mean, loaded.spec.std)
         cards.append({"index": index, "true": loaded.classes[true], "pred": loaded.classes[pred],
                       "prob": float(probs[index, pred]), "prob_true": float(probs[index, true]),
-                      "loss": float(losses[index]),
+                      "loss": float(losses[index]), "heatmap": cams.heatmaps[row].numpy(), "layer": cams.layer,
                       "png": _pil_png(explain.side_by_side(rgb, cams.heatmaps[row].numpy()))})
     return cards
 
@@ -199,6 +204,7 @@ img{max-width:100%;height:auto;display:block}
 .scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
 table{border-collapse:collapse;font-size:.9rem;margin:6px 0}
 th,td{border-bottom:1px solid var(--line);padding:3px 10px;text-align:left;vertical-align:top;overflow-wrap:anywhere}
+td:first-child,th:first-child{overflow-wrap:normal;white-space:nowrap}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.85rem;word-break:break-all}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:12px}
@@ -230,6 +236,11 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence
     return f'<div class="scroll"><table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
+def _loss(x: float) -> str:
+    """Three significant digits: 0.0123, 1.23, 4.33e+06 (a diverged loss stays readable)."""
+    return f"{x:.3g}"
+
+
 def _pct(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.2f}%"
 
@@ -243,14 +254,15 @@ def render(*, run: Path, cfg: RunConfig, report: Mapping[str, Any], history: Seq
            temperature: float, calibration: Mapping[str, Any] | None, timeline: Sequence[Mapping[str, Any]],
            data_note: str, title: str) -> str:
     """The whole page as a string."""
+    split = report.get("split") or "test"  # "val": the run had no test split, and says so
     # pictures first, the reference tables last: a reader looks before reading
     sections = [
-        ("summary", "Summary", _summary(report, temperature, data_note)),
+        ("summary", "Summary", _summary(report, temperature, data_note, split)),
         ("curves", "Training curves", _curves(run, history)),
-        ("confusion", "Confusion matrix", _confusion(run, report, classes, title)),
+        ("confusion", "Confusion matrix", _confusion(run, report, classes, title, split)),
         ("classes", "Per-class precision, recall, F1", _per_class(report)),
-        ("top-losses", "Top losses", _gallery_html(gallery)),
-        ("calibration", "Calibration", _calibration(interp, temperature, calibration)),
+        ("top-losses", "Top losses", _gallery_html(gallery, split)),
+        ("calibration", "Calibration", _calibration(interp, temperature, calibration, split)),
     ]
     if timeline:
         sections.append(("finetune", "Fine-tuning: what was frozen when", _timeline(timeline)))
@@ -272,14 +284,14 @@ def _curves(run: Path, history: Sequence[Mapping[str, Any]]) -> str:
                 "loss and accuracy per epoch")
 
 
-def _summary(rep: Mapping[str, Any], temperature: float, note: str) -> str:
-    items = [("test top-1", _pct(rep.get("top1")))]
+def _summary(rep: Mapping[str, Any], temperature: float, note: str, split: str = "test") -> str:
+    items = [(f"{split} top-1", _pct(rep.get("top1")))]
     if "top5" in rep:
-        items.append(("test top-5", _pct(rep["top5"])))
-    if isinstance(rep.get("val"), Mapping) and rep["val"].get("top1") is not None:
+        items.append((f"{split} top-5", _pct(rep["top5"])))
+    if split != "val" and isinstance(rep.get("val"), Mapping) and rep["val"].get("top1") is not None:
         items.append(("val top-1", _pct(rep["val"]["top1"])))
     items += [("ECE (15 bins)", _pct(rep.get("ece"))), ("macro F1", _pct(rep.get("macro_f1"))),
-              ("test images", rep.get("num_samples", "-")), ("best epoch", rep.get("best_epoch", "-"))]
+              (f"{split} images", rep.get("num_samples", "-")), ("best epoch", rep.get("best_epoch", "-"))]
     if rep.get("selected_on"):
         items.append(("checkpoint chosen on", rep["selected_on"]))
     if temperature != 1.0:
@@ -288,7 +300,9 @@ def _summary(rep: Mapping[str, Any], temperature: float, note: str) -> str:
     if wall is not None:
         items.append(("wall time", f"{wall:.1f} s"))
     cards = "".join(f'<div class="card">{_e(k)}<b>{_e(v)}</b></div>' for k, v in items)
-    extra = f'<p class="bad">{_e(note)}</p>' if note else ""
+    # the CLI's warning, here too: a number chosen on the split it reports is biased upwards
+    notes = [n for n in (rep.get("selection_note") if rep.get("selected_on") == "val" else None, note) if n]
+    extra = "".join(f'<p class="bad">{_e(n)}</p>' for n in notes)
     return f'<div class="cards">{cards}</div>{extra}'
 
 
@@ -305,17 +319,17 @@ def _settings(cfg: RunConfig, rep: Mapping[str, Any]) -> str:
     return f'<div class="columns">{"".join(blocks)}</div>'
 
 
-def _confusion(run: Path, rep: Mapping[str, Any], classes: Sequence[str], title: str) -> str:
+def _confusion(run: Path, rep: Mapping[str, Any], classes: Sequence[str], title: str, split: str = "test") -> str:
     cm = rep.get("confusion_matrix")
     if not cm:
         return '<p class="muted">no confusion matrix in report.json</p>'
     cm = np.asarray(cm)
-    png = run_figure(run, "confusion.png", lambda p: reports.plot_confusion(cm, classes, p, title=f"{title} (test)"))
+    png = run_figure(run, "confusion.png", lambda p: reports.plot_confusion(cm, classes, p, title=f"{title} ({split})"))
     out = _img(png, "confusion matrix: rows true, columns predicted")
     pairs = interpret.most_confused(cm, classes)
     out += "<h3>Most confused pairs</h3>"
     if not pairs:
-        return out + "<p>No test image was misclassified.</p>"
+        return out + f"<p>No {_e(split)} image was misclassified.</p>"
     support = cm.sum(1)
     index = {c: i for i, c in enumerate(classes)}
     rows = [(t, p, n, _pct(n / max(1, support[index[t]]))) for t, p, n in pairs]
@@ -332,28 +346,29 @@ def _per_class(rep: Mapping[str, Any]) -> str:
     return _table(("class", "precision", "recall", "F1", "support"), rows, numeric=(1, 2, 3, 4))
 
 
-def _gallery_html(cards: Sequence[Mapping[str, Any]]) -> str:
+def _gallery_html(cards: Sequence[Mapping[str, Any]], split: str = "test") -> str:
     if not cards:
-        return '<p class="muted">no test images to show</p>'
+        return f'<p class="muted">no {_e(split)} images to show</p>'
     figs = []
     for c in cards:
         verdict = "good" if c["true"] == c["pred"] else "bad"
-        alt = f"test image {c['index']} and its Grad-CAM"
+        alt = f"{split} image {c['index']} and its Grad-CAM"
         figs.append(f'<figure>{_img(c["png"], alt)}<figcaption>'
                     f'true <b>{_e(c["true"])}</b>, predicted <b class="{verdict}">{_e(c["pred"])}</b> '
-                    f'(p={c["prob"]:.3f}); p(true)={c["prob_true"]:.3f}, loss {c["loss"]:.3f}; '
-                    f'test image #{c["index"]}</figcaption></figure>')
-    intro = ('<p class="muted">The test images with the highest loss, worst first. Left: the input; right: '
-             "Grad-CAM of the predicted class on the last convolutional stage (red: what drove the "
-             "prediction).</p>")
+                    f'(p={c["prob"]:.3f}); p(true)={c["prob_true"]:.3f}, loss {_loss(c["loss"])}; '
+                    f'{_e(split)} image #{c["index"]}</figcaption></figure>')
+    layer = f" <code>{_e(cards[0]['layer'])}</code>" if cards[0].get("layer") else ""
+    intro = (f'<p class="muted">The {_e(split)} images with the highest loss, worst first. Left: the input; '
+             f"right: Grad-CAM of the predicted class on the output of{layer} (by default the last "
+             f"feature map at least {explain.MIN_MAP}x{explain.MIN_MAP}; red: what drove the prediction).</p>")
     return intro + f'<div class="gallery">{"".join(figs)}</div>'
 
 
 def _calibration(interp: interpret.Interpretation | None, temperature: float,
-                 calibration: Mapping[str, Any] | None) -> str:
+                 calibration: Mapping[str, Any] | None, split: str = "test") -> str:
     if interp is None or not len(interp.targets):
-        return '<p class="muted">no test predictions to measure calibration on</p>'
-    label = "test, with temperature %.3f" % temperature if temperature != 1.0 else "test"
+        return f'<p class="muted">no {_e(split)} predictions to measure calibration on</p>'
+    label = f"{split}, with temperature {temperature:.3f}" if temperature != 1.0 else split
     out = _img(reliability_png(interp.probs, interp.targets, label), "reliability diagram")
     out += ('<p class="muted">Expected calibration error (Guo et al. 2017): the mean gap between '
             "confidence and accuracy over 15 equal-width confidence bins, weighted by their share of "

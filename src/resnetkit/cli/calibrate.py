@@ -14,7 +14,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "checkpoint's metadata, where predict, evaluate and export use it. Prints the "
                     "expected calibration error (15 bins) before and after, on the validation and "
                     "the test split; a run folder's report.json gets the new 'ece' and its "
-                    "report.html is rebuilt. Accuracy does not change.")
+                    "report.html is rebuilt. Accuracy does not change. A split too small (under 100 "
+                    "images) or too accurate (under 5 mistakes) to fit on keeps T = 1, with a warning.")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run folder (its best.safetensors) or a .safetensors checkpoint")
     p.add_argument("--split", choices=("val", "test", "train"),
@@ -36,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(record))
         return 0
     path = run_dir / record["checkpoint"] if run_dir.is_dir() else run_dir
-    print(f"{path}: temperature {record['temperature']:.4f} (fitted on {record['fit_images']} "
-          f"{record['fit_on']} images)")
+    how = (f"kept, not fitted on the {record['fit_images']} {record['fit_on']} images: see the warning"
+           if "warning" in record else f"fitted on {record['fit_images']} {record['fit_on']} images")
+    print(f"{path}: temperature {record['temperature']:.4f} ({how})")
     print(f"ECE (15 bins) on {record['fit_on']}: {100 * record['ece_before']:.2f}% -> "
           f"{100 * record['ece_after']:.2f}%; NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}")
     if "test_ece_before" in record:

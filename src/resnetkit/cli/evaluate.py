@@ -15,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
     p.add_argument("--dataset", metavar="NAME", help="another dataset with the same classes "
                                                      "(default: the one it was trained on)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (default: as trained)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset lives (default: as trained); "
+                                                     "another image folder without train/, val/ or "
+                                                     "test/ folders is all test: every image is scored")
     p.add_argument("--split", choices=("test", "val", "train"), default="test",
                    help="test (default): the split read once at the end of training; val: the "
                         "split that chose the checkpoint; train: the images it trained on. All "
@@ -47,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     title = f"{result['dataset']} {split}{', tta' if result['tta'] else ''}"
     print(f"{result['checkpoint']}  ({result['model']})")
     print(report.format_report(result, title=title))
+    if result.get("selection_note"):
+        print(f"note: {result['selection_note']}")
     scaled = f" (logits / temperature {result['temperature']:.3f})" if result["temperature"] != 1.0 else ""
     if "confusion_png_error" in result:
         print(f"{result['source']}; loss {result['loss']:.4f}{scaled}")

@@ -12,9 +12,10 @@ from typing import Any
 
 from ..config import FINETUNE_RECIPE as R
 from ..errors import UserError
-from .train import FLAGS, S, config_values
+from .train import S, config_values, flag_table
 
-SKIP = ("--dataset", "--data-dir", "--download", "--resume")  # DATA_DIR says it all; resume: train
+# DATA_DIR says it all; resume and several processes: 'resnetkit train', which launches them
+SKIP = ("--dataset", "--data-dir", "--download", "--resume", "--nproc")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     f"preprocessing (resize, crop, mean, std). Any 'resnetkit train' flag wins.")
     p.add_argument("data_dir", metavar="DATA_DIR", help="folder with one sub-folder of images per class")
     p.add_argument("--config", metavar="FILE", default=S, help="YAML or JSON file of train's keys")
-    for group, flags in FLAGS.items():
+    for group, flags in flag_table("imagefolder").items():  # no --keys, --classes, --columns: not read
         g = p.add_argument_group(group)
         for flag, kw in flags:
             if flag not in SKIP:

@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="test images in the top-losses gallery (default 12)")
     p.add_argument("--method", choices=("gradcam", "gradcam++"), default="gradcam",
                    help="heat map of the gallery (default gradcam)")
+    p.add_argument("--layer", metavar="NAME",
+                   help="module whose feature map Grad-CAM weights, e.g. layer3 or layer4.1 (default: "
+                        "the last stage whose map is at least 7x7; the map is upsampled to the input)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] | mps")
     p.set_defaults(func=run)
     return p
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.top_losses < 0:
         raise UserError(f"--top-losses must be >= 0, got {args.top_losses}")
     rep = report_html.write_run_report(args.run_dir, device=args.device, top_k=args.top_losses,
-                                       method=args.method)
+                                       method=args.method, layer=args.layer)
     ece, split = rep.get("ece"), rep.get("split") or "test"  # "val": the run had no test split
     print(f"wrote {Path(args.run_dir) / report_html.FILENAME}"
           + (f"  ({split} top-1 {100 * rep['top1']:.2f}%, ECE {100 * ece:.2f}%)" if ece is not None else ""))

@@ -25,6 +25,7 @@ def _flag(f: dataclasses.Field, annotation: Any) -> tuple[str, dict[str, Any]]:
     meta = dict(f.metadata)
     name = meta.pop("flag", "--" + f.name.replace("_", "-"))
     meta.pop("group")
+    meta.pop("datasets", None)  # which data reads it: for commands fixed to one dataset (finetune)
     if meta.pop("choices", None) and "metavar" not in meta:
         meta["metavar"] = choices_metavar(f.name)
     kinds = [t for t in typing.get_args(annotation) if t is not type(None)] or [annotation]
@@ -41,12 +42,14 @@ def choices_metavar(name: str) -> str:
     return "{" + ",".join(choices(name)) + "}"
 
 
-def flag_table() -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """(flag, argparse keywords) per RunConfig field, grouped in field order."""
+def flag_table(dataset: str | None = None) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """(flag, argparse keywords) per RunConfig field, grouped in field order; with ``dataset``,
+    only the fields that dataset reads."""
     hints = typing.get_type_hints(RunConfig)
     table: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for f in dataclasses.fields(RunConfig):
-        table.setdefault(f.metadata["group"], []).append(_flag(f, hints[f.name]))
+        if dataset is None or dataset in f.metadata.get("datasets", (dataset,)):
+            table.setdefault(f.metadata["group"], []).append(_flag(f, hints[f.name]))
     return table
 
 

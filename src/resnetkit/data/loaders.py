@@ -126,14 +126,24 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
 
 def build_eval_loader(cfg: RunConfig, split: str, device: torch.device | str, *,
                       spec: DatasetSpec | None = None, rank: int = 0, world_size: int = 1,
-                      source: Any = None) -> Loader:
+                      source: Any = None, whole: bool = False) -> Loader:
     """Loader over one split (train, val or test) without augmentation or shuffling: the same
     samples the run with this config had in that split. With ``spec`` (a checkpoint's), its
-    preprocessing and class order are used. ``.source`` says where the samples come from."""
+    preprocessing and class order are used. ``.source`` says where the samples come from.
+    ``whole``: an image folder without train/, val/ or test/ is all test (another folder a
+    model is scored on, not one it was trained on): every image of it."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     plan = _plan(cfg, spec=spec, world_size=world_size, source=source)
     kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
+    index = plan.index
+    if (whole and split == "test" and plan.kind == "folder" and plan.preset.name == "imagefolder"
+            and index is not None and not index.held_out() and index.train.root == index.root):
+        loader = _folder_loader(plan, cfg, index.train, False, **kw)
+        report_plan_skips(plan, cfg.strict)
+        loader.source = f"all {len(index.train)} images of {index.root} (no split folders: all test)"
+        loader.test_is_val = False
+        return loader
     if plan.kind == "dataset":
         loader = _dataset_loader(plan, cfg, split, False, **kw)
         loader.source = f"{split} split"
@@ -170,7 +180,7 @@ def _dataset_loader(plan: _Plan, cfg: RunConfig, split: str, train: bool, *, dev
 def _check_present(present: bool, split: str) -> None:
     if not present:
         raise UserError(f"this run has no {split} split (it trained with --val-size 0); "
-                        f"evaluate --split test or train instead")
+                        f"choose --split test or --split train instead")
 
 
 # ------------------------------------------------------------------ resolving a config

@@ -143,6 +143,9 @@ def resolve_config(cfg: RunConfig, explicit: Iterable[str] | None = None) -> Run
         # the recipe's warmup is for its own length; a shorter run (--epochs 1) warms up for
         # half of it instead of failing on a value the user never gave
         cfg = cfg.replace(warmup_epochs=cfg.epochs / 2)
+    if cfg.freeze in (None, "none") and isinstance(cfg.freeze_epochs, int) and cfg.freeze_epochs > 0:
+        # --freeze-epochs alone freezes the backbone (finetune.freeze_plan): config.json says so
+        cfg = cfg.replace(freeze="backbone")
     return check_config(cfg)
 
 

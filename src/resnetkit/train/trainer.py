@@ -1,7 +1,8 @@
 """The training loop: device, precision, schedule, logging, checkpoints, resume and the report.
 
 The steps themselves live in :mod:`.steps`. Per epoch the trainer reads the device twice at
-most per ``sync_every`` batches (progress and the finite-loss check) and writes, in order: the
+most per ``sync_every`` batches, or per REFRESH_S with a progress bar (progress and the
+finite-loss check) and writes, in order: the
 best checkpoint (when the validation accuracy improved), the last checkpoint, the metrics line
 and the resume state, each atomically. The test split is read once, after the last epoch, on the
 checkpoint the validation split chose (:mod:`resnetkit.data.splits`). The resume state carries the metrics history, so a run
@@ -56,6 +57,10 @@ from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, ti
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
+# ... and, while a progress bar is shown, at most this many seconds between reads: a slow net's
+# 25 batches can take a minute, and a bar that sits still looks hung. The clock is read on the
+# host, so a step costs no extra device sync; a read costs one, at most twice a second.
+REFRESH_S = 0.5
 FIRST_STEPS = 30  # --time-budget refits the epochs after this many steps of epoch 1
 # ... to no less than this share of the plan: a short window that a passing load slowed (e.g.
 # another process's threads on the same cores: 18x measured) must not end the run after epoch 1;
@@ -110,6 +115,9 @@ class _Best:
             return True
         a, b = record, self.metrics
         return (a["val_acc"], -a["val_loss"]) > (b["val_acc"], -b["val_loss"])
+
+    def beats_accuracy(self, record: Mapping[str, Any]) -> bool:
+        return not self.metrics or record["val_acc"] > self.metrics["val_acc"]
 
 
 def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequence[Callback] = (),
@@ -664,12 +672,15 @@ class Trainer:
                   "seconds": round(time.perf_counter() - start, 3), **train}
         self.history.append(record)
         step_on_metric(self.scheduler, record)  # --schedule plateau
+        # the epoch line's "*": a strictly higher val accuracy; a tie broken by the loss moves
+        # the checkpoint but is no new best accuracy
+        new_best = do_eval and self.best.beats_accuracy(record)
         improved = do_eval and self.best.improves(record)
         if do_eval:
             self.best.bad_evals = 0 if improved else self.best.bad_evals + 1
         if improved or not selecting:
             self.best.metrics = dict(record)
-        self.log(format_epoch(record, self.cfg.epochs, improved, ema=self.ema is not None))
+        self.log(format_epoch(record, self.cfg.epochs, new_best, ema=self.ema is not None))
         if self.budget is not None:  # before saving: state.pt then holds the refitted schedule
             self.epoch_end_check(epoch, train_seconds)
         self.save(epoch, record, improved or not selecting, self.wall_before + time.perf_counter() - t0)
@@ -702,7 +713,7 @@ class Trainer:
         # --time-budget: the loop's own speed, from the end of step 2 (kernels built) to step
         # check_at (tiny epochs: the epoch's end decides instead)
         check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
-        since = start
+        since = shown = start
         for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
             x, target = self.mix(x, y)
             if self.channels_last:
@@ -729,8 +740,11 @@ class Trainer:
                 self.first_steps_check(step, since, seen - seen_before)
                 last_update = epoch_steps(self.cfg, epoch, self.sched_steps)  # it may shorten this epoch
             end = last and updates >= last_update
-            if step % every == 0 or step == len(loader) or end:
+            # one process only: under DDP the read is an all-reduce, which every rank must join
+            due = bar is not None and self.world_size == 1 and time.perf_counter() - shown >= REFRESH_S
+            if step % every == 0 or step == len(loader) or end or due:
                 self.check_progress(bar, loss_sum, correct, seen, start, epoch, step)
+                shown = time.perf_counter()
             if end:  # the epoch's last update: all of them, or where --max-steps cuts the run
                 break
         if bar is not None:
