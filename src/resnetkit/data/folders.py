@@ -240,3 +240,39 @@ def index_imagefolder(root: str | os.PathLike[str], *, classes: Sequence[str] | 
     if not train.files or any(not h.files for h in held.values()):
         raise UserError(f"no image files found in the class folders of {root}")
     return FolderIndex(root, names, train, held.get("val"), held.get("test"), layout, problems or [])
+
+
+# --img-size left unset for photos: the median image's shorter side, at most this (the preset's
+# 64 px keeps an ImageNet-stem resnet18 laptop-sized), and never below the smallest size.
+AUTO_SIZE_CAP = 64
+AUTO_SIZE_MIN = 16
+AUTO_SIZE_SAMPLE = 200  # image headers read (Pillow reads only the header for .size)
+
+
+def median_image_size(split: FolderSplit, sample: int = AUTO_SIZE_SAMPLE) -> tuple[int, int] | None:
+    """(width, height) of the median image among up to ``sample`` files spread evenly over the
+    split (sorted by shorter side); None when none of them opens."""
+    from PIL import Image
+
+    step = max(1, len(split.files) // sample)
+    sizes = []
+    for rel in split.files[::step][:sample]:
+        try:
+            with Image.open(split.root / rel) as im:
+                sizes.append(im.size)
+        except Exception:  # noqa: BLE001 - an unreadable file is skipped where it is decoded
+            continue
+    if not sizes:
+        return None
+    sizes.sort(key=lambda wh: (min(wh), max(wh)))
+    return sizes[len(sizes) // 2]
+
+
+def auto_img_size(split: FolderSplit, cap: int = AUTO_SIZE_CAP) -> tuple[int, str]:
+    """The input size a folder of photos trains at when --img-size is unset, and why."""
+    median = median_image_size(split)
+    if median is None:
+        return cap, f"{cap} px: no image header could be read (--img-size sets another)"
+    size = max(AUTO_SIZE_MIN, min(cap, min(median)))
+    return size, (f"{size} px: the median image is {median[0]}x{median[1]}"
+                  f"{f', at most {cap} px' if size < min(median) else ''} (--img-size sets another)")

@@ -36,7 +36,7 @@ from .datasets import (CIFAR_IMAGE_FOLDERS, IDX_FOLDERS, ArraySplit, cifar_missi
                        cifar_pickle_classes, download_cifar, has_cifar_pickles, load_cifar_pickle_split,
                        load_digits_split, load_idx_split, resolve_data_dir)
 from .decode import MEMORY_BUDGET, decode_split_cached, fits_in_memory
-from .folders import FolderIndex, FolderSplit, index_imagefolder
+from .folders import FolderIndex, FolderSplit, auto_img_size, index_imagefolder
 from .memory import MemoryLoader, to_device
 from .policy import POLICIES, BatchPolicy
 from .presets import Preset, check_augment, default_classes, get_preset
@@ -80,6 +80,7 @@ class _Plan:
     # (tree, unreadable "file: reason", non-image files) of each folder split read: reported once
     # all splits are read (report_plan_skips), so --strict names every file in one error
     skipped: list[tuple[Path, list[str], list[str]]] = field(default_factory=list)
+    size_note: str | None = None  # how the input size was chosen when --img-size was unset
 
 
 def dataset_spec(cfg: RunConfig, preprocessing: Preprocessing | None = None,
@@ -120,7 +121,8 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
             "train_size": train.dataset_size, "val_size": val.dataset_size if val is not None else 0,
             "test_size": test.dataset_size, "val_source": val_source, "test_is_val": test_is_val,
             "in_memory": all(x.in_memory for x in (train, val, test) if x is not None),
-            "augment": plan.augment, "batch_size": plan.batch_size, "img_size": plan.spec.img_size}
+            "augment": plan.augment, "batch_size": plan.batch_size, "img_size": plan.spec.img_size,
+            **({"img_size_note": plan.size_note} if plan.size_note else {})}
     return Loaders(plan.spec, train, val, test, info, test_is_val)
 
 
@@ -199,6 +201,10 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
     if img_size < 4:
         raise UserError(f"--img-size must be at least 4 pixels, got {img_size}")
     kind, root, index, classes = _locate(cfg, preset, spec, source=source)
+    size_note = None
+    if spec is None and cfg.img_size is None and preprocessing is None and index is not None \
+            and preset.native_size is None:  # photos of any size: the data decides
+        img_size, size_note = auto_img_size(index.train)
     if spec is None:
         spec = DatasetSpec(cfg.dataset, classes, preset.in_chans, img_size, preset.mean, preset.std,
                            preset.resize_size(img_size))
@@ -207,7 +213,7 @@ def _plan(cfg: RunConfig, spec: DatasetSpec | None = None, world_size: int = 1,
     elif kind != "folder" and tuple(spec.classes) != tuple(classes):
         raise UserError(f"the model's classes ({summarize_names(list(spec.classes))}) are not "
                         f"{cfg.dataset}'s ({summarize_names(list(classes))})")
-    return _Plan(preset, spec, augment, batch_size, root, kind, index, source)
+    return _Plan(preset, spec, augment, batch_size, root, kind, index, source, size_note=size_note)
 
 
 def given_data(cfg: RunConfig, source: Any = None) -> tuple[Preset, Any]:

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 from ..config import FINETUNE_RECIPE, RunConfig, check_choice, check_data_sizes
 from ..data.presets import get_preset
+from ..models import list_models, model_info
 from ..data.splits import check_val_options
 from ..errors import UserError
 from .budget import parse_duration
@@ -29,6 +30,10 @@ BASE: dict[str, Any] = {
     "augment": "basic",
 }
 
+# Builder options a recipe gives whichever model the user picks, where its builder takes them
+# (``model_options``; ``model_args`` belong to the recipe's own model).
+OWN_DATA_OPTIONS = {"zero_init_residual": True}
+
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         # 1,437 training images of 8x8: 98.6-100% test accuracy over seeds 0-5, ~10 s on a CPU.
@@ -41,14 +46,18 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # one-cycle reaches about the same in far fewer epochs.
         "cifar10": {"model": "resnet20", "epochs": 30, "batch_size": 128, "lr": 0.2},
         "cifar100": {"model": "resnet32", "epochs": 40, "batch_size": 128, "lr": 0.2},
-        # 64 px photos: the ImageNet stem (stride 4 before layer1) keeps resnet18 laptop-sized.
-        "imagefolder": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
-                        "schedule": "cosine", "warmup_epochs": 1},
+        # Your own photos, any family (resnet18..152, resnext, wide, densenet, preact, dy, d2l):
+        # every residual branch starts at zero (its last BN's weight, timm's default; Goyal et al.
+        # 2017, arXiv:1706.02677), so a 16-block bottleneck net starts as a shallow one, and the lr
+        # is Goyal's 0.1 per 256 images. lr 0.05 without zero-init diverged for resnet50 (train loss
+        # 2.3 -> 8.4 in the first epoch; BENCHMARKS.md, own-data).
+        "imagefolder": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+                        "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
         # your own data: images of any size, a few hundred to a few thousand of them
-        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
-                   "schedule": "cosine", "warmup_epochs": 1},
-        "csv": {"model": "resnet18", "epochs": 30, "batch_size": 64, "lr": 0.05,
-                "schedule": "cosine", "warmup_epochs": 1},
+        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+                   "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
+        "csv": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+                "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
     },
     # Wall time first: the targets are Fashion-MNIST >= 93% within 3 minutes and MNIST >= 99.5%
     # within 90 s for the whole process on a 2-core CPU (BENCHMARKS.md). What each lever measured
@@ -132,11 +141,18 @@ def resolve_config(cfg: RunConfig, explicit: Iterable[str] | None = None) -> Run
     values = recipe_values(cfg.recipe, cfg.dataset)
     changes: dict[str, Any] = {}
     for key, value in values.items():
-        if key != "model_args" and (key not in explicit or getattr(cfg, key) is None):
+        if key not in ("model_args", "model_options") and (key not in explicit or getattr(cfg, key) is None):
             changes[key] = value
+    model_args = dict(cfg.model_args)
     if "model" not in explicit:
         # the recipe's model arguments belong to the recipe's model; the user's are added on top
-        changes["model_args"] = {**values.get("model_args", {}), **cfg.model_args}
+        model_args = {**values.get("model_args", {}), **model_args}
+    if values.get("model_options"):
+        model = changes.get("model", cfg.model)
+        takes = model_info(model).options if model in list_models() else {}
+        model_args = {**{k: v for k, v in values["model_options"].items() if k in takes}, **model_args}
+    if model_args != cfg.model_args:
+        changes["model_args"] = model_args
     cfg = cfg.replace(recipe=cfg.recipe or "default", **changes)
     if ("warmup_epochs" not in explicit and cfg.warmup_epochs is not None
             and isinstance(cfg.epochs, int) and cfg.warmup_epochs >= cfg.epochs):

@@ -954,14 +954,15 @@ def default_run_dir(cfg: RunConfig) -> Path:
 def split_line(loaders: Any) -> str:
     """Which split chooses and which reports, printed when a run starts."""
     info = loaders.info
+    size = f"\ninput size {info['img_size_note']}" if info.get("img_size_note") else ""
     if loaders.val is None:
         return (f"no validation split (--val-size 0): {info['train_size']} images train, nothing is "
                 f"selected, the last epoch is the result; test: {info['test_size']} images, read once "
-                f"at the end")
+                f"at the end{size}")
     test = ("the val split too (no test split: selection and report share one split)"
             if loaders.test_is_val else f"{info['test_size']} images, read once at the end")
     return (f"train {info['train_size']} images | val {info['val_size']} images ({info['val_source']}) "
-            f"chooses the checkpoint | test: {test}")
+            f"chooses the checkpoint | test: {test}{size}")
 
 
 def selection(best: Mapping[str, Any], loaders: Any) -> dict[str, Any]:
