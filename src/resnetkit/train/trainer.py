@@ -44,7 +44,7 @@ from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
 from ..errors import UserError, first_line
 from .. import checkpoint as ckpt
-from . import distributed, finetune, sampler, tb
+from . import distributed, finetune, run_folder, sampler, tb
 from .budget import Budget, Costs, SizeSpeeds, format_duration
 from .ema import WeightEma
 from .mix import Mixer
@@ -291,6 +291,7 @@ class Trainer:
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
         self.wall_before = 0.0  # seconds spent before a resume
+        self.lock: run_folder.RunFolderLock | None = None  # held on rank 0 from start_run_dir to the end
         # rank 0's choice: the default folder name carries a timestamp
         self.run_dir = Path(distributed.broadcast_object(
             str(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))))
@@ -482,6 +483,9 @@ class Trainer:
 
     def start_run_dir(self) -> None:
         """A new run folder with config.json and classes.json, or the state of a resumed one."""
+        if self.is_main:  # one training per folder, before anything in it is read or written
+            self.lock = run_folder.acquire(self.run_dir)
+            self.notes += [self.lock.note] if self.lock.note else []
         if self.cfg.resume:
             if self.is_main:
                 remove_stale_temps(self.run_dir, RUN_FILES)  # left by the kill being resumed from
@@ -581,8 +585,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
-        with cpu_threads(self.cfg.threads, self.device):
-            return self._fit()
+        try:
+            with cpu_threads(self.cfg.threads, self.device):
+                return self._fit()
+        finally:
+            if self.lock is not None:  # taken by start_run_dir
+                self.lock.release()
 
     def _fit(self) -> TrainResult:
         t0 = time.perf_counter()
