@@ -159,3 +159,41 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     write_text_atomic(path, old + json.dumps(obj) + "\n")
+
+
+# What a weights pickle may name: torch's tensor rebuilders and storages, and ordered dicts.
+_PLAIN_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+
+
+def pickled_code(path: str | os.PathLike[str], limit: int = 1 << 26) -> list[str]:
+    """The callables (``module.name``) other than torch's tensor rebuilders that the pickles of a
+    legacy .pt/.pth file name: reading opcodes never runs them. Empty when it names none, or when
+    the file is not a readable pickle (a zip-format file is one of torch's, checked by torch)."""
+    import io
+    import pickletools
+
+    found: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return found
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # torch's legacy format: several pickles one after another
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "GLOBAL":
+                    name = str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = f"{strings[-2]}.{strings[-1]}"
+                else:
+                    continue
+                if not name.startswith(_PLAIN_GLOBALS) and name not in found:
+                    found.append(name)
+        except Exception:  # noqa: BLE001 - the rest is tensor bytes, or not a pickle at all
+            break
+    return found
+
