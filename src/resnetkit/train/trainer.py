@@ -37,7 +37,7 @@ from .. import interpret, models, pretrained, probe
 from .. import report as reports
 from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
-from ..config import RunConfig, recorded_config
+from ..config import RunConfig, json_fits, recorded_config
 from ..data import build_loaders, tta_for
 from ..data.augment import TTA
 from ..data.datasets import resolve_data_dir
@@ -196,26 +196,6 @@ def read_run_config(path: Path) -> dict[str, Any]:
                          ([f"wrong type(s): {', '.join(wrong)}"] if wrong else []))
         raise UserError(f"--resume: {path} has {what}; {damaged}")
     return data
-
-
-def json_fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has a type of the RunConfig field annotation ``hint`` (an int is a
-    float; a bool is neither); kinds JSON cannot tell apart (Any, Literal) are checked where used."""
-    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for kind in kinds:
-        kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
-        if kind is type(None):
-            ok = value is None
-        elif kind in (int, float):
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and (kind is float or isinstance(value, int)))
-        elif kind in (str, bool, dict, list, tuple):
-            ok = isinstance(value, list if kind is tuple else kind)
-        else:
-            ok = True
-        if ok:
-            return True
-    return False
 
 
 def line_epoch(line: str) -> int | None:
