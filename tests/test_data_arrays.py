@@ -109,7 +109,8 @@ def test_bad_arrays_are_one_clear_error() -> None:
         as_images(np.zeros((2, 5, 5, 5), dtype=np.uint8), "x")
     with pytest.raises(UserError, match="3 images but 2 labels"):
         as_labels(np.array([0, 1]), 3, "x")
-    assert as_images(np.full((1, 2, 2), 1000, dtype=np.uint16), "x").max() == 1000 >> 8
+    with pytest.warns(UserWarning, match="scaled by 255/1000"):  # by the largest value, not >> 8
+        assert as_images(np.full((1, 2, 2), 1000, dtype=np.uint16), "x").max() == 255
 
 
 def test_labels_beyond_the_class_list_are_refused(tmp_path: Path) -> None:

@@ -322,3 +322,171 @@ def test_killed_at_random_moments_resumes_to_the_same_weights(tmp_path: Path) ->
     b = ckpt.read_metadata(out / ckpt.LAST)[1]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+# ================================================================== third pass
+# ------------------------------------------------------------------ one run per folder
+def _hold_lock(folder: Path) -> subprocess.Popen:
+    """A live process holding the run folder's lock until its stdin closes."""
+    code = ("import sys; from resnetkit.train import run_folder as r; lock = r.acquire(sys.argv[1]); "
+            "print('locked', flush=True); sys.stdin.read(); lock.release()")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("case", ["new-folder", "resume"])
+def test_a_folder_in_use_is_refused_and_untouched(case: str, run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.train.run_folder import LOCK_NAME
+
+    folder = tmp_path / "same"
+    if case == "resume":
+        shutil.copytree(run, folder)
+    else:
+        folder.mkdir()
+    holder = _hold_lock(folder)
+    try:
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        argv = ["train", "--resume", str(folder)] if case == "resume" else ["train", *DIGITS, "--out", str(folder)]
+        capsys.readouterr()
+        assert main(argv) == 2
+        line = one_line_error(capsys, f"{folder} is in use by another training (pid {holder.pid})",
+                              "choose another --out")
+        assert "Traceback" not in line
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # touched nothing
+    finally:
+        holder.communicate("")
+    assert not (folder / LOCK_NAME).exists()  # the holder removed it when done
+
+
+@pytest.mark.parametrize("left", ["dead-pid", "empty-file"])
+def test_a_stale_lock_is_taken_over_with_a_note(left: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.train.run_folder import LOCK_NAME
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    pid = _dead_pid()
+    (folder / LOCK_NAME).write_text(f"{pid}\n" if left == "dead-pid" else "")
+    assert main(["train", *DIGITS, "--out", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert (f"took over the lock left by pid {pid}" in out) == (left == "dead-pid")
+    assert (folder / "report.json").is_file() and not (folder / LOCK_NAME).exists()
+
+
+def test_a_lock_is_released_when_the_run_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.train import run_folder
+
+    folder = tmp_path / "run"
+    assert main(["train", *DIGITS, "--lr", "1e6", "--precision", "fp32", "--out", str(folder)]) == 2
+    assert not (folder / run_folder.LOCK_NAME).exists()
+    run_folder.acquire(folder).release()  # free again
+
+
+# ------------------------------------------------------------------ arrays: no label guessed
+def _arrays(n: int = 40, classes: int = 4, seed: int = 0) -> tuple["np.ndarray", "np.ndarray"]:
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.integers(0, 256, (n, 8, 8), dtype=np.uint8)
+    return x, y
+
+
+def _rows_of_zeros(tmp: Path):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    x, y = _arrays()
+    onehot = np.eye(4)[y]
+    onehot[[3, 17]] = 0
+    return {"x_train": x, "y_train": onehot}, ("2 of 40 rows", "not one-hot", "row(s) 3, 17")
+
+
+def _probabilities(tmp: Path):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    x, y = _arrays()
+    soft = np.eye(4)[y] * 0.7 + 0.075
+    return {"x_train": x, "y_train": soft}, ("40 of 40 rows", "not one-hot", "0, 1, 2, 3, 4 and 35 more")
+
+
+def _stray_label(tmp: Path):  # type: ignore[no-untyped-def]
+    x, y = _arrays(n=600, classes=9)
+    y = y.copy()
+    y[517] = 42
+    return {"x_train": x, "y_train": y}, ("labels are 0..8 and 42 (index 517)", "33 of 43 classes",
+                                          "pass --classes to name 43 classes, or fix the label")
+
+
+def _labels_from_one(tmp: Path):  # type: ignore[no-untyped-def]
+    x, y = _arrays()
+    return {"x_train": x, "y_train": y + 1}, ("start at 1, not 0", "number the classes from 0")
+
+
+def _pickled_npz(tmp: Path):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    x, _ = _arrays()
+    return {"x_train": x, "y_train": np.array([{"a": 1}] * 40, dtype=object)}, (
+        "holds Python objects", "not loaded")
+
+
+def _random_bytes(tmp: Path):  # type: ignore[no-untyped-def]
+    return b"\x00garbage" * 300, ("not a plain .npz array file",)
+
+
+def _zip_not_npz(tmp: Path):  # type: ignore[no-untyped-def]
+    return b"PK\x03\x04" + b"\x01" * 64, ("not a plain .npz array file",)
+
+
+ARRAY_CASES = {"rows-of-zeros": _rows_of_zeros, "probabilities": _probabilities, "stray-label": _stray_label,
+               "labels-from-1": _labels_from_one, "pickled-npz": _pickled_npz, "random-bytes": _random_bytes,
+               "zip-not-npz": _zip_not_npz}
+
+
+@pytest.mark.parametrize("case", list(ARRAY_CASES))
+def test_array_files_that_would_mislabel_are_refused_by_index(case: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    content, needles = ARRAY_CASES[case](tmp_path)
+    path = tmp_path / "d.npz"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.savez(path, **content, allow_pickle=True)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "arrays", "--data-dir", str(path), "--model", "resnet8",
+                 "--epochs", "1", "--out", str(out)]) == 2
+    line = one_line_error(capsys, *needles)
+    assert "allow_pickle" not in line and "pickle.load" not in line
+    assert not out.exists()
+
+
+def test_one_hot_rows_and_16_bit_pixels_still_train(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from resnetkit.data.arrays import as_images, as_labels
+
+    x, y = _arrays()
+    assert as_labels(np.eye(4)[y], 40, "y").tolist() == y.tolist()
+    assert as_labels(np.eye(4, dtype=bool)[y], 40, "y").tolist() == y.tolist()
+    wide = (x.astype(np.int64) * 1600 // 255).astype(np.uint16)  # 0..1600, as in the case reported
+    with pytest.warns(UserWarning, match=r"integer pixels in \d+..1600, beyond 0..255: scaled by 255/1600"):
+        got = as_images(wide, "x")
+    assert int(got.max()) == 255 and len(np.unique(got.numpy())) > 200  # not 7 grey levels
+    path = tmp_path / "wide.npz"
+    np.savez(path, x_train=wide, y_train=y)
+    assert main(["train", "--dataset", "arrays", "--data-dir", str(path), "--model", "resnet8",
+                 "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "scaled by" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("resnetkit: warning:")
