@@ -43,6 +43,7 @@ from ..data.augment import TTA
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
 from ..errors import UserError, first_line
+from ..models.summary import check_input
 from .. import checkpoint as ckpt
 from . import distributed, finetune, run_folder, sampler, tb
 from .budget import Budget, Costs, SizeSpeeds, format_duration
@@ -215,6 +216,11 @@ def check_setup(cfg: RunConfig, loaders: Any) -> None:
         raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
     check_progressive(cfg.min_img_size, cfg.progressive_until, loaders.spec.img_size,
                       bool(getattr(loaders.train, "in_memory", False)))
+    spec = loaders.spec  # the net takes its smallest input, and its largest fits in memory
+    for side in sorted({spec.img_size, cfg.min_img_size or spec.img_size}):
+        flag = "--min-img-size" if side != spec.img_size else "--img-size"
+        check_input(cfg.model, (spec.in_chans, side, side), batch=loaders.train.batch_size, flag=flag,
+                    model_args=dict(cfg.model_args))
 
 
 def seed_everything(seed: int) -> None:
