@@ -784,8 +784,10 @@ class Trainer:
 
     def diverged_message(self, epoch: int, step: int | None, loss: float | str) -> str:
         last = self.run_dir / ckpt.LAST
-        kept = (f"the last good checkpoint is {last} (epoch {self.history[-1]['epoch']})"
-                if self.history else "no checkpoint was written yet")
+        saved = ckpt.recorded_epoch(last) if last.is_file() else None  # the file, not the history:
+        # an epoch whose weights went non-finite is in the history and was never saved
+        kept = (f"the last good checkpoint is {last} (epoch {saved})" if saved is not None
+                else "no checkpoint was written yet")
         fp32 = "" if self.precision.name == "fp32" else f" or use --precision fp32 (now {self.precision.name})"
         what = (f"the training loss became {loss} at epoch {epoch}, batch {step}" if step is not None
                 else f"after epoch {epoch}, {loss}")
