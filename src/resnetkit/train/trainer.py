@@ -216,6 +216,13 @@ def check_setup(cfg: RunConfig, loaders: Any) -> None:
         raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
     check_progressive(cfg.min_img_size, cfg.progressive_until, loaders.spec.img_size,
                       bool(getattr(loaders.train, "in_memory", False)))
+    batches = len(loaders.train)  # per epoch, on this process
+    if cfg.accum_steps > batches:
+        images = loaders.train.num_samples
+        raise UserError(f"--accum-steps {cfg.accum_steps} makes an effective batch of "
+                        f"{cfg.accum_steps * cfg.batch_size:,} images, more than the {images:,} training "
+                        f"images ({batches} batch(es) of {cfg.batch_size} per epoch); use --accum-steps "
+                        f"{batches} or fewer")
     spec = loaders.spec  # the net takes its smallest input, and its largest fits in memory
     for side in sorted({spec.img_size, cfg.min_img_size or spec.img_size}):
         flag = "--min-img-size" if side != spec.img_size else "--img-size"
