@@ -490,3 +490,266 @@ def test_one_hot_rows_and_16_bit_pixels_still_train(tmp_path: Path, capsys: pyte
                  "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "scaled by" in line]
     assert len(warnings) == 1 and warnings[0].startswith("resnetkit: warning:")
+
+
+# ------------------------------------------------------------------ CSV: paths confined, no label guessed
+def _csv_folder(tmp: Path, extra: list[str], encoding: str = "utf-8") -> Path:
+    root = write_class_folders(tmp / "data" / "img", {"a": 12, "b": 12}, sizes=(16, 17))
+    rows = ["path,label"] + [f"img/{c}/{i:04d}.png,{c}" for c in "ab" for i in range(12)]
+    write_class_folders(tmp / "other", {"x": 1}, sizes=(16, 17))
+    csv_path = root.parent / "labels.csv"
+    csv_path.write_bytes(("\n".join(rows + extra) + "\n").encode(encoding))
+    return csv_path
+
+
+CSV_CASES = {  # extra rows, flags, exit status, what the one line says
+    "dot-dot": (["../../../etc/passwd,a"], [], 2, ("1 row(s)", "lead outside its folder", "line 26",
+                                                     "--allow-outside")),
+    "absolute": (["/etc/passwd,b"], [], 2, ("/etc/passwd", "lead outside its folder")),
+    "sibling": (["../other/x/0000.png,a"], [], 2, ("../other/x/0000.png", "lead outside")),
+    "repeat-strict": (["img/a/0000.png,a"], ["--strict"], 2, ("listed more than once", "img/a/0000.png (lines 2, 26)",
+                                                               "drop --strict")),
+    "clash-strict": (["img/a/0001.png,b"], ["--strict"], 2, ("given different labels", "line 3: a, line 26: b")),
+    "latin-1": (["img/a/0002.png,caf\u00e9"], [], 2, ("not UTF-8", "save it as UTF-8")),
+}
+
+
+@pytest.mark.parametrize("case", list(CSV_CASES))
+def test_csv_rows_stay_in_their_folder_and_keep_one_label(case: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    extra, flags, status, needles = CSV_CASES[case]
+    csv_path = _csv_folder(tmp_path, extra, "latin-1" if case == "latin-1" else "utf-8")
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "csv", "--data-dir", str(csv_path), "--model", "resnet8", "--img-size", "16",
+            "--epochs", "1", "--batch-size", "8", *flags, "--out", str(out)]
+    assert main(argv) == status
+    one_line_error(capsys, *needles)
+    assert not out.exists()
+
+
+def test_csv_outside_rows_with_allow_outside_and_repeats_warn_once(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.config import RunConfig
+    from resnetkit.data.csvfile import index_csv
+
+    csv_path = _csv_folder(tmp_path, ["../other/x/0000.png,a", "img/a/0000.png,a", "./img/a/0000.png,a",
+                                      "img/b/0001.png,a"])
+    with pytest.warns(UserWarning) as caught:
+        index = index_csv(RunConfig(dataset="csv", data_dir=str(csv_path), allow_outside=True))
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2, said
+    assert "1 image(s)" in said[0] and "listed more than once" in said[0] and "kept once" in said[0]
+    assert "img/b/0001.png (line 15: b, line 29: a)" in said[1] and "no label is guessed" in said[1]
+    files = index.train.files
+    assert files.count("img/a/0000.png") == 1 and "img/b/0001.png" not in files  # dropped, not guessed
+    assert "../other/x/0000.png" in files
+    # data check lists them instead of stopping
+    tolerant = index_csv(RunConfig(dataset="csv", data_dir=str(csv_path)), tolerant=True)
+    assert any("outside the CSV's folder" in p for p in tolerant.problems)
+    assert "../other/x/0000.png" not in tolerant.train.files
+
+
+# ------------------------------------------------------------------ image folders: skip, then split
+def test_unreadable_images_take_no_validation_slot(tmp_path: Path) -> None:
+    from resnetkit.config import RunConfig
+    from resnetkit.data import build_loaders
+
+    root = write_class_folders(tmp_path / "photos", {"a": 15, "b": 15}, sizes=(16, 17))
+    for i in range(4):
+        (root / "b" / f"broken{i}.png").write_bytes(b"not a png")
+    cfg = RunConfig(dataset="imagefolder", data_dir=str(root), model="resnet8", img_size=16, batch_size=8)
+    with pytest.warns(UserWarning, match="skipped 4 unreadable image"):
+        loaders = build_loaders(cfg, "cpu")
+    counts = torch.bincount(loaders.val.labels, minlength=2).tolist()
+    assert counts == [3, 3]  # 0.2 of 15 readable images per class
+    assert loaders.train.num_samples == 24
+
+
+# ------------------------------------------------------------------ one line per error, for every command
+def _cfg_file(tmp: Path, text: str) -> list[str]:
+    (tmp / "c.json").write_text(text)
+    return ["--config", str(tmp / "c.json")]
+
+
+def _full_disk(mp: pytest.MonkeyPatch, which: str) -> None:
+    """The write of ``which`` fails as it does on a full disk, in the writer's own words."""
+    from resnetkit import checkpoint as ck
+
+    if which == "safetensors":
+        from safetensors import SafetensorError
+
+        def save_file(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
+            Path(filename).write_bytes(b"part")  # safetensors 0.4's wording of ENOSPC
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+        mp.setattr(ck, "save_file", save_file)
+    else:
+        import resnetkit._io as io_mod
+
+        def save(obj, f, *args, **kwargs):  # type: ignore[no-untyped-def]
+            Path(f).write_bytes(b"part")  # torch.save's C++ writer hides the errno
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+        mp.setattr(ck.torch, "save", save)
+        mp.setattr(io_mod, "LOW_SPACE", 1 << 62)  # the disk reads as full
+
+
+GENERAL_CASES: dict[str, tuple[Callable[[Path, Path, pytest.MonkeyPatch], list[str]], int, tuple[str, ...]]] = {
+    "config-model-int": (lambda t, r, mp: ["train", *_cfg_file(t, '{"model": 5}'), "--out", str(t / "x")], 2,
+                         ("c.json", "wrong type(s): model=5 (expected text")),
+    "config-dataset-int": (lambda t, r, mp: ["train", *_cfg_file(t, '{"dataset": 7}'), "--dry-run"], 2,
+                           ("dataset=7 (expected text)",)),
+    "config-model-args-int": (lambda t, r, mp: ["lr-find", *_cfg_file(t, '{"model_args": 3}'), "--dry-run"], 2,
+                              ("model_args=3 (expected a mapping",)),
+    "config-epochs-float": (lambda t, r, mp: ["train", *_cfg_file(t, '{"epochs": 1.5}'), "--dry-run"], 2,
+                            ("epochs=1.5 (expected a whole number",)),
+    "densenet-small": (lambda t, r, mp: ["train", "--model", "densenet121", "--epochs", "1", "--out", str(t / "x")],
+                       2, ("densenet121 takes inputs of at least 29x29 px", "got 8x8", "--img-size 29")),
+    "densenet-progressive": (lambda t, r, mp: ["train", "--model", "densenet121", "--img-size", "32",
+                                               "--min-img-size", "16", "--epochs", "1", "--dry-run"],
+                             2, ("got 16x16", "--min-img-size 29")),
+    "summary-small": (lambda t, r, mp: ["summary", "densenet121", "--input-size", "3,16,16"], 2,
+                      ("at least 29x29 px", "--input-size 29")),
+    "summary-huge": (lambda t, r, mp: ["summary", "resnet50", "--input-size", "3,100000,100000"], 2,
+                     ("resnet50 at 3x100000x100000", "GiB of activations", "smaller --input-size")),
+    "train-huge": (lambda t, r, mp: ["train", "--img-size", "100000", "--epochs", "1", "--dry-run"], 2,
+                   ("GiB of activations", "smaller --img-size or --batch-size")),
+    "lr-find-inf": (lambda t, r, mp: ["lr-find", "--end-lr", "inf", "--out", str(t / "x")], 2, ("finite",)),
+    "lr-find-steps": (lambda t, r, mp: ["lr-find", "--num-iter", "100000000", "--out", str(t / "x")], 2,
+                      ("--num-iter must be 17 to 10,000",)),
+    "accum-steps": (lambda t, r, mp: ["train", *DIGITS, "--accum-steps", "1000", "--out", str(t / "x")], 2,
+                    ("effective batch of 128,000 images", "more than the 270 training images", "--accum-steps 3")),
+    "workers": (lambda t, r, mp: ["train", *DIGITS, "--workers", "-3", "--out", str(t / "x")], 2, ("--workers",)),
+    "nproc": (lambda t, r, mp: ["train", *DIGITS, "--nproc", "512", "--batch-size", "512", "--out", str(t / "x")],
+              2, ("--nproc 512: this machine has", "or fewer")),
+    "nproc-batch": (lambda t, r, mp: ["train", "--nproc", "100", "--batch-size", "64", "--out", str(t / "x")], 2,
+                    ("a multiple of 100, e.g. 100",)),
+    "export-atol-nan": (lambda t, r, mp: ["export", str(r), "--format", "torchscript", "--atol", "nan",
+                                          "--out", str(t / "m.ts")], 2, ("--atol", "finite")),
+    "degradation-1-epoch": (lambda t, r, mp: ["experiment", "degradation", "--epochs", "1", "--out", str(t / "x")],
+                            2, ("at least 2 epochs",)),
+    "degradation-depths": (lambda t, r, mp: ["experiment", "degradation", "--depths", "-4,20", "--out", str(t / "x")],
+                           2, ("no plain/residual CIFAR net of depth -4", "valid depths")),
+    "h5-not-hdf5": (lambda t, r, mp: (t / "d.h5").write_bytes(b"\x00" * 64) and  # type: ignore[func-returns-value]
+                    ["train", "--dataset", "arrays", "--data-dir", str(t / "d.h5"), "--out", str(t / "x")], 2,
+                    ("not an HDF5 file",)),
+    "enospc-safetensors": (lambda t, r, mp: _full_disk(mp, "safetensors") or  # type: ignore[func-returns-value]
+                           ["train", *DIGITS, "--out", str(t / "x")], 2,
+                           ("best.safetensors: No space left on device; nothing was written",)),
+    "enospc-state": (lambda t, r, mp: _full_disk(mp, "torch") or  # type: ignore[func-returns-value]
+                     ["train", *DIGITS, "--out", str(t / "x")], 2,
+                     ("state.pt: No space left on device",)),
+}
+
+
+@pytest.mark.parametrize("case", list(GENERAL_CASES))
+def test_every_command_says_one_line(case: str, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("h5py") if case == "h5-not-hdf5" else None
+    make, status, needles = GENERAL_CASES[case]
+    argv = make(tmp_path, run, monkeypatch)
+    capsys.readouterr()
+    assert main(argv) == status
+    line = one_line_error(capsys, *needles)
+    assert "allow_pickle" not in line
+    assert not (tmp_path / "m.ts").exists()
+    if case == "nproc-batch":
+        assert line.endswith("e.g. 100")  # not "e.g. 100 or 100"
+    if case.startswith("enospc"):
+        assert not [p for p in (tmp_path / "x").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_legacy_pickle_with_code_says_it_holds_code(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import pickle
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(pickle.dumps({"fc.weight": Evil()}, protocol=4))  # "Unsupported operand 149"
+    assert main(["train", *DIGITS, "--model", "resnet18", "--pretrained", str(weights),
+                 "--out", str(tmp_path / "x")]) == 2
+    one_line_error(capsys, "unpickling it would run code (posix.system", "not loaded")
+    folder = tmp_path / "resume"
+    folder.mkdir()
+    assert main(["train", *DIGITS, "--out", str(folder / "tmp")]) == 0
+    shutil.copytree(folder / "tmp", folder / "run")
+    (folder / "run" / ckpt.STATE).write_bytes(weights.read_bytes())
+    capsys.readouterr()
+    assert main(["train", "--resume", str(folder / "run")]) == 2
+    one_line_error(capsys, "holds pickled code", "was not loaded")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_divergence_names_only_a_checkpoint_that_exists(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import re
+
+    for lr in ("1e6", "1e3", "50"):
+        out = tmp_path / f"lr{lr}"
+        status = main(["train", *DIGITS, "--epochs", "3", "--lr", lr, "--precision", "fp32", "--out", str(out)])
+        if status == 0:
+            continue  # this lr did not diverge here
+        line = one_line_error(capsys, "lower --lr")
+        named = re.search(r"the last good checkpoint is (\S+) \(epoch (\d+)\)", line)
+        if named:
+            assert Path(named.group(1)).is_file()
+            assert ckpt.recorded_epoch(named.group(1)) == int(named.group(2))
+        else:
+            assert "no checkpoint was written yet" in line and not (out / ckpt.LAST).exists()
+
+
+def test_lr_find_dry_run_writes_nothing_and_takes_no_run_flags(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    from resnetkit.cli import lr_find as cli_lr_find
+    from resnetkit.train import lr_find
+
+    out = tmp_path / "lrf"
+    assert main(["lr-find", "--model", "resnet8", "--num-iter", "50", "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "over 50 steps" in printed and "nothing run (--dry-run)" in printed and not out.exists()
+    assert cli_lr_find.UNUSED_KEYS == lr_find.UNUSED_KEYS
+    for flag in ("--tensorboard", "--early-stop", "--time-budget", "--tta", "--ema", "--eval-every"):
+        with pytest.raises(SystemExit):
+            main(["lr-find", flag, "3", "--dry-run"])
+        assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(ckpt.UserError, match="lr-find takes no tensorboard"):
+        lr_find.lr_find(tensorboard=True, out=str(out))
+    # a config file shared with train: its run keys are dropped with a note
+    (tmp_path / "c.json").write_text('{"model": "resnet8", "time_budget": "1m", "early_stop": 3}')
+    assert main(["lr-find", "--config", str(tmp_path / "c.json"), "--dry-run", "--out", str(out)]) == 0
+    assert "lr-find ignores early_stop, time_budget" in capsys.readouterr().err
+
+
+def test_degradation_is_inconclusive_when_the_nets_did_not_train() -> None:
+    from resnetkit.experiments import degradation
+
+    def net(name: str, err: float) -> degradation.NetRun:
+        kind, depth = name.rstrip("0123456789"), int(name.lstrip("plainresnet"))
+        return degradation.NetRun(name, kind, depth, Path(name), [{"train_acc": 1 - err}], 1, 1.0,
+                                  train_images=1000)
+
+    v = degradation.verdict([net("plain20", 0.79), net("plain56", 0.86), net("resnet20", 0.80), net("resnet56", 0.78)])
+    assert not v["reproduced"] and v["inconclusive"]
+    assert v["message"].startswith("inconclusive: the nets did not train (error > 50%")
+    # a deep plain net that fails to train while the others train is the degradation itself
+    v = degradation.verdict([net("plain20", 0.10), net("plain56", 0.60), net("resnet20", 0.09), net("resnet56", 0.07)])
+    assert v["reproduced"] and not v["inconclusive"]
+    assert degradation.preset("cpu", epochs=2).warmup_epochs == 1.0  # the preset's 1 epoch fits
+    assert degradation.preset("cpu", epochs=2, lr=0.1).epochs == 2
+
+
+def test_plots_draw_cjk_class_names_without_a_warning_per_glyph(tmp_path: Path) -> None:
+    import warnings
+
+    import numpy as np
+
+    from resnetkit import report
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a missing glyph is a UserWarning from matplotlib
+        report.plot_confusion(np.eye(3, dtype=int) * 4, ["猫", "犬", "鳥"], tmp_path / "cm.png")
+    labels, font, note = report.tick_labels(["猫", "犬"])
+    assert (labels == ["猫", "犬"] and font) or (labels == ["0", "1"] and note == " (class index)")
+    assert report.tick_labels(["cat", "dog"]) == (["cat", "dog"], {}, "")
+    assert (tmp_path / "cm.png").read_bytes().startswith(b"\x89PNG")
