@@ -103,8 +103,10 @@ def test_keys_name_arrays_that_follow_no_convention(tmp_path: Path) -> None:
 
 
 def test_bad_arrays_are_one_clear_error() -> None:
-    with pytest.raises(UserError, match="not 0..1 or 0..255"):
-        as_images(np.full((2, 4, 4), -0.5, dtype=np.float32), "x")  # already normalized
+    with pytest.warns(UserWarning, match="not pixels"):  # already normalized: kept as values, not pixels
+        assert as_images(np.full((2, 4, 4), -0.5, dtype=np.float32), "x").dtype == torch.float32
+    with pytest.raises(UserError, match="NaN or infinite"):
+        as_images(np.full((2, 4, 4), np.inf, dtype=np.float32), "x")
     with pytest.raises(UserError, match="channel axis"):
         as_images(np.zeros((2, 5, 5, 5), dtype=np.uint8), "x")
     with pytest.raises(UserError, match="3 images but 2 labels"):

@@ -753,3 +753,36 @@ def test_plots_draw_cjk_class_names_without_a_warning_per_glyph(tmp_path: Path) 
     assert (labels == ["猫", "犬"] and font) or (labels == ["0", "1"] and note == " (class index)")
     assert report.tick_labels(["cat", "dog"]) == (["cat", "dog"], {}, "")
     assert (tmp_path / "cm.png").read_bytes().startswith(b"\x89PNG")
+
+
+# ------------------------------------------------------------------ float arrays that are not pixels
+def test_float_arrays_that_are_not_pixels_train_on_their_own_statistics(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from resnetkit.data.arrays import as_images
+
+    rng = np.random.default_rng(0)
+    y = np.arange(240) % 3
+    x = rng.normal(0.0, 1.0, (240, 1, 8, 8)).astype(np.float32)
+    x[:, :, :4] += (y[:, None, None, None] - 1.0) * 4.0  # the class is in the top half
+    x = x * 30.0 - 5.0  # standardised measurements on another scale: -150..150, not pixels
+    with pytest.warns(UserWarning, match="not pixels .* kept as float32"):
+        kept = as_images(x, "x")
+    assert kept.dtype == torch.float32 and torch.allclose(kept / 255.0, torch.from_numpy(x), atol=1e-4)
+    path = tmp_path / "values.npz"
+    np.savez(path, x_train=x, y_train=y)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "arrays", "--data-dir", str(path), "--model", "resnet8",
+                 "--epochs", "2", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "not pixels" in line]) == 1
+    spec = ckpt.load_checkpoint(out).spec  # the values' own statistics, in their own units
+    assert spec.mean[0] == pytest.approx(float(x.mean()), abs=0.5)
+    assert spec.std[0] == pytest.approx(float(x.std()), rel=0.05)
+    assert json.loads((out / "report.json").read_text())["top1"] > 0.5  # it learned from the values
+    for flags, says in ((["--img-size", "16"], "train at their own size 8x8"),
+                        (["--augment", "randaugment"], "edits pixels")):
+        assert main(["train", "--dataset", "arrays", "--data-dir", str(path), "--model", "resnet8",
+                     "--epochs", "1", *flags, "--out", str(tmp_path / "refused")]) == 2
+        one_line_error(capsys, says)

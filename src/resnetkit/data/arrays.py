@@ -10,12 +10,16 @@ the SIGNS ``train_set_x``/``train_set_y``/``list_classes``, plain ``x``/``y``) o
 
 Images: (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3 (a 4th, alpha, channel is dropped
 as Pillow's RGB conversion does); uint8, another integer type within 0..255 (beyond it, up to
-16-bit: scaled by 255 over the largest value, with a note), or float in 0..1 or 0..255. They are kept as uint8, the in-memory fast path's form:
-floats are rounded to the nearest of 256 levels (an error of at most 1/510 of the range).
+16-bit: scaled by 255 over the largest value, with a note), or float in 0..1 or 0..255. They are
+kept as uint8, the in-memory fast path's form: floats are rounded to the nearest of 256 levels
+(an error of at most 1/510 of the range). Any other finite float array (not pixels: spectrograms,
+standardised measurements) is kept as float32 times 255, the scale the loaders read pixels on,
+so that its own mean and std normalise it; it trains at its own size, with crops and flips but
+no pixel policy (RandAugment, TrivialAugment).
 Labels: integers (N,), (N, 1) or (1, N); one-hot rows (N, K) (any other row is refused by
-index); or strings. Class names come from ``list_classes``/``--classes`` (integer labels index them), else
-from the label values (integers 0..max name themselves, and must all occur; strings sort as
-image-folder names do).
+index); or strings. Class names come from ``list_classes``/``--classes`` (integer labels index
+them), else from the label values (integers 0..max name themselves, and must all occur; strings
+sort as image-folder names do).
 Without a test or validation split the training arrays are split per class by
 ``--val-fraction``, seeded by ``--seed``, as an image folder in one tree is.
 """
@@ -34,7 +38,7 @@ import numpy as np
 import torch
 
 from ..errors import DataWarning, UserError
-from ._util import summarize_names
+from ._util import summarize_names, warn
 from .datasets import ArraySplit
 from .folders import natural_order
 from .presets import Preset, get_preset
@@ -142,8 +146,12 @@ def to_uint8(x: np.ndarray, what: str) -> np.ndarray:
         raise UserError(f"{what}: images hold NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 255:
-        raise UserError(f"{what}: float pixels in {lo:.3g}..{hi:.3g}, not 0..1 or 0..255; pass the "
-                        f"images before normalization (resnetkit computes and records mean and std)")
+        # not pixels (spectrograms, standardised measurements, intensities): kept as float32 on
+        # the pixel scale the loaders use (1.0 <-> 255), so the recorded mean and std, computed on
+        # it, normalise the values themselves: (x - mean) / std
+        warn(f"{what}: float values in {lo:.3g}..{hi:.3g}, not pixels (0..1 or 0..255): kept as "
+             f"float32; their own mean and std normalise them", once=True)
+        return (x.astype(np.float64) * 255.0).astype(np.float32)
     scale = 255.0 if hi <= 1.0 else 1.0
     return np.rint(x.astype(np.float64) * scale).astype(np.uint8)
 
