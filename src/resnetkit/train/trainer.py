@@ -15,6 +15,7 @@ decides something (losses, accuracies, early stop, divergence) is reduced over a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -612,10 +613,13 @@ class Trainer:
             self.log(f"interrupted; continue with: resnetkit train --resume {self.run_dir}")
             raise
         finally:
-            if self.is_main and self.history:
-                reports.plot_curves(self.history, self.run_dir / "curves.png")
-                if self.cfg.log_grad_norms:
-                    reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
+            # after a failed write (a full disk) the plots' own write error must not hide the first
+            failing = sys.exc_info()[1] is not None
+            with contextlib.suppress(UserError) if failing else contextlib.nullcontext():
+                if self.is_main and self.history:
+                    reports.plot_curves(self.history, self.run_dir / "curves.png")
+                    if self.cfg.log_grad_norms:
+                        reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
         stopped_early = epoch < self.cfg.epochs
         if stopped_early:
             self.log(f"early stop after epoch {epoch}: no better val accuracy in {self.best.bad_evals} "
