@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import UserError
+from ._registry import create_model, model_info
 
 FLOPS_NOTE = "convolutions and linear layers only; a multiply-add counts as 2 FLOPs"
 
@@ -209,8 +210,6 @@ def check_input(name: str, input_size: Sequence[int], *, batch: int = 1, flag: s
     that one forward pass of ``batch`` images needs more than ``memory`` bytes (default: this
     machine's). Returns the bytes of that forward pass. Used before a run or a summary builds
     anything."""
-    from ._registry import create_model, model_info
-
     info = model_info(name)
     args = {k: v for k, v in (model_args or {}).items() if k != "features_only"}
     args["in_chans"] = int(input_size[0])

@@ -24,6 +24,7 @@ from .._io import write_atomic, write_json_atomic
 from ..config import RunConfig
 from ..errors import UserError
 from . import finetune
+from .recipes import resolve_config
 from ..runtime import cpu_threads
 from .steps import Batch, micro_batches, train_step
 from .trainer import Trainer, as_config
@@ -99,8 +100,6 @@ def plan(cfg: RunConfig | Mapping[str, Any] | None = None, *, start_lr: float = 
          num_iter: int = 100, diverge: float = 4.0, **overrides: Any) -> dict[str, Any]:
     """What lr-find would do (``--dry-run``): the resolved model, data and batch, the lr range and
     the files it would write; nothing is built, run or written."""
-    from .recipes import resolve_config
-
     config, explicit = as_config(cfg, overrides)
     check_range(start_lr, end_lr, num_iter, diverge)
     check_unused(config)
