@@ -22,7 +22,6 @@ import math
 import random
 import sys
 import time
-import types
 import typing
 import warnings
 from dataclasses import dataclass, field
