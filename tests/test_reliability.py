@@ -327,12 +327,15 @@ def test_killed_at_random_moments_resumes_to_the_same_weights(tmp_path: Path) ->
 # ================================================================== third pass
 # ------------------------------------------------------------------ one run per folder
 def _hold_lock(folder: Path) -> subprocess.Popen:
-    """A live process holding the run folder's lock until its stdin closes."""
-    code = ("import sys; from resnetkit.train import run_folder as r; lock = r.acquire(sys.argv[1]); "
-            "print('locked', flush=True); sys.stdin.read(); lock.release()")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, text=True)
+    """A live process holding the run folder's lock, as a training does (an flock on the lock
+    file, its pid inside), until its stdin closes; plain Python, so it starts in milliseconds."""
+    from resnetkit.train.run_folder import LOCK_NAME
+
+    code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, b'%d\\n' % os.getpid()); "
+            "print('locked', flush=True); sys.stdin.read(); os.unlink(sys.argv[1])")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder / LOCK_NAME)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
 
