@@ -25,8 +25,8 @@ except ImportError:  # Windows: no flock; one run per folder is then not enforce
 class RunFolderLock:
     """Held by the process training in ``folder``; :meth:`release` ends it and removes the file."""
 
-    def __init__(self, folder: Path, fd: int | None, note: str | None) -> None:
-        self.folder, self.fd, self.note = folder, fd, note
+    def __init__(self, folder: Path, fd: int | None, note: str | None, created: bool = False) -> None:
+        self.folder, self.fd, self.note, self.created = folder, fd, note, created
 
     @property
     def path(self) -> Path:
@@ -40,16 +40,21 @@ class RunFolderLock:
             self.path.unlink()
         os.close(self.fd)
         self.fd = None
+        if self.created:  # a run that failed before writing anything leaves no empty folder
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()
 
 
 def acquire(folder: str | os.PathLike[str]) -> RunFolderLock:
-    """Lock ``folder`` (created if missing) for this process, or refuse in one line when another
-    live process trains there. Writes nothing else into the folder."""
+    """Lock ``folder`` (created if missing, and removed again on release if still empty) for this
+    process, or refuse in one line when another live process trains there. Writes nothing else
+    into the folder."""
     folder = Path(folder)
     if fcntl is None:
         return RunFolderLock(folder, None, None)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"run folder (--out) {folder} is a file, not a folder; choose another path")
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -80,7 +85,7 @@ def acquire(folder: str | os.PathLike[str]) -> RunFolderLock:
                 f"(a killed run)")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return RunFolderLock(folder, fd, note)
+    return RunFolderLock(folder, fd, note, created)
 
 
 def _read_pid(fd: int) -> int | None:

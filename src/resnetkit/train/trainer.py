@@ -284,7 +284,7 @@ class Trainer:
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
         self.wall_before = 0.0  # seconds spent before a resume
-        self.lock: run_folder.RunFolderLock | None = None  # held on rank 0 from start_run_dir to the end
+        self.lock: run_folder.RunFolderLock | None = None  # held on rank 0 for the whole of fit()
         # rank 0's choice: the default folder name carries a timestamp
         self.run_dir = Path(distributed.broadcast_object(
             str(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))))
@@ -476,9 +476,6 @@ class Trainer:
 
     def start_run_dir(self) -> None:
         """A new run folder with config.json and classes.json, or the state of a resumed one."""
-        if self.is_main:  # one training per folder, before anything in it is read or written
-            self.lock = run_folder.acquire(self.run_dir)
-            self.notes += [self.lock.note] if self.lock.note else []
         if self.cfg.resume:
             if self.is_main:
                 remove_stale_temps(self.run_dir, RUN_FILES)  # left by the kill being resumed from
@@ -579,10 +576,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
         try:
+            if self.is_main:  # one training per folder: refused before any data is read or written
+                self.lock = run_folder.acquire(self.run_dir)
+                self.notes += [self.lock.note] if self.lock.note else []
             with cpu_threads(self.cfg.threads, self.device):
                 return self._fit()
         finally:
-            if self.lock is not None:  # taken by start_run_dir
+            if self.lock is not None:
                 self.lock.release()
 
     def _fit(self) -> TrainResult:
