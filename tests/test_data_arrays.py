@@ -103,13 +103,16 @@ def test_keys_name_arrays_that_follow_no_convention(tmp_path: Path) -> None:
 
 
 def test_bad_arrays_are_one_clear_error() -> None:
-    with pytest.raises(UserError, match="not 0..1 or 0..255"):
-        as_images(np.full((2, 4, 4), -0.5, dtype=np.float32), "x")  # already normalized
+    with pytest.warns(UserWarning, match="not pixels"):  # already normalized: kept as values, not pixels
+        assert as_images(np.full((2, 4, 4), -0.5, dtype=np.float32), "x").dtype == torch.float32
+    with pytest.raises(UserError, match="NaN or infinite"):
+        as_images(np.full((2, 4, 4), np.inf, dtype=np.float32), "x")
     with pytest.raises(UserError, match="channel axis"):
         as_images(np.zeros((2, 5, 5, 5), dtype=np.uint8), "x")
     with pytest.raises(UserError, match="3 images but 2 labels"):
         as_labels(np.array([0, 1]), 3, "x")
-    assert as_images(np.full((1, 2, 2), 1000, dtype=np.uint16), "x").max() == 1000 >> 8
+    with pytest.warns(UserWarning, match="scaled by 255/1000"):  # by the largest value, not >> 8
+        assert as_images(np.full((1, 2, 2), 1000, dtype=np.uint16), "x").max() == 255
 
 
 def test_labels_beyond_the_class_list_are_refused(tmp_path: Path) -> None:

@@ -101,10 +101,15 @@ def test_verdict_follows_the_numbers(toy_run: tuple[Path, dict, str]) -> None:
     assert margin["plain"] > 0 and margin["resnet"] > 0
     assert v["plain_deeper_trains_worse"] == (err["plain20"] - err["plain8"] > margin["plain"])
     assert v["resnet_deeper_trains_worse"] == (err["resnet20"] - err["resnet8"] > margin["resnet"])
-    assert v["reproduced"] == (v["plain_deeper_trains_worse"] and not v["resnet_deeper_trains_worse"])
     assert v["train_error"] == {k: err[k] for k in NETS}
-    assert v["message"].startswith("degradation reproduced" if v["reproduced"] else "degradation not reproduced")
-    assert f"{100 * err['plain20']:.2f}%" in v["message"]
+    # a net left above 50% train error (a toy run: 50 images, 2 epochs) makes the verdict inconclusive
+    assert v["inconclusive"] == any(err[k] > 0.5 for k in ("plain8", "resnet8", "resnet20"))
+    if v["inconclusive"]:
+        assert not v["reproduced"] and v["message"].startswith("inconclusive: the nets did not train")
+    else:
+        assert v["reproduced"] == (v["plain_deeper_trains_worse"] and not v["resnet_deeper_trains_worse"])
+        assert v["message"].startswith("degradation reproduced" if v["reproduced"] else "degradation not reproduced")
+        assert f"{100 * err['plain20']:.2f}%" in v["message"]
 
 
 def test_verdict_both_ways() -> None:

@@ -16,17 +16,37 @@ from typing import Any, Callable, Iterator
 
 from .errors import UserError
 
-# Writers that are not Python (safetensors' Rust core) report an OS error inside their message.
-_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
+# Writers that are not Python report an OS error inside their message: safetensors' Rust core
+# as "Os { code: 28, ..." (older) or "... (os error 28)" (0.4 and later).
+_RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
+# torch.save's C++ writer drops the OS error: a short write reads "unexpected pos 704 vs 598"
+# or "file write failed"; the cause is then found on the disk itself (see os_error_cause).
+_TORCH_WRITE_FAILED = re.compile(r"inline_container.*(unexpected pos|file write failed)", re.DOTALL)
+LOW_SPACE = 1 << 20  # bytes free below which a failed write is taken for a full disk
 
 
-def os_error_cause(exc: BaseException) -> str | None:
+def os_error_cause(exc: BaseException, where: str | os.PathLike[str] | None = None) -> str | None:
     """'No space left on device' and the like when ``exc`` is an operating-system failure
-    (directly, or wrapped by a writer that is not Python); None for anything else."""
+    (directly, or wrapped by a writer that is not Python); None for anything else. ``where``:
+    the folder written to, asked for its free space when the writer hides the cause."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno)
     match = _RUST_OS_ERROR.search(str(exc))
-    return os.strerror(int(match.group(1))) if match else None
+    if match:
+        return os.strerror(int(match.group(1) or match.group(2)))
+    if isinstance(exc, RuntimeError) and _TORCH_WRITE_FAILED.search(str(exc)):
+        return _disk_cause(where)
+    return None
+
+
+def _disk_cause(where: str | os.PathLike[str] | None) -> str:
+    try:
+        st = os.statvfs(where or ".")
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return "the write failed (the disk may be full)"
+    if st.f_bavail * st.f_frsize < LOW_SPACE:
+        return os.strerror(errno.ENOSPC)
+    return "the write failed"
 
 
 def ensure_dir(path: str | os.PathLike[str], what: str = "output folder") -> Path:
@@ -72,7 +92,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
     except Exception as e:  # noqa: BLE001 - only OS failures are translated; the rest re-raise
-        if os_error_cause(e) is None:
+        if os_error_cause(e, path.parent) is None:
             raise
         raise _write_error(path, e) from None
     finally:
@@ -82,7 +102,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 def _write_error(path: Path, exc: BaseException) -> UserError:
     kept = "the previous file is kept" if path.exists() else "nothing was written"
-    return UserError(f"cannot write {path}: {os_error_cause(exc)}; {kept}")
+    return UserError(f"cannot write {path}: {os_error_cause(exc, path.parent)}; {kept}")
 
 
 def remove_stale_temps(folder: str | os.PathLike[str], names: tuple[str, ...]) -> list[str]:
@@ -139,3 +159,41 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
     path = Path(path)
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     write_text_atomic(path, old + json.dumps(obj) + "\n")
+
+
+# What a weights pickle may name: torch's tensor rebuilders and storages, and ordered dicts.
+_PLAIN_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+
+
+def pickled_code(path: str | os.PathLike[str], limit: int = 1 << 26) -> list[str]:
+    """The callables (``module.name``) other than torch's tensor rebuilders that the pickles of a
+    legacy .pt/.pth file name: reading opcodes never runs them. Empty when it names none, or when
+    the file is not a readable pickle (a zip-format file is one of torch's, checked by torch)."""
+    import io
+    import pickletools
+
+    found: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except OSError:
+        return found
+    stream = io.BytesIO(data)
+    while stream.tell() < len(data):  # torch's legacy format: several pickles one after another
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "GLOBAL":
+                    name = str(arg).replace(" ", ".")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    name = f"{strings[-2]}.{strings[-1]}"
+                else:
+                    continue
+                if not name.startswith(_PLAIN_GLOBALS) and name not in found:
+                    found.append(name)
+        except Exception:  # noqa: BLE001 - the rest is tensor bytes, or not a pickle at all
+            break
+    return found
+

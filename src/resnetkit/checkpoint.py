@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import models
-from ._io import write_atomic
+from ._io import pickled_code, write_atomic
 from ._version import __version__
 from .errors import UserError, first_line
 from .specs import DatasetSpec
@@ -263,7 +263,9 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "unsupported global" not in str(e).lower():  # torch's refusal of a callable names it so
+        # torch's refusal of a callable names it so; a legacy pickle of protocol 4 fails before
+        # ("Unsupported operand 149"), and its opcodes are read for the code it names
+        if "unsupported global" not in str(e).lower() and not pickled_code(p):
             raise UserError(unreadable_state(p, e)) from None
         # torch's message advises weights_only=False, which would run whatever the file names
         raise UserError(f"refusing to resume from {p}: it holds pickled code or objects other "

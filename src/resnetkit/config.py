@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,8 +101,11 @@ class RunConfig:
     subset: int | None = flag(group="data", metavar="N",
                               help="use N samples of the training split (stratified, the same for "
                                    "every seed); the val split is held out of them")
-    strict: bool = flag(False, group="data", help="unreadable image files (and bad CSV rows) are an "
-                                                  "error, not a warning")
+    strict: bool = flag(False, group="data", help="unreadable image files (and bad, duplicate or "
+                                                  "contradicting CSV rows) are an error, not a warning")
+    allow_outside: bool = flag(False, group="data",
+                               help="--dataset csv: follow rows whose path leads outside the CSV's folder "
+                                    "(../, absolute paths); default: such rows are refused")
     workers: int | None = flag(group="data", metavar="N", help="loader processes for image folders")
     keys: str | None = flag(group="data", metavar="NAMES", datasets=("arrays",),
                             help="--dataset arrays: the array names when they follow no convention: X,Y "
@@ -290,7 +295,66 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"config file {p} must hold a mapping of keys to values, not {type(data).__name__}")
     out = {str(k).replace("-", "_"): v for k, v in data.items()}
     RunConfig.from_dict(out)  # validates the keys
+    return checked_types(out, f"config file {p}")
+
+
+def json_fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a type of the RunConfig field annotation ``hint`` (an int is a
+    float; a bool is neither); kinds JSON cannot tell apart (Any, Literal) are checked where used."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for kind in kinds:
+        kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
+        if kind is type(None):
+            ok = value is None
+        elif kind in (int, float):
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and (kind is float or isinstance(value, int)))
+        elif kind in (str, bool, dict, list, tuple):
+            ok = isinstance(value, list if kind is tuple else kind)
+        else:
+            ok = True
+        if ok:
+            return True
+    return False
+
+
+_KIND_WORDS = {str: "text", int: "a whole number", float: "a number", bool: "true or false",
+               dict: "a mapping of KEY: VALUE", type(None): "empty (null)"}
+
+
+def checked_types(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """``data`` (RunConfig keys) with each value checked against its field's type, so that a
+    config file's ``model: 5`` is one line here, not a traceback deep in the run. A number YAML
+    read as text (``lr: 1e-3``: YAML 1.1 wants a dot) is taken as the number it spells."""
+    hints = typing.get_type_hints(RunConfig)
+    out, wrong = dict(data), []
+    for key, value in data.items():
+        hint = hints[key]
+        if json_fits(value, hint):
+            continue
+        number = _yaml_number(value, hint)
+        if number is not None:
+            out[key] = number
+            continue
+        kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        expected = " or ".join(_KIND_WORDS.get(typing.get_origin(k) or k, str(k)) for k in kinds)
+        wrong.append(f"{key}={value!r:.40} (expected {expected})")
+    if wrong:
+        raise UserError(f"{where}: wrong type(s): {'; '.join(wrong)}; fix the value(s) or leave the key(s) out")
     return out
+
+
+def _yaml_number(value: Any, hint: Any) -> int | float | None:
+    if not isinstance(value, str):
+        return None
+    kinds = typing.get_args(hint) or (hint,)
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if int in kinds and number.is_integer() and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value)
+    return number if float in kinds else None
 
 
 # Fields whose 0 older versions took for "unset" (the dataset's size, the whole split); now None.

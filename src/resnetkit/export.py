@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -230,6 +231,9 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], *, fmt: str = "onnx",
         raise UserError("--int8 needs --format onnx (quantization runs in onnxruntime)")
     if check < 0 or calib < 1:
         raise UserError(f"--check must be >= 0 and --calib >= 1 (got {check} and {calib})")
+    for name, tol in (("--atol", atol), ("--rtol", rtol)):  # nan passes every comparison: no check at all
+        if not (math.isfinite(tol) and tol >= 0):
+            raise UserError(f"{name} is a tolerance and must be a finite number >= 0, got {tol:g}")
 
     if fmt == "onnx":
         check_opset(opset)

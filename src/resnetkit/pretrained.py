@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from ._io import pickled_code
 from .checkpoint import read_metadata, resolve_checkpoint_path
 from .config import RunConfig
 from .errors import UserError, first_line
@@ -206,8 +207,11 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types for a bad file
         code = re.search(r"GLOBAL ([\w.]+)", str(e))  # the callable the pickle names
-        if code:
-            raise UserError(f"refusing to load {path}: unpickling it would run code ({code.group(1)}); "
+        # a legacy (not zip) pickle of protocol 4 fails before torch names it ("Unsupported operand")
+        named = code.group(1) if code else ", ".join(pickled_code(path)[:3])
+        if named:
+            raise UserError(f"refusing to load {path}: unpickling it would run code ({named}), "
+                            f"so it was not loaded; "
                             f"only plain tensors are read (torch.load weights_only=True): save "
                             f"model.state_dict() instead, or convert the file to .safetensors") from None
         raise UserError(f"{path} is not a readable weights file ({first_line(e, 160)}); pass a .pth/.pt "

@@ -88,19 +88,48 @@ def _save_png(fig: Any, path: str | os.PathLike[str]) -> None:
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
+def tick_labels(classes: Sequence[str]) -> tuple[list[str], dict[str, Any], str]:
+    """(labels, text keywords, axis note) for class names on a plot. Names with characters the
+    default font lacks (CJK names with DejaVu Sans) would print one missing-glyph warning per
+    character and draw boxes: an installed font that has them all is taken instead, else each
+    class is drawn as its index, and the note says so."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    names = [str(c) for c in classes]
+    needed = {ord(ch) for name in names for ch in name if not ch.isspace()}
+
+    def covers(path: str) -> bool:
+        try:
+            return needed <= set(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError, ValueError):
+            return False
+
+    default = font_manager.findfont(font_manager.FontProperties())
+    if covers(default):
+        return names, {}, ""
+    for entry in font_manager.fontManager.ttflist[:200]:  # installed fonts: a few dozen, as a rule
+        # matplotlib's Last Resort font "covers" everything with placeholder boxes
+        if (entry.fname.lower().endswith((".ttf", ".otf")) and "lastresort" not in entry.fname.lower()
+                and covers(entry.fname)):
+            return names, {"fontproperties": font_manager.FontProperties(fname=entry.fname)}, ""
+    return [str(i) for i in range(len(names))], {}, " (class index)"
+
+
 def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLike[str],
                    title: str = "confusion matrix") -> None:
     """Rows true, columns predicted; colour is the row-normalised rate, text the count."""
     n = len(classes)
+    labels, font, note = tick_labels(classes) if n <= TICKS_MAX else ([], {}, "")
     side = min(14.0, max(4.5, 0.45 * n + 2))
     fig, (ax,) = _figure(side, side * 0.9)
     rates = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
-    ax.set(title=title, xlabel="predicted", ylabel="true")
+    ax.set(title=title, xlabel=f"predicted{note}", ylabel=f"true{note}")
     if n <= TICKS_MAX:
-        ax.set_xticks(range(n), [str(c) for c in classes], rotation=90 if n > 10 else 0)
-        ax.set_yticks(range(n), [str(c) for c in classes])
+        ax.set_xticks(range(n), labels, rotation=90 if n > 10 else 0, **font)
+        ax.set_yticks(range(n), labels, **font)
     if n <= ANNOTATE_MAX:
         for i in range(n):
             for j in range(n):

@@ -18,7 +18,8 @@ import warnings
 from typing import Iterator, Sequence
 
 from .._version import __version__
-from ..errors import DataWarning, UserError
+from .._io import os_error_cause
+from ..errors import DataWarning, UserError, first_line
 from . import (bench, calibrate, data, evaluate, experiment, explain, export, finetune, lr_find, models, predict,
                report, summary, train)
 
@@ -70,6 +71,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - only OS failures wrapped by a non-Python writer
+        cause = os_error_cause(e)  # safetensors' SafetensorError, torch.save's RuntimeError
+        if cause is None:
+            raise
+        print(f"resnetkit: error: {cause} ({first_line(e)})", file=sys.stderr)
+        return 1
 
 
 @contextlib.contextmanager

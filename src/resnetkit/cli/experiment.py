@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from .train import choices_metavar
 
@@ -37,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     d.add_argument("--preset", default="cpu", choices=("cpu", "paper"), help="default: cpu")
     d.add_argument("--dataset", metavar="NAME", help="fashion-mnist (cpu), cifar10 (paper), mnist, ...")
     d.add_argument("--depths", metavar="N,N,...", help="6n+2 depths, e.g. 20,56 or 20,32,44,56")
+    # argparse takes "-4,20" for an option (only -4 or -0.5 read as numbers): read it as the
+    # value, for parse_depths to refuse with the valid depths
+    d._negative_number_matcher = re.compile(r"^-\d[\d,.]*$")
     d.add_argument("--epochs", type=int, metavar="E")
     d.add_argument("--subset", type=int, metavar="N", help="training images (0: all)")
     d.add_argument("--batch-size", type=int, metavar="N")

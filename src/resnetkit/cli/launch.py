@@ -17,7 +17,8 @@ from ..config import RunConfig
 from ..errors import UserError
 from ..train import train
 from ..train.plan import dry_run as plan_of, format_plan
-from ..train.distributed import check_batch_size, is_main_process, launched_world_size
+from ..train.distributed import check_batch_size, check_nproc_devices, is_main_process, launched_world_size
+from ..runtime import resolve_device
 from ..train.recipes import resolve_config
 from ..train.trainer import as_config, resume_config
 
@@ -61,6 +62,7 @@ def precheck(values: Mapping[str, Any], nproc: int) -> None:
     if nproc < 1:
         raise UserError(f"--nproc must be a positive integer, got {nproc}")
     check_batch_size(resolve_config(config, explicit).batch_size, nproc)
+    check_nproc_devices(nproc, resolve_device(config.device))
 
 
 def torchrun_args(train_args: Sequence[str], nproc: int) -> list[str]:

@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     info = model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
     kwargs = {"num_classes": args.num_classes, **parse_model_args(args.model_arg), "in_chans": size[0]}
+    summary.check_input(args.model, size, flag="--input-size", model_args=parse_model_args(args.model_arg))
     model = create_model(args.model, **kwargs)
     d = summary.summarize(model, size, depth=args.depth, name=args.model)
     print(json.dumps(d, indent=2) if args.json else summary.format_summary(d))

@@ -69,8 +69,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
-def add_train_flags(p: argparse.ArgumentParser) -> None:
-    """--config and one flag per RunConfig field (train and lr-find share them)."""
+def add_train_flags(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """--config and one flag per RunConfig field (train and lr-find share them), less the fields
+    in ``exclude`` (a command that has no use for them)."""
     p.add_argument("--config", metavar="FILE", default=S,
                    help="YAML or JSON file of the same keys (batch_size or batch-size)")
     p.add_argument("--dry-run", action="store_true", default=S,
@@ -80,7 +81,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     for group, flags in FLAGS.items():
         g = p.add_argument_group(group)
         for flag, kw in flags:
-            g.add_argument(flag, default=S, **kw)
+            if kw.get("dest", flag[2:].replace("-", "_")) not in exclude:
+                g.add_argument(flag, default=S, **kw)
 
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:

@@ -9,12 +9,17 @@ the SIGNS ``train_set_x``/``train_set_y``/``list_classes``, plain ``x``/``y``) o
 ``--keys`` (:func:`parse_keys`).
 
 Images: (N, H, W), (N, H, W, C) or (N, C, H, W) with C 1 or 3 (a 4th, alpha, channel is dropped
-as Pillow's RGB conversion does); uint8, another integer type within 0..255 (16-bit: the top
-8 bits), or float in 0..1 or 0..255. They are kept as uint8, the in-memory fast path's form:
-floats are rounded to the nearest of 256 levels (an error of at most 1/510 of the range).
-Labels: integers (N,), (N, 1) or (1, N); one-hot or probability rows (N, K) (argmax); or
-strings. Class names come from ``list_classes``/``--classes`` (integer labels index them), else
-from the label values (integers 0..max name themselves, strings sort as image-folder names do).
+as Pillow's RGB conversion does); uint8, another integer type within 0..255 (beyond it, up to
+16-bit: scaled by 255 over the largest value, with a note), or float in 0..1 or 0..255. They are
+kept as uint8, the in-memory fast path's form: floats are rounded to the nearest of 256 levels
+(an error of at most 1/510 of the range). Any other finite float array (not pixels: spectrograms,
+standardised measurements) is kept as float32 times 255, the scale the loaders read pixels on,
+so that its own mean and std normalise it; it trains at its own size, with crops and flips but
+no pixel policy (RandAugment, TrivialAugment).
+Labels: integers (N,), (N, 1) or (1, N); one-hot rows (N, K) (any other row is refused by
+index); or strings. Class names come from ``list_classes``/``--classes`` (integer labels index
+them), else from the label values (integers 0..max name themselves, and must all occur; strings
+sort as image-folder names do).
 Without a test or validation split the training arrays are split per class by
 ``--val-fraction``, seeded by ``--seed``, as an image folder in one tree is.
 """
@@ -23,6 +28,8 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,8 +37,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ._util import summarize_names
+from ..errors import DataWarning, UserError
+from ._util import summarize_names, warn
 from .datasets import ArraySplit
 from .folders import natural_order
 from .presets import Preset, get_preset
@@ -126,15 +133,25 @@ def to_uint8(x: np.ndarray, what: str) -> np.ndarray:
         lo, hi = int(x.min()), int(x.max())
         if lo < 0 or hi > 65535:
             raise UserError(f"{what}: integer pixels in {lo}..{hi}; expected 0..255 (or 16-bit 0..65535)")
-        return (x >> 8 if hi > 255 else x).astype(np.uint8)
+        if hi <= 255:
+            return x.astype(np.uint8)
+        # a 12-bit sensor's 0..4095 (or 0..1600) shifted right by 8 would keep a few grey levels
+        warnings.warn(f"{what}: integer pixels in {lo}..{hi}, beyond 0..255: scaled by 255/{hi} "
+                      f"(the largest value) to 0..255; pass uint8 or float images to choose the scale",
+                      DataWarning, stacklevel=2)
+        return np.rint(x.astype(np.float64) * (255.0 / hi)).astype(np.uint8)
     if not np.issubdtype(x.dtype, np.floating):
         raise UserError(f"{what}: images of dtype {x.dtype}; expected uint8 or float pixels")
     if not np.isfinite(x).all():
         raise UserError(f"{what}: images hold NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 255:
-        raise UserError(f"{what}: float pixels in {lo:.3g}..{hi:.3g}, not 0..1 or 0..255; pass the "
-                        f"images before normalization (resnetkit computes and records mean and std)")
+        # not pixels (spectrograms, standardised measurements, intensities): kept as float32 on
+        # the pixel scale the loaders use (1.0 <-> 255), so the recorded mean and std, computed on
+        # it, normalise the values themselves: (x - mean) / std
+        warn(f"{what}: float values in {lo:.3g}..{hi:.3g}, not pixels (0..1 or 0..255): kept as "
+             f"float32; their own mean and std normalise them", once=True)
+        return (x.astype(np.float64) * 255.0).astype(np.float32)
     scale = 255.0 if hi <= 1.0 else 1.0
     return np.rint(x.astype(np.float64) * scale).astype(np.uint8)
 
@@ -147,9 +164,9 @@ def as_labels(y: Any, n: int, what: str) -> np.ndarray:
     if y.ndim == 2 and 1 in y.shape:
         y = y.reshape(-1)  # (N, 1) or the SIGNS files' (1, N)
     elif y.ndim == 2:
-        if not np.issubdtype(y.dtype, np.number):
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != np.bool_:
             raise UserError(f"{what}: 2-D labels of dtype {y.dtype}; expected one-hot rows")
-        y = y.argmax(axis=1)  # one-hot or class probabilities
+        y = one_hot_indices(y, what)
     if y.ndim != 1:
         raise UserError(f"{what}: labels of shape {y.shape}; expected (N,), (N, 1) or one-hot (N, K)")
     if len(y) != n:
@@ -161,6 +178,20 @@ def as_labels(y: Any, n: int, what: str) -> np.ndarray:
             raise UserError(f"{what}: float labels that are not whole numbers")
         y = y.astype(np.int64)
     return y
+
+
+def one_hot_indices(y: np.ndarray, what: str) -> np.ndarray:
+    """The class index of each one-hot row (one 1, the rest 0). Any other row is refused by
+    index: argmax would silently make a row of zeros, or of probabilities, class 0 or a guess."""
+    values = np.asarray(y, dtype=np.float64)
+    ones, zeros = values == 1, values == 0
+    bad = np.flatnonzero((ones.sum(axis=1) != 1) | ((ones | zeros).sum(axis=1) != y.shape[1]))
+    if len(bad):
+        rows = ", ".join(str(i) for i in bad[:5].tolist()) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{what}: {len(bad)} of {len(y)} rows of the {y.shape[0]}x{y.shape[1]} labels are "
+                        f"not one-hot (one 1, the rest 0): row(s) {rows}; fix them, or pass integer "
+                        f"labels (soft labels are not supported)")
+    return ones.argmax(axis=1)
 
 
 def class_names(values: Any) -> tuple[str, ...]:
@@ -187,6 +218,8 @@ def label_indices(labels: Sequence[np.ndarray], names: Sequence[str] | None, wha
     ints = [np.asarray(y).astype(np.int64) for y in labels]
     lo = min(int(y.min()) for y in ints)
     hi = max(int(y.max()) for y in ints)
+    if not names and lo >= 0:
+        check_no_empty_classes(ints, what)
     classes = tuple(names) if names else tuple(str(i) for i in range(hi + 1))
     if lo < 0 or hi >= len(classes):
         raise UserError(f"{what}: labels range over {lo}..{hi} but there are {len(classes)} classes "
@@ -194,6 +227,29 @@ def label_indices(labels: Sequence[np.ndarray], names: Sequence[str] | None, wha
     if len(classes) < 2:
         raise UserError(f"{what}: one class only ({classes[0]}); a classifier needs at least two")
     return [torch.from_numpy(y) for y in ints], classes
+
+
+def check_no_empty_classes(ints: Sequence[np.ndarray], what: str) -> None:
+    """Integer labels without --classes name the classes 0..max: a stray value (0..8 and one 42)
+    would build a head of 43 classes, 33 of them never seen. Refused, naming the strays."""
+    counts = np.bincount(np.concatenate([np.asarray(y).reshape(-1) for y in ints]))
+    present = np.flatnonzero(counts)
+    if len(present) == len(counts):
+        return
+    if counts[0] == 0:
+        raise UserError(f"{what}: integer labels start at {int(present[0])}, not 0, so class 0 would "
+                        f"have no sample: number the classes from 0, or pass --classes naming "
+                        f"{counts.size} classes")
+    # the dense run from 0 is the real classes; values past the first gap are the strays
+    gap = int(np.flatnonzero(counts == 0)[0])
+    strays = present[present > gap]
+    flat = np.concatenate([np.asarray(y).reshape(-1) for y in ints])
+    where = ", ".join(f"{int(v)} (index {int(np.flatnonzero(flat == v)[0])})" for v in strays[:3])
+    more = f" and {len(strays) - 3} more values" if len(strays) > 3 else ""
+    run = f"0..{gap - 1}" if gap > 1 else "0"
+    raise UserError(f"{what}: labels are {run} and {where}{more}, so {int(counts.size) - len(present)} of "
+                    f"{counts.size} classes would have no sample: pass --classes to name {counts.size} "
+                    f"classes, or fix the label(s)")
 
 
 def build_source(arrays: Mapping[str, Any], *, names: Sequence[str] | None, source: str, layout: str,
@@ -307,8 +363,37 @@ def read_arrays(path: Path) -> dict[str, Any]:
         return _read_h5(path)
     except UserError:
         raise
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read {path}: {read_failure(path, e)}") from None
+
+
+def read_failure(path: Path, e: BaseException) -> str:
+    """Why an array file could not be read, in words that never advise loading it unsafely
+    (numpy's own message suggests allow_pickle, which runs whatever code the file holds)."""
+    text = str(e)
+    fix = "save the arrays with numpy.save/savez (numbers or text, no Python objects)"
+    if "object" in text.lower() or "pickle" in text.lower():
+        if path.suffix.lower() in (".npz", ".npy") and _looks_like_numpy(path):
+            return f"it holds Python objects (pickled data), which are not loaded: {fix}"
+        return f"not a plain {path.suffix.lower()} array file (damaged, or another format): {fix}"
+    if isinstance(e, (zipfile.BadZipFile, EOFError)):
+        return f"not a plain {path.suffix.lower()} array file (damaged, empty or another format): {fix}"
+    if "file signature not found" in text:  # h5py on a file that is not HDF5
+        return "not an HDF5 file (no HDF5 signature: damaged, or another format renamed .h5)"
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _looks_like_numpy(path: Path) -> bool:
+    """An .npy's magic string, or a zip (.npz) holding .npy members."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if head == b"\x93NUMPY":
+            return True
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith(".npy") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _read_h5(path: Path) -> dict[str, Any]:

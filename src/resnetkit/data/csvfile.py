@@ -2,8 +2,10 @@
 
 The CSV has a header; ``path`` and ``label`` columns (``--columns`` renames them) and an optional
 ``split`` column of ``train``, ``val`` or ``test`` (``valid``/``validation`` read as val; an
-empty cell as train). Paths are relative to the CSV's folder (absolute ones are kept), as
-fastai's ``from_csv`` and Kaggle's label files have them. The listing becomes an image-folder
+empty cell as train). Paths are relative to the CSV's folder, as fastai's ``from_csv`` and
+Kaggle's label files have them, and must stay inside it (no ``..`` out of it, no absolute path
+elsewhere) unless ``--allow-outside``. An image listed twice is kept once; one listed with two
+labels (or splits) is dropped, with one warning line each (``--strict``: an error). The listing becomes an image-folder
 index (:class:`~resnetkit.data.folders.FolderIndex`), so decoding, caching, streaming and the
 held-out split follow the image-folder rules: a ``val`` split is the held-out one, else
 ``test``, else the training rows are split per class by ``--val-fraction`` with ``--seed``.
@@ -39,10 +41,12 @@ def parse_columns(text: str | None) -> tuple[str, str, str]:
     return (names[0], names[1], names[2] if len(names) == 3 else DEFAULT_COLUMNS[2])
 
 
-def read_rows(path: Path, columns: tuple[str, str, str]) -> tuple[list[tuple[int, str, str, str]], list[str]]:
-    """(line, path, label, split) of the good rows and "line N: reason" of the bad ones."""
+def read_rows(path: Path, columns: tuple[str, str, str], allow_outside: bool = False
+              ) -> tuple[list[tuple[int, str, str, str]], list[str], list[str]]:
+    """(line, path, label, split) of the good rows, "line N: reason" of the bad ones, and
+    "line N: path" of the rows that lead outside the CSV's folder (kept with ``allow_outside``)."""
     path_col, label_col, split_col = columns
-    rows, bad = [], []
+    rows, bad, outside = [], [], []
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
             reader = csv.DictReader(f)
@@ -57,14 +61,69 @@ def read_rows(path: Path, columns: tuple[str, str, str]) -> tuple[list[tuple[int
                 line = reader.line_num
                 file, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
                 split = (row.get(split_col) or "").strip().lower() if split_col in header else ""
+                if file and not allow_outside and not inside(path.parent, file):
+                    outside.append(f"line {line}: {file}")  # never read, not even looked at
+                    continue
                 reason = _row_problem(path.parent, file, label, split)
                 if reason:
                     bad.append(f"line {line}: {reason}")
                 else:
                     rows.append((line, file, label, SPLIT_NAMES[split]))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+    except UnicodeDecodeError as e:
+        raise UserError(f"cannot read the CSV {path}: it is not UTF-8 text (a byte "
+                        f"0x{e.object[e.start]:02x}); save it as UTF-8 (in Excel: CSV UTF-8; "
+                        f"iconv -f latin1 -t utf-8 for a Latin-1 file)") from None
+    except (OSError, csv.Error) as e:
         raise UserError(f"cannot read the CSV {path}: {e}") from None
-    return rows, bad
+    return rows, bad, outside
+
+
+def inside(root: Path, file: str) -> bool:
+    """Whether the CSV's path ``file`` names a file under ``root``, by the text of the path
+    (``..`` and absolute paths), before anything is opened."""
+    base = os.path.abspath(root)
+    target = os.path.normpath(os.path.join(base, file))
+    return os.path.commonpath([base, target]) == base
+
+
+def check_outside(outside: list[str], path: Path, tolerant: bool, bad: list[str]) -> None:
+    """Rows leading outside the CSV's folder: refused (a label file must not make the tool read
+    /etc/passwd or another project's images) unless --allow-outside; listed by data check."""
+    if not outside:
+        return
+    if tolerant:
+        bad += [f"{row}: outside the CSV's folder (--allow-outside reads it)" for row in outside]
+        return
+    raise UserError(f"{len(outside)} row(s) of {path} lead outside its folder {path.parent} "
+                    f"({summarize_names(outside, 3)}); move the images under it, or pass --allow-outside")
+
+
+def drop_repeats(rows: list[tuple[int, str, str, str]], path: Path, strict: bool, tolerant: bool,
+                 bad: list[str]) -> list[tuple[int, str, str, str]]:
+    """One row per image file: a repeated row is dropped (it would weigh the image twice and
+    could land in train and val at once), and an image given two labels is dropped altogether
+    (no label is guessed). Each kind is one warning line; ``strict`` refuses them."""
+    seen: dict[str, list[tuple[int, str, str, str]]] = {}
+    for row in rows:
+        seen.setdefault(os.path.normpath(row[1]), []).append(row)
+    repeats = [f"{f} (lines {', '.join(str(r[0]) for r in rs)})" for f, rs in seen.items()
+               if len(rs) > 1 and len({(r[2], r[3]) for r in rs}) == 1]
+    clashes = [f"{f} ({', '.join(f'line {r[0]}: {r[2]}' + (f' [{r[3]}]' if r[3] != 'train' else '') for r in rs)})"
+               for f, rs in seen.items() if len({(r[2], r[3]) for r in rs}) > 1]
+    kinds = [(repeats, "listed more than once", "kept once"),
+             (clashes, "given different labels or splits", "dropped: no label is guessed")]
+    for found, what, done in kinds:
+        if not found:
+            continue
+        line = f"{len(found)} image(s) of {path} {what}: {summarize_names(found, 3)}"
+        if tolerant:
+            bad.append(line)
+        elif strict:
+            raise UserError(f"{line}; fix the CSV or drop --strict")
+        else:
+            warn(f"{line}; {done} (--strict makes this an error)")
+    clashing = {f for f, rs in seen.items() if len({(r[2], r[3]) for r in rs}) > 1}
+    return [rs[0] for f, rs in seen.items() if f not in clashing]
 
 
 def _row_problem(root: Path, file: str, label: str, split: str) -> str | None:
@@ -87,7 +146,9 @@ def index_csv(cfg: RunConfig, *, classes: Sequence[str] | None = None, tolerant:
     path = Path(cfg.data_dir).expanduser()
     if not path.is_file():
         raise UserError(f"CSV file {path} not found; pass --data-dir labels.csv")
-    rows, bad = read_rows(path, parse_columns(cfg.columns))
+    rows, bad, outside = read_rows(path, parse_columns(cfg.columns), cfg.allow_outside)
+    check_outside(outside, path, tolerant, bad)
+    rows = drop_repeats(rows, path, cfg.strict, tolerant, bad)
     names = tuple(classes) if classes else parse_classes(cfg.classes)
     if names is not None:
         bad += [f"line {ln}: {f}: label {lab!r} is not among the classes" for ln, f, lab, _ in rows

@@ -276,9 +276,23 @@ def _source(plan: _Plan) -> str:
 # ------------------------------------------------------------------ one split
 def _folder_splits(plan: _Plan, cfg: RunConfig) -> FolderSplits:
     pool = plan.index.train
+    if plan.index.val is None and cfg.val_size != 0:
+        pool = _readable(plan, pool)
     if cfg.subset and _subset_fits(cfg.subset, len(pool)):
         pool = pool.select(stratified_subset(torch.tensor(pool.labels), cfg.subset).tolist())
     return folder_splits(plan.index, pool, cfg, builtin=plan.preset.name != "imagefolder")
+
+
+def _readable(plan: _Plan, pool: FolderSplit) -> FolderSplit:
+    """The tree val is held out of, less the files whose header cannot be read: skipped first,
+    then split, so that they take no validation slot (4 bad files in a class of 15 left its val
+    split 1 image instead of 3). Reported with the other skips."""
+    bad = probe_split(pool)
+    if not bad:
+        return pool
+    plan.skipped.append((pool.root, bad, []))
+    gone = {b.split(": ", 1)[0] for b in bad}
+    return pool.select([i for i, f in enumerate(pool.files) if f not in gone])
 
 
 def _folder_loader(plan: _Plan, cfg: RunConfig, fsplit: FolderSplit, train: bool, *,
@@ -440,6 +454,11 @@ def _device_arrays(plan: _Plan, data: ArraySplit, device: torch.device, source: 
     spec = plan.spec
     images = match_channels(data.images, spec.in_chans)
     prepare = None
+    if images.is_floating_point() and tuple(images.shape[-2:]) != (spec.img_size, spec.img_size):
+        # resizing rounds and clamps to 0..255, made for pixels: it would cut these values off
+        raise UserError(f"arrays of float values that are not pixels train at their own size "
+                        f"{images.shape[-2]}x{images.shape[-1]}; leave --img-size out (or resize them "
+                        f"yourself), or pass pixels (0..1 or 0..255)")
     if not source and tuple(images.shape[-2:]) != (spec.img_size, spec.img_size):
         if images.shape[0] * spec.in_chans * spec.img_size**2 <= MEMORY_BUDGET:
             images = _geometry_chunked(images, eval_geometry(spec))
@@ -470,6 +489,9 @@ def _array_loader(plan: _Plan, cfg: RunConfig, images: torch.Tensor, labels: tor
     spec = plan.spec
     augment = _batch_augment(plan, images.shape[-1], source) if train else None
     policy = BatchPolicy(plan.augment) if train and plan.augment in POLICIES else None
+    if policy is not None and images.is_floating_point():
+        raise UserError(f"--augment {plan.augment} edits pixels (contrast, posterize, solarize) and the "
+                        f"arrays hold float values that are not pixels; use --augment basic or none")
     return MemoryLoader(images, labels, batch_size=_batch(plan, train, world_size),
                         normalizer=Normalizer(spec.mean, spec.std, device), train=train,
                         seed=cfg.seed, augment=augment, prepare=prepare, policy=policy, rank=rank,

@@ -113,11 +113,33 @@ def preset(name: str, **changes: Any) -> Settings:
     if "depths" in given:
         given["depths"] = parse_depths(given["depths"])
     base = PRESETS[name]
+    check_length(given)
     settings = replace(base, **given)
+    if settings.warmup_epochs and settings.warmup_epochs >= settings.epochs:
+        # the preset's warmup is for its own length; a shorter run warms up for half of itself
+        settings = replace(settings, warmup_epochs=settings.epochs / 2)
     if settings != base:
         settings = replace(settings, note=f"preset {name} changed: " +
                            ", ".join(f"{k}={given[k]}" for k in sorted(given)))
     return settings
+
+
+MIN_EPOCHS = 2  # one epoch gives one point per curve: nothing to compare a trend on
+
+
+def check_length(given: Mapping[str, Any]) -> None:
+    """Refuse runs too short (or too small) to say anything about depth."""
+    epochs = given.get("epochs")
+    if epochs is not None and epochs < MIN_EPOCHS:
+        raise UserError(f"--epochs {epochs}: the comparison needs at least {MIN_EPOCHS} epochs (the cpu "
+                        f"preset trains 8 to see plain56 fall behind plain20)")
+    for key, least in (("subset", 0), ("batch_size", 2)):
+        value = given.get(key)
+        if value is not None and value < least:
+            raise UserError(f"--{key.replace('_', '-')} must be at least {least}, got {value}")
+    lr = given.get("lr")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {lr:g}")
 
 
 def net_names(depths: Sequence[int]) -> list[str]:
@@ -240,6 +262,7 @@ def describe(s: Settings) -> str:
 
 # ------------------------------------------------------------------ the verdict and the report
 NOISE_SE = 2.0  # a deeper net "trains worse" when its error is higher by more than this many standard errors
+UNTRAINED_ERROR = 0.5  # train error above which a net did not train (10 classes: chance is 90%)
 
 
 def noise_margin(a: float, b: float, n: int | None) -> float:
@@ -262,6 +285,17 @@ def verdict(runs: Sequence[NetRun]) -> dict[str, Any]:
     resnet_worse = err["resnet"][hi] - err["resnet"][lo] > margin["resnet"]
     reproduced = plain_worse and not resnet_worse
     p, r = err["plain"], err["resnet"]
+    # a net left near chance says nothing about depth: the deep plain net may fail, the others must train
+    untrained = {f"{k}{d}": e for k, d, e in (("plain", lo, p[lo]), ("resnet", lo, r[lo]), ("resnet", hi, r[hi]))
+                 if e > UNTRAINED_ERROR}
+    if untrained:
+        errs = ", ".join(f"{name} {100 * e:.1f}%" for name, e in untrained.items())
+        return {"reproduced": False, "inconclusive": True, "plain_deeper_trains_worse": plain_worse,
+                "resnet_deeper_trains_worse": resnet_worse, "shallow_depth": lo, "deep_depth": hi,
+                "train_error": {f"{k}{d}": e for k, v in err.items() for d, e in v.items()},
+                "noise_margin": {k: round(v, 6) for k, v in margin.items()}, "train_images": n,
+                "message": f"inconclusive: the nets did not train (error > {100 * UNTRAINED_ERROR:.0f}%: "
+                           f"{errs} train error); train longer (--epochs) or on more images (--subset)"}
     nums = f"({100 * p[hi]:.2f}% vs {100 * p[lo]:.2f}% train error)"
     rnums = f"({100 * r[hi]:.2f}% vs {100 * r[lo]:.2f}%)"
     within = margin["resnet"] if reproduced else margin["plain"]
@@ -282,7 +316,7 @@ def verdict(runs: Sequence[NetRun]) -> dict[str, Any]:
     else:
         msg = (f"degradation not reproduced at this size: plain{hi} trains no worse than plain{lo} "
                f"{nums}; resnet{hi} vs resnet{lo} {rnums}")
-    return {"reproduced": reproduced, "plain_deeper_trains_worse": plain_worse,
+    return {"reproduced": reproduced, "inconclusive": False, "plain_deeper_trains_worse": plain_worse,
             "resnet_deeper_trains_worse": resnet_worse, "shallow_depth": lo, "deep_depth": hi,
             "train_error": {f"{k}{d}": e for k, v in err.items() for d, e in v.items()},
             "noise_margin": {k: round(v, 6) for k, v in margin.items()}, "train_images": n, "message": msg}

@@ -12,11 +12,15 @@ as 2 FLOPs.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import UserError
+from ._registry import create_model, model_info
 
 FLOPS_NOTE = "convolutions and linear layers only; a multiply-add counts as 2 FLOPs"
 
@@ -165,3 +169,74 @@ def format_summary(d: dict[str, Any]) -> str:
             f"Total FLOPs:      {human(d['total_flops'], 'FLOPs')} per image",
             f"                  ({d.get('flops_note', FLOPS_NOTE)})"]
     return "\n".join(out)
+
+
+def physical_memory() -> int | None:
+    """Bytes of memory of this machine; None where the system does not say."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _meta_forward(model: nn.Module, shape: Sequence[int]) -> int:
+    """Bytes of the outputs of every leaf module for one batch of ``shape`` (N, C, H, W): what a
+    forward pass holds at its peak, at most, before backward. Runs on the meta device: shapes
+    only, no memory, milliseconds."""
+    total = 0
+
+    def add(_m: nn.Module, _i: Any, out: Any) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    # an in-place ReLU or an Identity returns its input's memory: not counted twice
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())
+              and not getattr(m, "inplace", False) and not isinstance(m, nn.Identity)]
+    hooks = [m.register_forward_hook(add) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(*shape, device="meta"))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def check_input(name: str, input_size: Sequence[int], *, batch: int = 1, flag: str = "--img-size",
+                model_args: dict[str, Any] | None = None, memory: int | None = None) -> int:
+    """Refuse, in one line with the numbers, an input the network ``name`` cannot take: smaller
+    than its pooling allows (DenseNet-121 halves the image 5 times: 29 px at least) or so large
+    that one forward pass of ``batch`` images needs more than ``memory`` bytes (default: this
+    machine's). Returns the bytes of that forward pass. Used before a run or a summary builds
+    anything."""
+    info = model_info(name)
+    args = {k: v for k, v in (model_args or {}).items() if k != "features_only"}
+    args["in_chans"] = int(input_size[0])
+    with torch.device("meta"):
+        model = create_model(name, **args)
+    model.eval()
+    c, h, w = (int(v) for v in input_size)
+    try:
+        need = _meta_forward(model, (1, c, h, w)) * batch
+    except RuntimeError:  # a pooling or kernel larger than its input
+        least = _smallest_side(model, c, max(info.min_size, min(h, w) + 1))
+        raise UserError(f"{name} takes inputs of at least {least}x{least} px (its stages shrink the image "
+                        f"below one pixel); got {h}x{w}: pass {flag} {least} or more") from None
+    limit = memory if memory is not None else physical_memory()
+    if limit and need > limit:
+        raise UserError(f"{name} at {c}x{h}x{w}: one forward pass of {batch} image(s) needs about "
+                        f"{need / 2**30:,.1f} GiB of activations, more than the {limit / 2**30:,.1f} GiB "
+                        f"of memory here; choose a smaller {flag}" + (" or --batch-size" if batch > 1 else ""))
+    return need
+
+
+def _smallest_side(model: nn.Module, c: int, start: int) -> int:
+    side = start
+    while side < 4096:
+        try:
+            _meta_forward(model, (1, c, side, side))
+            return side
+        except RuntimeError:
+            side += 1 if side < 64 else side // 8
+    return side

@@ -77,9 +77,22 @@ def check_batch_size(batch_size: int, world_size: int) -> None:
     """The global batch must split evenly, so the gradient DDP averages is the global batch's."""
     if world_size > 1 and batch_size % world_size:
         low = batch_size - batch_size % world_size
+        e_g = f"{low} or {low + world_size}" if low else f"{world_size}"
         raise UserError(f"--batch-size {batch_size} (the global batch) does not split evenly over "
-                        f"{world_size} processes; use a multiple of {world_size}, e.g. {low or world_size} "
-                        f"or {low + world_size}")
+                        f"{world_size} processes; use a multiple of {world_size}, e.g. {e_g}")
+
+
+def check_nproc_devices(nproc: int, device: torch.device) -> None:
+    """One process per GPU, or per CPU core: more would share a device and only slow each other."""
+    if nproc <= 1:
+        return
+    if device.type == "cuda":
+        have, what = torch.cuda.device_count(), "GPU(s)"
+    else:
+        have, what = os.cpu_count() or 1, f"CPU core(s) ({device.type})"
+    if nproc > have:
+        raise UserError(f"--nproc {nproc}: this machine has {have} {what}, and data-parallel training "
+                        f"runs one process per device; use --nproc {have} or fewer")
 
 
 def checked_nproc(nproc: int, world_size: int, resuming: bool) -> int:

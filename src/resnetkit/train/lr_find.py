@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -23,6 +24,7 @@ from .._io import write_atomic, write_json_atomic
 from ..config import RunConfig
 from ..errors import UserError
 from . import finetune
+from .recipes import resolve_config
 from ..runtime import cpu_threads
 from .steps import Batch, micro_batches, train_step
 from .trainer import Trainer, as_config
@@ -30,6 +32,8 @@ from .trainer import Trainer, as_config
 SMOOTHING = 0.98  # EMA factor of the loss (fastai's default)
 SKIP_START, SKIP_END = 10, 5  # points left out of the suggestion: the noisy start, the blow-up
 WINDOW = 0.5  # decades of lr on each side of a point for its slope
+MAX_ITER = 10_000  # steps: 100 resolve the curve; a typo of 100000000 must not run for days
+PROGRESS_EVERY = 0.1  # share of the steps between two progress lines
 
 
 @dataclass
@@ -52,6 +56,7 @@ def lr_find(cfg: RunConfig | Mapping[str, Any] | None = None, *, start_lr: float
     its ``out`` folder (default ``runs/lr-find``)."""
     config, explicit = as_config(cfg, overrides)
     check_range(start_lr, end_lr, num_iter, diverge)
+    check_unused(config)
     if config.nproc > 1 or config.resume:
         raise UserError("lr-find runs in one process on a new model: drop --nproc and --resume")
     out = Path(config.out or "runs/lr-find")
@@ -66,12 +71,44 @@ def lr_find(cfg: RunConfig | Mapping[str, Any] | None = None, *, start_lr: float
 
 
 def check_range(start_lr: float, end_lr: float, num_iter: int, diverge: float) -> None:
-    if not 0 < start_lr < end_lr:
-        raise UserError(f"--start-lr and --end-lr need 0 < start < end, got {start_lr:g} and {end_lr:g}")
-    if num_iter < SKIP_START + SKIP_END + 2:
-        raise UserError(f"--num-iter must be at least {SKIP_START + SKIP_END + 2}, got {num_iter}")
-    if diverge <= 1:
-        raise UserError(f"--diverge is a ratio to the lowest loss and must be > 1, got {diverge:g}")
+    if not (math.isfinite(start_lr) and math.isfinite(end_lr) and 0 < start_lr < end_lr):
+        raise UserError(f"--start-lr and --end-lr need finite values with 0 < start < end, got "
+                        f"{start_lr:g} and {end_lr:g}")
+    if not SKIP_START + SKIP_END + 2 <= num_iter <= MAX_ITER:
+        raise UserError(f"--num-iter must be {SKIP_START + SKIP_END + 2} to {MAX_ITER:,} steps, got {num_iter:,}; "
+                        f"100 to 1,000 resolve the curve well")
+    if not (math.isfinite(diverge) and diverge > 1):
+        raise UserError(f"--diverge is a ratio to the lowest loss and must be a finite number > 1, got {diverge:g}")
+
+
+# lr-find builds a run's model and data but takes no epoch, evaluation or log of a run: the flags
+# of train that shape those are not lr-find's (its parser leaves them out; a --config file's are
+# dropped with a note)
+UNUSED_KEYS = ("tensorboard", "early_stop", "time_budget", "eval_every", "tta", "ema", "log_grad_norms")
+
+
+def check_unused(config: RunConfig) -> None:
+    """Refuse the settings of a run that the range test would silently not apply."""
+    default = RunConfig()
+    given = [k for k in UNUSED_KEYS if getattr(config, k) != getattr(default, k)]
+    if given:
+        raise UserError(f"lr-find takes no {', '.join(given)}: it runs no epochs, evaluations or logs "
+                        f"of a training run; leave them out")
+
+
+def plan(cfg: RunConfig | Mapping[str, Any] | None = None, *, start_lr: float = 1e-7, end_lr: float = 10.0,
+         num_iter: int = 100, diverge: float = 4.0, **overrides: Any) -> dict[str, Any]:
+    """What lr-find would do (``--dry-run``): the resolved model, data and batch, the lr range and
+    the files it would write; nothing is built, run or written."""
+    config, explicit = as_config(cfg, overrides)
+    check_range(start_lr, end_lr, num_iter, diverge)
+    check_unused(config)
+    resolved = resolve_config(config, explicit)
+    out = Path(config.out or "runs/lr-find")
+    return {"model": resolved.model, "dataset": resolved.dataset, "batch_size": resolved.batch_size,
+            "optimizer": resolved.optimizer, "start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter,
+            "images": num_iter * resolved.batch_size * resolved.accum_steps, "diverge": diverge,
+            "writes": [str(out / "lr_find.png"), str(out / "lr_find.json")]}
 
 
 def range_test(trainer: Trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0, num_iter: int = 100,
@@ -99,6 +136,9 @@ def range_test(trainer: Trainer, *, start_lr: float = 1e-7, end_lr: float = 10.0
             result.raw.append(loss)
             result.losses.append(smoothed)
             best = min(best, smoothed)
+            if trainer.verbose and (i + 1) % max(1, round(PROGRESS_EVERY * num_iter)) == 0 and i + 1 < num_iter:
+                print(f"lr-find: step {i + 1:,}/{num_iter:,}  lr {lr:.3g}  smoothed loss {smoothed:.4g}",
+                      file=sys.stderr, flush=True)
             if not math.isfinite(smoothed) or smoothed > diverge * best:
                 result.stop = f"diverged at lr {lr:.3g} (smoothed loss > {diverge:g} x its minimum)"
                 break

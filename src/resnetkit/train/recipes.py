@@ -224,6 +224,10 @@ def check_toolbox(cfg: RunConfig) -> RunConfig:
         raise UserError(f"--accum-steps must be a positive integer, got {cfg.accum_steps!r}")
     if cfg.clip_grad is not None and not cfg.clip_grad > 0:
         raise UserError(f"--clip-grad is a gradient norm and must be positive, got {cfg.clip_grad}")
+    if cfg.workers is not None and (not isinstance(cfg.workers, int) or isinstance(cfg.workers, bool)
+                                    or cfg.workers < 0):
+        raise UserError(f"--workers is a number of loader processes, 0 (load in this process) or more, "
+                        f"got {cfg.workers!r}")
     return cfg
 
 

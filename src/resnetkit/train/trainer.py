@@ -16,13 +16,13 @@ decides something (losses, accuracies, early stop, divergence) is reduced over a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import sys
 import time
-import types
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -38,14 +38,15 @@ from .. import interpret, models, pretrained, probe
 from .. import report as reports
 from .. import report_html
 from .._io import append_jsonl, ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
-from ..config import RunConfig, recorded_config
+from ..config import RunConfig, json_fits, recorded_config
 from ..data import build_loaders, tta_for
 from ..data.augment import TTA
 from ..data.datasets import resolve_data_dir
 from ..data.progressive import check_progressive, epoch_img_size, epoch_img_sizes
 from ..errors import UserError, first_line
+from ..models.summary import check_input
 from .. import checkpoint as ckpt
-from . import distributed, finetune, sampler, tb
+from . import distributed, finetune, run_folder, sampler, tb
 from .budget import Budget, Costs, SizeSpeeds, format_duration
 from .ema import WeightEma
 from .mix import Mixer
@@ -206,26 +207,6 @@ def read_run_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def json_fits(value: Any, hint: Any) -> bool:
-    """Whether a JSON value has a type of the RunConfig field annotation ``hint`` (an int is a
-    float; a bool is neither); kinds JSON cannot tell apart (Any, Literal) are checked where used."""
-    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    for kind in kinds:
-        kind = typing.get_origin(kind) or kind  # dict[str, Any] -> dict
-        if kind is type(None):
-            ok = value is None
-        elif kind in (int, float):
-            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-                  and (kind is float or isinstance(value, int)))
-        elif kind in (str, bool, dict, list, tuple):
-            ok = isinstance(value, list if kind is tuple else kind)
-        else:
-            ok = True
-        if ok:
-            return True
-    return False
-
-
 def line_epoch(line: str) -> int | None:
     """The epoch of a metrics.jsonl line; None when the line is not one."""
     try:
@@ -243,6 +224,18 @@ def check_setup(cfg: RunConfig, loaders: Any) -> None:
         raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
     check_progressive(cfg.min_img_size, cfg.progressive_until, loaders.spec.img_size,
                       bool(getattr(loaders.train, "in_memory", False)))
+    batches = len(loaders.train)  # per epoch, on this process
+    if cfg.accum_steps > batches:
+        images = loaders.train.num_samples
+        raise UserError(f"--accum-steps {cfg.accum_steps} makes an effective batch of "
+                        f"{cfg.accum_steps * cfg.batch_size:,} images, more than the {images:,} training "
+                        f"images ({batches} batch(es) of {cfg.batch_size} per epoch); use --accum-steps "
+                        f"{batches} or fewer")
+    spec = loaders.spec  # the net takes its smallest input, and its largest fits in memory
+    for side in sorted({spec.img_size, cfg.min_img_size or spec.img_size}):
+        flag = "--min-img-size" if side != spec.img_size else "--img-size"
+        check_input(cfg.model, (spec.in_chans, side, side), batch=loaders.train.batch_size, flag=flag,
+                    model_args=dict(cfg.model_args))
 
 
 def seed_everything(seed: int) -> None:
@@ -299,6 +292,7 @@ class Trainer:
         self.best = _Best()
         self.start_epoch = 0  # epochs already done (resume)
         self.wall_before = 0.0  # seconds spent before a resume
+        self.lock: run_folder.RunFolderLock | None = None  # held on rank 0 for the whole of fit()
         # rank 0's choice: the default folder name carries a timestamp
         self.run_dir = Path(distributed.broadcast_object(
             str(self.cfg.resume or self.cfg.out or default_run_dir(self.cfg))))
@@ -589,8 +583,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
-        with cpu_threads(self.cfg.threads, self.device):
-            return self._fit()
+        try:
+            if self.is_main:  # one training per folder: refused before any data is read or written
+                self.lock = run_folder.acquire(self.run_dir)
+                self.notes += [self.lock.note] if self.lock.note else []
+            with cpu_threads(self.cfg.threads, self.device):
+                return self._fit()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
     def _fit(self) -> TrainResult:
         t0 = time.perf_counter()
@@ -619,10 +620,13 @@ class Trainer:
             self.log(f"interrupted; continue with: resnetkit train --resume {self.run_dir}")
             raise
         finally:
-            if self.is_main and self.history:
-                reports.plot_curves(self.history, self.run_dir / "curves.png")
-                if self.cfg.log_grad_norms:
-                    reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
+            # after a failed write (a full disk) the plots' own write error must not hide the first
+            failing = sys.exc_info()[1] is not None
+            with contextlib.suppress(UserError) if failing else contextlib.nullcontext():
+                if self.is_main and self.history:
+                    reports.plot_curves(self.history, self.run_dir / "curves.png")
+                    if self.cfg.log_grad_norms:
+                        reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
         stopped_early = epoch < self.cfg.epochs
         if stopped_early:
             self.log(f"early stop after epoch {epoch}: no better val accuracy in {self.best.bad_evals} "
@@ -804,8 +808,10 @@ class Trainer:
 
     def diverged_message(self, epoch: int, step: int | None, loss: float | str) -> str:
         last = self.run_dir / ckpt.LAST
-        kept = (f"the last good checkpoint is {last} (epoch {self.history[-1]['epoch']})"
-                if self.history else "no checkpoint was written yet")
+        saved = ckpt.recorded_epoch(last) if last.is_file() else None  # the file, not the history:
+        # an epoch whose weights went non-finite is in the history and was never saved
+        kept = (f"the last good checkpoint is {last} (epoch {saved})" if saved is not None
+                else "no checkpoint was written yet")
         fp32 = "" if self.precision.name == "fp32" else f" or use --precision fp32 (now {self.precision.name})"
         what = (f"the training loss became {loss} at epoch {epoch}, batch {step}" if step is not None
                 else f"after epoch {epoch}, {loss}")
