@@ -447,8 +447,8 @@ def section(plan: Plan, results: Results, cmd: str, skipped: dict[str, str]) -> 
              *([DRY_NOTE] if plan.dry else []),
              "Each run is a new process timed from start to exit (imports, data, training, the one test "
              f"pass). Median over {plan.seeds} seed(s) (min-max). The peers' settings and why: "
-             "benchmarks/_peer_train.py. resnetkit: `resnetkit train --dataset D --recipe fast "
-             "--time-budget B --seed S`. Time to X's: the shortest of this tool's budgets "
+             "benchmarks/_peer_train.py. resnetkit: `resnetkit train --dataset fashion-mnist --recipe fast "
+             "--time-budget 180 --seed 0` (cifar10: `--time-budget 600`; seeds 0, 1, ...). Time to X's: the shortest of this tool's budgets "
              f"({', '.join(f'{f:g}' for f in plan.ladder)} of the budget) whose median test accuracy reaches "
              "X's at the full budget, as that run's median wall time. One epoch: a peer that fits no "
              "whole epoch in the budget also trains one (seed 0). CIFAR-10 comes from the JPEG copy "
