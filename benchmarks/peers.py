@@ -237,9 +237,15 @@ class Run:
     epochs: float  # epochs trained (a fraction where the budget held less than one)
     version: str = ""
     recipe: str = ""
+    error: str = ""  # a run that failed (a budget too short for one epoch): its last line
+
 
     def key(self) -> tuple[Any, ...]:
         return self.tool, self.dataset, self.seed, self.budget_s
+
+
+class RunFailed(Exception):
+    """A run that exited with an error; ``args[0]``: its last line, ``args[1]``: its wall seconds."""
 
 
 def timed(cmd: list[str], log: Path) -> float:
@@ -249,8 +255,9 @@ def timed(cmd: list[str], log: Path) -> float:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env()).returncode
         wall = time.perf_counter() - start
     if rc != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"{shlex.join(cmd)} exited {rc}:\n{tail}")
+        lines = log.read_text(errors="replace").strip().splitlines() or [f"exit status {rc}"]
+        say(f"{shlex.join(cmd)} exited {rc}; its log: {log}")
+        raise RunFailed(lines[-1].strip(), wall)
     return wall
 
 
@@ -298,7 +305,10 @@ def warm_resnetkit(dataset: str, budget: float, root: Path, work: Path) -> None:
     the speed probe (cached), as a user's earlier run would have."""
     cmd = [sys.executable, "-m", "resnetkit", "train", "--dataset", dataset, "--recipe", "fast",
            "--time-budget", f"{budget:g}", "--data-dir", str(root), "--dry-run"]
-    timed(cmd, work / f"warm-{dataset}.log")
+    try:
+        timed(cmd, work / f"warm-{dataset}.log")
+    except RunFailed as e:  # the timed run will say it again, in the table
+        say(f"warming resnetkit up on {dataset} failed: {e.args[0]}")
 
 
 class Results:
@@ -310,7 +320,12 @@ class Results:
         self.runs = {r.key(): r for r in (Run(**json.loads(line)) for line in lines if line)}
 
     def get(self, key: tuple[Any, ...]) -> Run | None:
+        """A finished run, failed or not (a failed one is not retried)."""
         return self.runs.get(key)
+
+    def ok(self, key: tuple[Any, ...]) -> Run | None:
+        run = self.runs.get(key)
+        return run if run and not run.error else None
 
     def add(self, run: Run) -> None:
         self.runs[run.key()] = run
@@ -318,7 +333,12 @@ class Results:
             f.write(json.dumps(asdict(run)) + "\n")
 
     def of(self, tool: str, dataset: str, budget: float | None) -> list[Run]:
-        return [r for r in self.runs.values() if (r.tool, r.dataset, r.budget_s) == (tool, dataset, budget)]
+        """The runs of one tool at one budget that ended with a result."""
+        return [r for r in self.runs.values()
+                if (r.tool, r.dataset, r.budget_s) == (tool, dataset, budget) and not r.error]
+
+    def failed(self, dataset: str) -> list[Run]:
+        return [r for r in self.runs.values() if r.dataset == dataset and r.error]
 
 
 # ------------------------------------------------------------------ the benchmark
@@ -350,10 +370,14 @@ def run_all(plan: Plan, python: str, root: Path, work: Path, results: Results) -
                     if results.get((tool, dataset, seed, budget)):
                         continue
                     say(f"{dataset} seed {seed}: {tool} at {budget:g} s ...")
-                    run = (run_resnetkit(dataset, budget, seed, root, work, plan.dry) if tool == "resnetkit"
-                           else run_peer(python, tool, dataset, budget, seed, arrays, work, plan.dry))
-                    say(f"{dataset} seed {seed}: {tool}: {run.wall_s:.1f} s, {100 * run.test_acc:.2f}%, "
-                        f"{run.epochs:.2f} epochs")
+                    try:
+                        run = (run_resnetkit(dataset, budget, seed, root, work, plan.dry) if tool == "resnetkit"
+                               else run_peer(python, tool, dataset, budget, seed, arrays, work, plan.dry))
+                    except RunFailed as e:
+                        run = Run(tool, dataset, seed, budget, e.args[1], 0.0, 0.0, error=e.args[0])
+                    say(f"{dataset} seed {seed}: {tool}: {run.wall_s:.1f} s, "
+                        + (f"failed: {run.error}" if run.error else
+                           f"{100 * run.test_acc:.2f}%, {run.epochs:.2f} epochs"))
                     results.add(run)
         full = BUDGETS[dataset]
         for peer in (t for t in plan.tools if t != "resnetkit"):
@@ -363,7 +387,10 @@ def run_all(plan: Plan, python: str, root: Path, work: Path, results: Results) -
                      else at_budget and statistics.median(r.epochs for r in at_budget) < 1)
             if short and not results.get((peer, dataset, 0, None)):
                 say(f"{dataset}: {peer} trains one whole epoch (it fits none in {full:g} s)")
-                results.add(run_peer(python, peer, dataset, None, 0, arrays, work, plan.dry))
+                try:
+                    results.add(run_peer(python, peer, dataset, None, 0, arrays, work, plan.dry))
+                except RunFailed as e:
+                    results.add(Run(peer, dataset, 0, None, e.args[1], 0.0, 0.0, error=e.args[0]))
 
 
 # ------------------------------------------------------------------ the section
@@ -394,13 +421,15 @@ def dataset_table(plan: Plan, results: Results, dataset: str, tools: Sequence[st
     lines = [f"#### {dataset}, {full:g} s budget", "", head, "|---|---|---:|---:|---:|---|" + "---:|" * len(tools)]
     for t in tools:
         runs = at[t]
-        one = results.get((t, dataset, 0, None))
+        one = results.ok((t, dataset, 0, None))
         lines.append(f"| {t} {runs[0].version} | {runs[0].recipe} | {spread([100 * r.test_acc for r in runs], '.2f', '%')} "
                      f"| {spread([r.wall_s for r in runs], '.1f')} | {spread([r.epochs for r in runs], '.2f')} "
                      f"| {f'{one.wall_s:.1f} s, {100 * one.test_acc:.2f}%' if one else '-'} | "
                      + " | ".join("-" if o == t else time_to(results, t, dataset, budgets, acc[o]) for o in tools)
                      + " |")
     lines += ["", *verdict(plan, results, dataset, tools, acc)]
+    lines += [f"- failed: {r.tool} {'one epoch' if r.budget_s is None else f'at {r.budget_s:g} s'}, seed "
+              f"{r.seed}: {r.error}" for r in results.failed(dataset)]
     return lines
 
 

@@ -48,6 +48,7 @@ def test_section_times_to_accuracy_and_says_who_wins(peers: object, tmp_path: Pa
         results.add(Run("timm", "fashion-mnist", seed, 90.0, 88.0, 0.70, 0.3, "1.0.31", "t"))
         results.add(Run("timm", "fashion-mnist", seed, 180.0, 178.0, 0.93, 0.6, "1.0.31", "t"))
     results.add(Run("timm", "fashion-mnist", 0, None, 330.0, 0.85, 1.0, "1.0.31", "t"))
+    results.add(Run("keras", "fashion-mnist", 0, 180.0, 9.0, 0.0, 0.0, error="Keras runs on jax, not torch"))
     plan = peers.Plan(("fashion-mnist",), ("resnetkit", "timm"), 3, (0.5, 1.0), False)  # type: ignore[attr-defined]
     lines = peers.dataset_table(plan, peers.Results(tmp_path), "fashion-mnist", ["resnetkit", "timm"])  # type: ignore[attr-defined]
     rk = next(line for line in lines if line.startswith("| resnetkit"))
@@ -57,6 +58,9 @@ def test_section_times_to_accuracy_and_says_who_wins(peers: object, tmp_path: Pa
     assert "| 330.0 s, 85.00% | <= 178 s | - |" in tm  # timm's one epoch, and the time to resnetkit's
     verdict = "\n".join(lines)
     assert "**timm wins this row**" in verdict and "resnetkit does not reach timm's accuracy (90.10%)" in verdict
+    # a failed run is named, not counted, and not retried
+    assert "- failed: keras at 180 s, seed 0: Keras runs on jax, not torch" in verdict
+    assert not peers.Results(tmp_path).of("keras", "fashion-mnist", 180.0)  # type: ignore[attr-defined]
 
 
 def test_bad_flags_and_recorded_command(peers: object) -> None:
