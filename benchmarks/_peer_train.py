@@ -28,10 +28,10 @@ JPEG folder), normalised by the training split's per-channel mean and std; fasta
 random flips and 2 px (28 px images) or 4 px (32 px) translations per batch, Keras its layers.
 
 The budget counts the whole process: the run times a few training steps of a copy of the net
-(the estimate), then gives its schedule the steps that fit in what is left (whole epochs and,
-where the budget holds less than one, a share of one: E epochs of a random subset of L batches
-each, the one-cycle or cosine over those E x L steps), and evaluates the test split once, at
-the end. ``--epochs 1`` trains exactly one whole epoch instead (the one-epoch time and accuracy).
+(the estimate), then gives its schedule the steps S that fit in what is left: E = ceil(S / an
+epoch's batches) epochs of L = S / E batches each, an epoch shorter than a whole one drawing a
+random subset of the training images, the one-cycle or cosine over those E x L steps; it
+evaluates the test split once, at the end. ``--epochs 1`` trains exactly one whole epoch instead (the one-epoch time and accuracy).
 """
 from __future__ import annotations
 
@@ -103,18 +103,19 @@ def augment(x: Any, pad: int) -> Any:
 def plan(budget: float | None, epochs: int | None, seconds_per_step: float, steps_per_epoch: int,
          test_images: int, images_per_s: float, max_steps: int | None) -> tuple[int, int]:
     """(E epochs, L steps each) for the time left: ``epochs`` whole epochs when given, else the
-    steps that fit before TARGET of the budget (less the test pass and the exit), as whole epochs
-    and, under one epoch, E = 1 of L < steps_per_epoch steps."""
+    S steps that fit before TARGET of the budget (less the test pass and the exit) as
+    E = ceil(S / steps_per_epoch) epochs of L = S // E <= steps_per_epoch steps: the share of an
+    epoch that fits beyond whole ones is trained, not dropped."""
     if epochs:
         e, length = epochs, steps_per_epoch
     else:
         left = TARGET * budget - process_age() - test_images / (EVAL_SPEEDUP * images_per_s) - TAIL_S
         steps = max(1, int(left / seconds_per_step))
-        e = max(1, steps // steps_per_epoch)
-        # the share of one more epoch that fits is spread over the E epochs (random subsets)
-        length = min(steps_per_epoch, steps // e) if steps >= steps_per_epoch else steps
+        e = math.ceil(steps / steps_per_epoch)
+        length = steps // e
     if max_steps and e * length > max_steps:  # --dry-run's toy cap
-        e, length = max(1, min(e, max_steps)), max(1, max_steps // max(1, min(e, max_steps)))
+        e = min(e, max_steps)
+        length = max(1, max_steps // e)
     return e, length
 
 
@@ -314,14 +315,24 @@ def run_keras(data: dict[str, np.ndarray], args: argparse.Namespace) -> dict[str
     schedule = keras.optimizers.schedules.CosineDecay(lr / 100, decay_steps=max(1, total - warm),
                                                       warmup_target=lr, warmup_steps=warm)
     model = compiled(schedule)
-    # steps_per_epoch < an epoch: Keras draws each epoch's batches from a new shuffle
-    model.fit(x, y, batch_size=bs, epochs=e, steps_per_epoch=length if length < spe else None,
-              shuffle=True, verbose=0)
+    if length == spe:  # whole epochs: the arrays, as the Keras guides pass them
+        model.fit(x, y, batch_size=bs, epochs=e, shuffle=True, verbose=0)
+    else:  # shorter epochs: batches from an endless shuffled stream (an array input runs out)
+        model.fit(shuffled_batches(x, y, bs), epochs=e, steps_per_epoch=length, verbose=0)
     acc = float(model.evaluate(xt, yt, batch_size=512, verbose=0, return_dict=True)["accuracy"])
     return {"version": keras.__version__, "epochs_run": e, "steps_per_epoch_run": length,
             "steps_per_epoch": spe, "batch_size": bs, "test_acc": acc,
             "recipe": f"ResNet-20 v1 (Keras example), SGD (Nesterov) lr {lr:g} wd 5e-4, CosineDecay with "
                       f"warmup, label smoothing 0.1, batch {bs}"}
+
+
+def shuffled_batches(x: np.ndarray, y: np.ndarray, bs: int) -> Any:
+    """Batches of a new permutation of the images at every pass, for ever."""
+    while True:
+        order = np.random.permutation(len(x))
+        for i in range(len(x) // bs):
+            idx = order[i * bs:(i + 1) * bs]
+            yield x[idx], y[idx]
 
 
 RUNNERS = {"fastai": run_fastai, "timm": run_timm, "keras": run_keras}

@@ -78,3 +78,19 @@ def test_run_py_has_a_peers_section_off_by_default(monkeypatch: pytest.MonkeyPat
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     run = importlib.import_module("run")
     assert "peers" in run.SECTIONS and "peers" not in run.DEFAULT_SECTIONS and "compute" not in run.DEFAULT_SECTIONS
+
+
+def test_a_peer_trains_the_steps_that_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    child = importlib.import_module("_peer_train")
+    monkeypatch.setattr(child, "process_age", lambda: 0.0)
+    monkeypatch.setattr(child, "TAIL_S", 0.0)
+
+    def plan(fit: float, per_epoch: int = 391, **kw: object) -> tuple[int, int]:  # fit: seconds of 1-s steps
+        return child.plan(fit / child.TARGET + 1e-6, kw.get("epochs"), 1.0, per_epoch, 0, 1.0, kw.get("cap"))
+
+    assert plan(50) == (1, 50)  # under one epoch: a share of one, its schedule over 50 steps
+    assert plan(391) == (1, 391) and plan(782) == (2, 391)
+    assert plan(1000) == (3, 333)  # 2.6 epochs fit: 3 epochs of random subsets, not 2 whole ones
+    assert plan(5, epochs=1) == (1, 391)  # --epochs 1: the whole epoch, whatever the budget
+    assert plan(10**6, per_epoch=6, cap=3) == (3, 1)  # --dry-run's cap
