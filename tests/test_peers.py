@@ -21,6 +21,7 @@ def peers(monkeypatch: pytest.MonkeyPatch) -> object:
     return importlib.import_module("peers")
 
 
+@pytest.mark.slow  # a few toy runs, each a new process
 def test_dry_run_runs_every_importable_peer_and_resnetkit(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(BENCHMARKS / "peers.py"), "--dry-run", "--runs", str(tmp_path)],
                        capture_output=True, text=True, timeout=3600)
