@@ -441,9 +441,9 @@ def verdict(plan: Plan, results: Results, dataset: str, tools: Sequence[str], ac
     full, half = BUDGETS[dataset], round(BUDGETS[dataset] / 2, 1)
     out = []
     for peer in (t for t in tools if t != "resnetkit"):
-        higher = acc["resnetkit"] > acc[peer]
-        line = (f"- resnetkit vs {peer}: {100 * acc['resnetkit']:.2f}% against {100 * acc[peer]:.2f}% at "
-                f"{full:g} s ({'resnetkit higher' if higher else f'**{peer} wins this row**'})")
+        ours, theirs = acc["resnetkit"], acc[peer]
+        who = "resnetkit higher" if ours > theirs else "a tie" if ours == theirs else f"**{peer} wins this row**"
+        line = f"- resnetkit vs {peer}: {100 * ours:.2f}% against {100 * theirs:.2f}% at {full:g} s ({who})"
         runs = results.of("resnetkit", dataset, half)
         if runs:
             reached = med([r.test_acc for r in runs]) >= acc[peer]
