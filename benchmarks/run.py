@@ -1,6 +1,6 @@
 """The benchmarks behind `make bench`; each section is rewritten in BENCHMARKS.md between its markers.
 
-Sections (``--only`` takes a comma-separated subset; all but ``compute`` by default):
+Sections (``--only`` takes a comma-separated subset; all but ``compute`` and ``peers`` by default):
 
 - ``tta``: time to accuracy of ``resnetkit train --recipe fast`` on Fashion-MNIST and MNIST, each
   run a subprocess timed from start to exit, over ``--seeds`` seeds (median, min-max).
@@ -13,6 +13,8 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` by defa
 - ``inference``: benchmarks/bench_inference.py.
 - ``compute``: benchmarks/compute.py: training compute (TFLOP) against final-epoch test accuracy,
   one row per lever of the fast recipe (``--runs DIR`` keeps and reuses the run folders).
+- ``peers``: benchmarks/peers.py: resnetkit against fastai, timm and Keras at equal wall time
+  (hours: it installs the peers into a scratch venv; ``--quick`` is its ``--dry-run``).
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -47,8 +49,8 @@ import torch  # noqa: E402
 
 from _md import matmul_peaks, provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference", "compute")
-DEFAULT_SECTIONS = SECTIONS[:-1]
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "peers")
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compute", "peers"))  # each trains for hours
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -590,7 +592,15 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
         "bench": lambda: section_bench(device, q, cmd, args.steps, args.compile),
         "inference": lambda: section_inference(q, cmd),
         "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
+        "peers": lambda: run_peers(args.seeds, args.runs, q, cmd),
     }
+
+
+def run_peers(seeds: int | None, runs: Path | None, quick: bool, cmd: str) -> str:
+    import peers
+
+    argv = ["--dry-run"] * quick + ["--seeds", str(seeds)] * bool(seeds) + ["--runs", str(runs / "peers")] * bool(runs)
+    return peers.build(peers.parse(argv), cmd)
 
 
 def run_compute(seeds: int | None, runs: Path | None, levers: str | None, quick: bool, cmd: str) -> str:

@@ -51,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     d.add_argument("--data-dir", metavar="DIR", help="default $RESNETKIT_DATA, else ~/.cache/resnetkit/data")
     d.add_argument("--out", metavar="DIR", help="default runs/degradation-<dataset>-<time>")
     d.set_defaults(func=run)
+    add_paper_table(sub)
     return p
 
 
@@ -61,4 +62,51 @@ def run(args: argparse.Namespace) -> int:
              "device", "data_dir")
     settings = degradation.preset(args.preset, **{k: getattr(args, k) for k in names})
     degradation.run_degradation(settings, args.out)  # prints the table and the verdict
+    return 0
+
+
+PAPER_TABLE_HELP = """\
+Trains ResNet-20/32/44/56/110 on CIFAR-10 with the schedule of He et al. 2015, section 4.2
+(SGD lr 0.1, momentum 0.9, wd 1e-4, batch 128, lr /10 at 32k and 48k iterations, stop at 64k;
+all 50,000 training images, nothing held out, the last epoch tested once), one run folder per
+net under --out, and prints each net's test error against Table 6 (8.75/7.51/7.17/6.97/6.43%)
+in table.md and report.json.
+
+  resnetkit experiment paper-table --out runs/paper-table                  # the paper's run, a GPU
+  resnetkit experiment paper-table --time-budget 10m --out runs/paper-cpu  # a CPU: 10 min per net
+  resnetkit experiment paper-table --iterations 8000 --depths 20,32        # a stated shortening
+
+--time-budget trains each net in a process of its own with that wall time; its schedule is
+stretched over the steps that fit and the table says how far it got (epochs and iterations
+done of planned). --iterations shortens the schedule (the drops stay at 50% and 75% of it).
+A folder's finished runs are reused and an interrupted one is resumed.
+"""
+
+
+def add_paper_table(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("paper-table", help="ResNet-20..110 on CIFAR-10 against the paper's Table 6",
+                       description="He et al. 2015, Table 6: CIFAR-10 test error of ResNet-20/32/44/56/110.",
+                       epilog=PAPER_TABLE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("--depths", metavar="N,N,...", help="a subset of 20,32,44,56,110 (default: all)")
+    t.add_argument("--iterations", type=int, metavar="N", help="training steps per net (default 64000)")
+    t.add_argument("--time-budget", metavar="DURATION", help="wall time per net, whole process (90s, 10m)")
+    t.add_argument("--subset", type=int, metavar="N", help="training images (default: all 50,000)")
+    t.add_argument("--batch-size", type=int, metavar="N", help="default 128")
+    t.add_argument("--lr", type=float, metavar="LR", help="default 0.1")
+    t.add_argument("--precision", metavar=choices_metavar("precision"))
+    t.add_argument("--seed", type=int, metavar="N", help="one seed for every net")
+    t.add_argument("--device", metavar="DEV", help="auto | cpu | cuda[:N] | mps")
+    t.add_argument("--data-dir", metavar="DIR", help="holds cifar10-images/ or cifar-10-batches-py/; "
+                                                      "default $RESNETKIT_DATA, else ~/.cache/resnetkit/data")
+    t.add_argument("--out", metavar="DIR", help="default runs/paper-table-<time>")
+    t.set_defaults(func=run_paper_table)
+
+
+def run_paper_table(args: argparse.Namespace) -> int:
+    from ..experiments import paper_table  # lazy dispatch: torch loads only to run
+
+    names = ("depths", "iterations", "time_budget", "subset", "batch_size", "lr", "precision", "seed",
+             "device", "data_dir")
+    settings = paper_table.settings(**{k: getattr(args, k) for k in names})
+    paper_table.run_paper_table(settings, args.out)  # prints the table against the paper's
     return 0
