@@ -15,6 +15,8 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` and ``p
   one row per lever of the fast recipe (``--runs DIR`` keeps and reuses the run folders).
 - ``peers``: benchmarks/peers.py: resnetkit against fastai, timm and Keras at equal wall time
   (hours: it installs the peers into a scratch venv; ``--quick`` is its ``--dry-run``).
+- ``own-data``: benchmarks/own_data.py: the default recipe from scratch on a folder of real
+  photos, per model: test accuracy of the val-chosen checkpoint, loss checks, TFLOP, wall time.
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -49,8 +51,9 @@ import torch  # noqa: E402
 
 from _md import matmul_peaks, provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "peers")
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compute", "peers"))  # each trains for hours
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "peers", "own-data")
+# each of these trains for hours
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compute", "peers", "own-data"))
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -593,6 +596,7 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
         "inference": lambda: section_inference(q, cmd),
         "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
         "peers": lambda: run_peers(args.seeds, args.runs, q, cmd),
+        "own-data": lambda: run_own_data(args.seeds, args.runs, q, cmd),
     }
 
 
@@ -601,6 +605,18 @@ def run_peers(seeds: int | None, runs: Path | None, quick: bool, cmd: str) -> st
 
     argv = ["--dry-run"] * quick + ["--seeds", str(seeds)] * bool(seeds) + ["--runs", str(runs / "peers")] * bool(runs)
     return peers.build(peers.parse(argv), cmd)
+
+
+def run_own_data(seeds: int | None, runs: Path | None, quick: bool, cmd: str) -> str:
+    import own_data
+
+    if quick:  # two epochs of the smallest target on the real photos: the code path, no result
+        with tempfile.TemporaryDirectory(prefix="resnetkit-own-") as tmp:
+            return own_data.section_own_data(["resnet18"], 1, Path(tmp), cmd, ["--epochs", "2"]) + "\n\n" + QUICK_NOTE
+    if runs is not None:
+        return own_data.section_own_data(list(own_data.TARGETS), seeds or 3, runs / "own-data", cmd)
+    with tempfile.TemporaryDirectory(prefix="resnetkit-own-") as tmp:
+        return own_data.section_own_data(list(own_data.TARGETS), seeds or 3, Path(tmp), cmd)
 
 
 def run_compute(seeds: int | None, runs: Path | None, levers: str | None, quick: bool, cmd: str) -> str:
@@ -623,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
-        if name in ("tta", "throughput", "compute") and data_root() is None:
+        if name in ("tta", "throughput", "compute", "own-data") and data_root() is None:
             print(f"run.py: error: {name}: RESNETKIT_DATA is unset or holds no FashionMNIST/raw and "
                   f"MNIST/raw; point it at the datasets (nothing is downloaded)", file=sys.stderr)
             status = 1

@@ -73,3 +73,37 @@ def test_an_img_size_given_is_kept(tmp_path: Path) -> None:
                          explicit={"dataset", "data_dir", "img_size", "workers"})
     loaders = build_loaders(cfg, "cpu")
     assert loaders.spec.img_size == 48 and "median image" not in split_line(loaders)
+
+
+# ------------------------------------------------------------------ benchmarks/own_data.py
+@pytest.fixture
+def own_data(monkeypatch: pytest.MonkeyPatch) -> object:
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    return importlib.import_module("own_data")
+
+
+def test_the_benchmark_split_is_stratified_80_10_10_and_fixed(own_data: object, tmp_path: Path) -> None:
+    src = write_class_folders(tmp_path / "photos", {"a": 20, "b": 10}, size=(8, 8))
+    split = own_data.make_split(src, tmp_path / "split")  # type: ignore[attr-defined]
+    counts = {p: {c: len(list((split / p / c).iterdir())) for c in "ab"} for p in ("train", "val", "test")}
+    assert counts == {"train": {"a": 16, "b": 8}, "val": {"a": 2, "b": 1}, "test": {"a": 2, "b": 1}}
+    again = own_data.make_split(src, tmp_path / "again")  # type: ignore[attr-defined]
+    assert sorted(p.name for p in (split / "test" / "a").iterdir()) == sorted(p.name for p in (again / "test" / "a").iterdir())
+    seen = [f.name for p in ("train", "val", "test") for f in (split / p / "a").iterdir()]
+    assert len(seen) == len(set(seen)) == 20  # no image in two splits
+
+
+def test_the_benchmark_flags_a_run_whose_loss_ran_away(own_data: object, tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    run.mkdir()
+    epochs = [{"epoch": 1, "train_loss": 2.3, "val_loss": 3.0e6}, {"epoch": 2, "train_loss": 8.4, "val_loss": 600.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    (run / "report.json").write_text(json.dumps({"top1": 0.3, "split": "test", "best_epoch": 2,
+                                                "data": {"img_size": 64}}))
+    row = own_data.run_one(tmp_path, "resnet50", 0, run, ())  # type: ignore[attr-defined]
+    assert row["rise"] == pytest.approx(8.4 / 2.3) and row["val_over_train"] == pytest.approx(600 / 8.4)
+    assert row["test"] == 0.3 and row["wall_s"] is None  # a run read, not timed here
