@@ -161,7 +161,7 @@ def test_resnetkit_checkpoint_as_source(tmp_path: Path, weights_dir: Path) -> No
         pretrained.load_pretrained(create_model("resnet18"), str(cifar), arch="resnet18")
     # its preprocessing becomes the new run's; RGB data repeats the gray statistics
     data = DatasetSpec("imagefolder", ("p", "q"), 3, 64, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2), 73)
-    got = pretrained.pretrained_spec(data, RunConfig(pretrained=str(path), model="resnet18"))
+    got = with_weights(data, RunConfig(pretrained=str(path), model="resnet18"))
     assert (got.img_size, got.resize_size, got.interpolation) == (48, 55, "bicubic")
     assert got.mean == (0.5, 0.5, 0.5) and got.std == (0.25, 0.25, 0.25)
 
@@ -272,28 +272,33 @@ def test_cli_errors_are_one_line(hub: Path, tmp_path: Path, weights_dir: Path,
 
 
 # ------------------------------------------------------------------ preprocessing
+def with_weights(spec: DatasetSpec, cfg: RunConfig) -> DatasetSpec:
+    """The spec a fine-tuning run's loaders build: the data's, with the weights' preprocessing."""
+    return spec.with_preprocessing(pretrained.weights_preprocessing(cfg), cfg.img_size)
+
+
 def spec_of(in_chans: int = 3, img_size: int = 64) -> DatasetSpec:
     return DatasetSpec("imagefolder", ("a", "b"), in_chans, img_size, (0.5,) * in_chans, (0.5,) * in_chans,
                        round(img_size * 256 / 224))
 
 
 def test_weights_preprocessing_is_the_default() -> None:
-    got = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="imagenet", model="resnet50"))
+    got = with_weights(spec_of(), RunConfig(pretrained="imagenet", model="resnet50"))
     assert (got.img_size, got.resize_size, got.interpolation) == (224, 232, "bilinear")  # IMAGENET1K_V2
     assert got.mean == (0.485, 0.456, 0.406) and got.std == (0.229, 0.224, 0.225)
-    v1 = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="IMAGENET1K_V1", model="resnet50"))
+    v1 = with_weights(spec_of(), RunConfig(pretrained="IMAGENET1K_V1", model="resnet50"))
     assert (v1.img_size, v1.resize_size) == (224, 256)
 
 
 def test_user_img_size_wins_and_gray_averages() -> None:
     cfg = RunConfig(pretrained="imagenet", model="resnet18", img_size=64)
-    got = pretrained.pretrained_spec(spec_of(1, 64), cfg)
+    got = with_weights(spec_of(1, 64), cfg)
     assert (got.img_size, got.resize_size) == (64, 73)
     assert got.mean == pytest.approx((0.449,)) and got.std == pytest.approx((0.226,))
 
 
 def test_file_without_preprocessing_keeps_the_data_size(weights_dir: Path) -> None:
     cfg = RunConfig(pretrained=str(weights_dir / "r18.pth"), model="resnet18")
-    got = pretrained.pretrained_spec(spec_of(3, 40), cfg)
+    got = with_weights(spec_of(3, 40), cfg)
     assert (got.img_size, got.resize_size) == (40, 46)
     assert got.mean == (0.485, 0.456, 0.406)
