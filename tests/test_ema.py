@@ -16,7 +16,7 @@ from resnetkit.train import train
 from resnetkit.train.ema import WeightEma, warmup_decay
 from resnetkit.train.optim import build_scheduler
 
-from test_train import comparable, read_jsonl, weights
+from conftest import comparable, read_jsonl, weights
 
 TINY = dict(model="resnet8", subset=200, batch_size=64, verbose=False)
 

@@ -13,7 +13,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-from conftest import write_class_folders
+from conftest import R18_FILE, distinctive_state_dict, write_class_folders
 import torch
 import torchvision
 from safetensors.torch import save_file
@@ -26,38 +26,6 @@ from resnetkit.errors import UserError
 from resnetkit.models import create_model
 from resnetkit import checkpoint as ckpt
 from resnetkit.train import finetune
-
-R18_FILE = "resnet18-f37072fd.pth"  # the basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 url
-
-
-def distinctive_state_dict(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
-    """torchvision's model with every parameter and BatchNorm statistic moved off its init."""
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, arch)()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                t.fill_(7)
-            elif name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            else:
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="session")
-def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("weights")
-    r18 = distinctive_state_dict("resnet18")
-    torch.save(r18, d / "r18.pth")
-    torch.save(distinctive_state_dict("resnet50"), d / "r50.pth")
-    timm_style = {"state_dict": {f"module.{k}": v for k, v in r18.items()}, "epoch": 5, "arch": "resnet18"}
-    torch.save(timm_style, d / "timm.pth.tar")
-    torch.save({"model_state_dict": {f"_orig_mod.{k}": v for k, v in r18.items()}}, d / "compiled.pt")
-    save_file({k: v.contiguous() for k, v in r18.items()}, str(d / "r18.safetensors"))
-    return d
-
 
 def r18() -> dict[str, torch.Tensor]:
     return distinctive_state_dict("resnet18")
@@ -233,18 +201,6 @@ def test_sources_that_do_not_resolve() -> None:
 
 
 # ------------------------------------------------------------------ imagenet and the hub cache
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """torch.hub's folder moved to tmp_path; any download fails as offline."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-
-    def offline(url: str, dst: str, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "hub"
-
-
 def test_imagenet_offline_names_the_file_and_folder(hub: Path) -> None:
     with pytest.raises(UserError) as e:
         pretrained.load_pretrained(create_model("resnet18", num_classes=2), "imagenet", arch="resnet18")

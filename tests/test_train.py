@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import comparable, read_jsonl, weights
 from safetensors import safe_open
 
 import resnetkit
@@ -20,20 +21,6 @@ from resnetkit.train import train
 TINY = ["--model", "resnet8", "--subset", "200", "--batch-size", "64"]
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def comparable(history: list[dict]) -> list[dict]:
-    """Metrics lines without the wall-clock fields."""
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
