@@ -185,7 +185,7 @@ def odd_imagefolder(tmp_path: Path) -> Path:
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet8 on the bundled digits, 2 epochs (about 94% test accuracy: a dozen mistakes to
     look at). Shared by the report, calibration and explanation tests: copy it before changing it."""
-    from resnetkit.train import train
+    from resnetkit.training import train
 
     out = tmp_path_factory.mktemp("digits-run") / "run"
     train(model="resnet8", epochs=2, out=str(out), verbose=False)

@@ -23,11 +23,11 @@ from resnetkit.config import RunConfig
 from resnetkit.data.transforms import eval_transform
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
-from resnetkit.train import finetune
+from resnetkit.training import finetune
 from resnetkit.checkpoint import load_checkpoint
-from resnetkit.train.optim import build_optimizer, param_groups
-from resnetkit.train.recipes import resolve_config
-from resnetkit.train.steps import train_step
+from resnetkit.training.optim import build_optimizer, param_groups
+from resnetkit.training.recipes import resolve_config
+from resnetkit.training.steps import train_step
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -277,7 +277,7 @@ def test_a_missing_data_folder_is_named_before_missing_weights(hub: Path, tmp_pa
 
 
 def test_config_json_records_the_freeze_that_was_done(tmp_path: Path) -> None:
-    from resnetkit.train import train as run_train
+    from resnetkit.training import train as run_train
 
     # --freeze-epochs alone freezes the backbone: config.json must not say "freeze none"
     run = run_train(model="resnet8", subset=100, epochs=2, freeze_epochs=1, out=str(tmp_path / "run"), verbose=False)

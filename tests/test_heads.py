@@ -186,7 +186,7 @@ def test_drop_rate_flag_and_head_model_args_are_recorded_in_the_checkpoint(tmp_p
 
 
 def test_fine_tuning_parts_of_a_densenet() -> None:
-    from resnetkit.train import finetune
+    from resnetkit.training import finetune
 
     model = create_model("densenet121", num_classes=3)
     assert finetune.head_module(model) is model.classifier

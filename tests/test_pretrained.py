@@ -25,7 +25,7 @@ from resnetkit.specs import DatasetSpec
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
 from resnetkit import checkpoint as ckpt
-from resnetkit.train import finetune
+from resnetkit.training import finetune
 
 def r18() -> dict[str, torch.Tensor]:
     return distinctive_state_dict("resnet18")

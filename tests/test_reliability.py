@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from resnetkit import checkpoint as ckpt
 from resnetkit.cli import main
-from resnetkit.train import train
+from resnetkit.training import train
 
 from conftest import write_class_folders
 

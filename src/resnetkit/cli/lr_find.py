@@ -31,7 +31,7 @@ RANGE_KEYS = ("start_lr", "end_lr", "num_iter", "diverge")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.lr_find import lr_find  # lazy: the CLI imports training code only when it runs
+    from ..training.lr_find import lr_find  # lazy: the CLI imports training code only when it runs
 
     values = config_values(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in RANGE_KEYS}))
     result = lr_find(values, **{k: getattr(args, k) for k in RANGE_KEYS})
