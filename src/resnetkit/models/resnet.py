@@ -90,7 +90,7 @@ class ResNet(_Net):
         super().__init__()
         if not issubclass(block, Bottleneck) and (groups, width_per_group) != (1, 64):
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
-        self.shortcut, self.inplanes = shortcut, 64  # option B where the shape changes
+        self.shortcut, self.inplanes = shortcut, 64
         self.block_args = {**(block_args or {}), "shortcut": shortcut}  # e.g. a dynamic block's num_kernels
         if issubclass(block, Bottleneck):
             self.block_args.update(groups=groups, base_width=width_per_group)
