@@ -175,7 +175,7 @@ def raw_accuracy(run_dir: Path) -> float:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from resnetkit.evaluate import evaluate
+    from resnetkit.evaluation import evaluate
 
     path = run_dir / "raw.safetensors"
     if not path.is_file():
@@ -228,7 +228,7 @@ def final_test_accuracy(run_dir: Path) -> float:
     report = json.loads((run_dir / "report.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
     if config.get("tta") and "tta_views" not in report:
-        from resnetkit.evaluate import evaluate
+        from resnetkit.evaluation import evaluate
 
         return float(evaluate(run_dir / report.get("checkpoint", "best.safetensors"))["top1"])
     return float(report["top1"])

@@ -220,7 +220,7 @@ def selection_text(selected: set[str], not_last: list[str]) -> str:
 def fast_config(data_dir: Path, device: torch.device) -> Any:
     """The fast recipe's Fashion-MNIST config, resolved now (it follows the recipe)."""
     from resnetkit.config import RunConfig
-    from resnetkit.train.recipes import resolve_config  # fills the fields from recipe_values()
+    from resnetkit.training.recipes import resolve_config  # fills the fields from recipe_values()
 
     return resolve_config(RunConfig(dataset="fashion-mnist", recipe="fast", data_dir=str(data_dir),
                                     device=str(device)))
@@ -253,7 +253,7 @@ def timed_steps(batches: Iterator[Any], step: Callable[[Any], int], steps: int, 
 def build_net(cfg: Any, device: torch.device, *, channels_last: bool) -> tuple[Any, Any]:
     """The recipe's model (same initial weights every time) and its optimizer, without schedule."""
     from resnetkit.models import create_model
-    from resnetkit.train.optim import build_optimizer, param_groups
+    from resnetkit.training.optim import build_optimizer, param_groups
 
     from resnetkit.data import dataset_spec
 
@@ -270,8 +270,8 @@ def probe_choice(cfg: Any, device: torch.device, batch_size: int | None = None) 
     """What `resnetkit train` with this config runs: the speed probe's choice (or its cache's)."""
     from resnetkit.data import dataset_spec
     from resnetkit.probe import choose
-    from resnetkit.train.steps import timing_step
-    from resnetkit.train.trainer import network_key
+    from resnetkit.training.steps import timing_step
+    from resnetkit.training.trainer import network_key
 
     spec = dataset_spec(cfg)
     model, _ = build_net(cfg, device, channels_last=False)
@@ -301,7 +301,7 @@ def utilisation(images_per_s: float, flops_per_image: int, precision: str) -> st
 def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int, choice: Any) -> float:
     from resnetkit.data import build_loaders
     from resnetkit.runtime import resolve_precision
-    from resnetkit.train.steps import train_step
+    from resnetkit.training.steps import train_step
 
     loaders = build_loaders(cfg, device)
     model, optimizer = build_net(cfg, device, channels_last=choice.channels_last)
@@ -455,7 +455,7 @@ def section_bench(device: torch.device, quick: bool, cmd: str, steps: int | None
     from resnetkit.bench import MODES, bench_grid, setting_name
     from resnetkit.config import RunConfig
     from resnetkit.data import dataset_spec
-    from resnetkit.train.recipes import resolve_config
+    from resnetkit.training.recipes import resolve_config
 
     cfg = resolve_config(RunConfig(dataset="fashion-mnist", recipe="fast"))
     spec = dataset_spec(cfg)

@@ -20,11 +20,15 @@ from __future__ import annotations
 import pickle
 import struct
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -181,8 +185,106 @@ def odd_imagefolder(tmp_path: Path) -> Path:
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet8 on the bundled digits, 2 epochs (about 94% test accuracy: a dozen mistakes to
     look at). Shared by the report, calibration and explanation tests: copy it before changing it."""
-    from resnetkit.train import train
+    from resnetkit.training import train
 
     out = tmp_path_factory.mktemp("digits-run") / "run"
     train(model="resnet8", epochs=2, out=str(out), verbose=False)
     return out
+
+
+# ------------------------------------------------------------------ helpers shared by several test files
+# torch is imported inside each one, as digits_run does, so that collecting the tests stays light.
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Metrics lines without the wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file, by name."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine terms, so that eval mode is a real test."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model
+
+
+# ------------------------------------------------------------------ pretrained weights, offline
+R18_FILE = "resnet18-f37072fd.pth"  # the basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 url
+
+
+def distinctive_state_dict(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchvision's model with every parameter and BatchNorm statistic moved off its init."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, arch)()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                t.fill_(7)
+            elif name.endswith("running_var"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=g))
+            else:
+                t.add_(0.05 * torch.randn(t.shape, generator=g))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="session")
+def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """distinctive resnet18/resnet50 weights as torchvision, timm, torch.compile and safetensors
+    files write them: r18.pth, r50.pth, timm.pth.tar, compiled.pt, r18.safetensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("weights")
+    r18 = distinctive_state_dict("resnet18")
+    torch.save(r18, d / "r18.pth")
+    torch.save(distinctive_state_dict("resnet50"), d / "r50.pth")
+    timm_style = {"state_dict": {f"module.{k}": v for k, v in r18.items()}, "epoch": 5, "arch": "resnet18"}
+    torch.save(timm_style, d / "timm.pth.tar")
+    torch.save({"model_state_dict": {f"_orig_mod.{k}": v for k, v in r18.items()}}, d / "compiled.pt")
+    save_file({k: v.contiguous() for k, v in r18.items()}, str(d / "r18.safetensors"))
+    return d
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """torch.hub's folder moved to tmp_path; any download fails as offline."""
+    import urllib.error
+
+    import torch
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url: str, dst: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return tmp_path / "hub"

@@ -11,10 +11,10 @@ import torch
 
 from resnetkit import probe, train
 from resnetkit.errors import UserError
-from resnetkit.train import budget
-from resnetkit.train.budget import Budget, Costs, fit_epochs, parse_duration
+from resnetkit.training import budget
+from resnetkit.training.budget import Budget, Costs, fit_epochs, parse_duration
 from resnetkit.data.progressive import epoch_img_sizes
-from resnetkit.train.optim import build_scheduler
+from resnetkit.training.optim import build_scheduler
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -190,7 +190,7 @@ def test_progressive_epochs_cost_their_share_of_a_full_size_one() -> None:
 
 
 def test_size_speeds_interpolate_in_the_pixel_count_between_measured_sizes() -> None:
-    from resnetkit.train.budget import SizeSpeeds
+    from resnetkit.training.budget import SizeSpeeds
 
     speeds = SizeSpeeds(full=28)
     speeds.record(28, 2_000)  # the probe, at full size
@@ -243,7 +243,7 @@ def test_first_steps_shrink_the_plan_to_half_at_most(tmp_path: Path, monkeypatch
 
 
 def test_a_cached_speed_is_timed_afresh_a_just_probed_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.train.trainer import BUDGET_PROBE_S, budget_speed
+    from resnetkit.training.trainer import BUDGET_PROBE_S, budget_speed
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(probe, "probe", lambda *a, **k: calls.append(k) or [{"images_per_s": 500.0}])

@@ -143,7 +143,7 @@ def test_a_split_too_accurate_or_too_small_keeps_t_at_one_and_says_why(
 
 
 def test_a_run_without_val_is_told_to_calibrate_on_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from resnetkit.train import train
+    from resnetkit.training import train
 
     run = train(model="resnet8", subset=100, val_size=0, epochs=1, out=str(tmp_path / "run"), verbose=False)
     assert main(["calibrate", str(run.run_dir)]) == 2
@@ -154,7 +154,7 @@ def test_a_run_without_val_is_told_to_calibrate_on_test(tmp_path: Path, capsys: 
 
 def test_a_run_without_a_test_split_is_not_measured_twice_on_val(tiny_split_imagefolder: Path, tmp_path: Path) -> None:
     from resnetkit.calibrate import calibrate_checkpoint
-    from resnetkit.train import train
+    from resnetkit.training import train
 
     run = train(dataset="imagefolder", data_dir=str(tiny_split_imagefolder), model="resnet8", img_size=16,
                 epochs=1, batch_size=8, out=str(tmp_path / "run"), verbose=False)

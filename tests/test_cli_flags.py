@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-import resnetkit.train
+import resnetkit.training
 from resnetkit.cli import build_parser, main
 from resnetkit.config import RunConfig
 
@@ -75,14 +75,14 @@ def jobs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The jobs behind the commands, replaced by recorders of what they are given."""
     import resnetkit.checkpoint as checkpoint
     import resnetkit.cli.launch as launch
-    import resnetkit.evaluate as evaluate
+    import resnetkit.evaluation as evaluate
     import resnetkit.predict as predict
 
     calls: list[Any] = []
     monkeypatch.setattr(launch, "train_or_launch", lambda values, argv: calls.append(("train", values, argv)) or 0)
     monkeypatch.setattr(launch, "dry_run", lambda values, as_json: calls.append(("dry-run", values, as_json)) or 0)
-    monkeypatch.setattr(resnetkit.train, "train", lambda values: calls.append(("finetune", values)))
-    monkeypatch.setattr(resnetkit.train.finetune, "plan_lines", lambda values: [])
+    monkeypatch.setattr(resnetkit.training, "train", lambda values: calls.append(("finetune", values)))
+    monkeypatch.setattr(resnetkit.training.finetune, "plan_lines", lambda values: [])
     monkeypatch.setattr(checkpoint, "resolve_checkpoint_path", lambda p: Path(p) / "best.safetensors")
 
     def fake_evaluate(path: Any, **kw: Any) -> dict[str, Any]:

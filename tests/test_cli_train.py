@@ -11,8 +11,8 @@ from resnetkit.cli import build_parser, main
 from resnetkit.cli.train import config_values, parse_model_args
 from resnetkit.config import RunConfig, field_names
 from resnetkit.errors import UserError
-from resnetkit.train.optim import build_optimizer, build_scheduler, param_groups
-from resnetkit.train.recipes import RECIPES, recipe_values, resolve_config
+from resnetkit.training.optim import build_optimizer, build_scheduler, param_groups
+from resnetkit.training.recipes import RECIPES, recipe_values, resolve_config
 from resnetkit.runtime import resolve_device, resolve_precision
 
 

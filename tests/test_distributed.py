@@ -27,8 +27,8 @@ from resnetkit.data.memory import MemoryLoader
 from resnetkit.data.streaming import FolderDataset, FolderLoader
 from resnetkit.data.transforms import Normalizer
 from resnetkit.errors import UserError
-from resnetkit.train import distributed, train
-from resnetkit.train.steps import evaluate_batches
+from resnetkit.training import distributed, train
+from resnetkit.training.steps import evaluate_batches
 
 WORLD = 2
 SPAWN_TIMEOUT_S = 120  # a bound on a hung group, far above the few seconds a run takes
@@ -179,7 +179,7 @@ def _ddp_worker(rank: int, port: int, phase: str, cfg: dict, out: str) -> None:
     torch.set_num_threads(1)
     import torch.distributed as dist
 
-    import resnetkit.train.trainer as trainer_module
+    import resnetkit.training.trainer as trainer_module
 
     result: dict = {"step_diffs": []}
     real_step = trainer_module.train_step
@@ -323,7 +323,7 @@ def test_nproc_2_from_the_command_line_writes_one_complete_run_folder(tmp_path: 
 DYING_RANK = """
 import os
 if os.environ.get("RANK") == "1":
-    import resnetkit.train.trainer as trainer
+    import resnetkit.training.trainer as trainer
     step, calls = trainer.train_step, []
 
     def dying_step(*args, **kwargs):

@@ -284,7 +284,7 @@ def _signs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _finetune(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
-    from test_pretrained import R18_FILE, distinctive_state_dict
+    from conftest import R18_FILE, distinctive_state_dict
 
     _photos(tmp_path, monkeypatch)
     hub = tmp_path / "hub"

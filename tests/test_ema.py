@@ -12,11 +12,11 @@ from torch import nn
 from resnetkit.cli import main
 from resnetkit.config import RunConfig
 from resnetkit.data.progressive import epoch_img_sizes
-from resnetkit.train import train
-from resnetkit.train.ema import WeightEma, warmup_decay
-from resnetkit.train.optim import build_scheduler
+from resnetkit.training import train
+from resnetkit.training.ema import WeightEma, warmup_decay
+from resnetkit.training.optim import build_scheduler
 
-from test_train import comparable, read_jsonl, weights
+from conftest import comparable, read_jsonl, weights
 
 TINY = dict(model="resnet8", subset=200, batch_size=64, verbose=False)
 

@@ -11,18 +11,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from conftest import n_params, randomize_bn
 from resnetkit.cli import main
 from resnetkit.models import DynamicConv2d, create_model
 from resnetkit.models.dynamic import temperature_at
 from resnetkit.models.preact import PreActBasicBlock
 from resnetkit import checkpoint as ckpt
-
-from test_models import randomize_bn
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
 
 # ------------------------------------------------------------------ pre-activation
 @pytest.mark.parametrize("name, paper", [

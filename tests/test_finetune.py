@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 import torch
 from PIL import Image
-from conftest import write_class_folders
-from test_pretrained import R18_FILE, distinctive_state_dict, hub, weights_dir  # noqa: F401 - fixtures
+from conftest import R18_FILE, distinctive_state_dict, write_class_folders
 
 import resnetkit
 from resnetkit import pretrained
@@ -24,11 +23,11 @@ from resnetkit.config import RunConfig
 from resnetkit.data.transforms import eval_transform
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
-from resnetkit.train import finetune
+from resnetkit.training import finetune
 from resnetkit.checkpoint import load_checkpoint
-from resnetkit.train.optim import build_optimizer, param_groups
-from resnetkit.train.recipes import resolve_config
-from resnetkit.train.steps import train_step
+from resnetkit.training.optim import build_optimizer, param_groups
+from resnetkit.training.recipes import resolve_config
+from resnetkit.training.steps import train_step
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -133,7 +132,7 @@ def test_frozen_parameters_and_statistics_do_not_move(optimizer: str) -> None:
     assert lrs["backbone"] == pytest.approx(0.1 * lrs["head"])
 
 
-def test_resnet50_file_fine_tunes_a_step(weights_dir: Path) -> None:  # noqa: F811
+def test_resnet50_file_fine_tunes_a_step(weights_dir: Path) -> None:
     m = create_model("resnet50", num_classes=3)
     pretrained.load_pretrained(m, str(weights_dir / "r50.pth"), arch="resnet50")
     cfg = RunConfig(pretrained="x", freeze="backbone", lr=0.01, weight_decay=0.01, optimizer="sgd")
@@ -154,7 +153,7 @@ def photos(tmp_path: Path) -> Path:
     return write_class_folders(tmp_path / "photos", {"cat": 7, "dog": 7, "fox": 7}, sizes=(36, 44))
 
 
-def test_train_freezes_then_unfreezes(tmp_path: Path, photos: Path, weights_dir: Path,  # noqa: F811
+def test_train_freezes_then_unfreezes(tmp_path: Path, photos: Path, weights_dir: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     """Epoch 1 trains the head alone (backbone and BN statistics exactly as loaded); epoch 2, after
     an interruption and --resume, trains all, the backbone at lr x 0.1; the run records what was
@@ -194,7 +193,7 @@ def test_train_freezes_then_unfreezes(tmp_path: Path, photos: Path, weights_dir:
     assert spec.mean == (0.485, 0.456, 0.406) and (spec.img_size, spec.resize_size) == (32, 37)
 
 
-def test_gray_data_from_imagenet_weights(tmp_path: Path, hub: Path,  # noqa: F811
+def test_gray_data_from_imagenet_weights(tmp_path: Path, hub: Path,
                                          tiny_mnist_root: Path) -> None:
     """1-channel MNIST (a tiny IDX copy) from ImageNet weights (from the hub cache), backbone
     frozen for the whole run: conv1 stays the sum of the RGB filters, and the checkpoint predicts
@@ -220,7 +219,7 @@ def test_gray_data_from_imagenet_weights(tmp_path: Path, hub: Path,  # noqa: F81
     assert len(clf.predict([white], topk=3)[0]["top"]) == 3
 
 
-def test_finetune_cli(tmp_path: Path, photos: Path, weights_dir: Path,  # noqa: F811
+def test_finetune_cli(tmp_path: Path, photos: Path, weights_dir: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     rc = main(["finetune", str(photos), "--pretrained", str(weights_dir / "r18.pth"), "--epochs", "1",
@@ -254,7 +253,7 @@ needs_data = pytest.mark.skipif(not os.environ.get("RESNETKIT_DATA"), reason="RE
 @pytest.mark.slow
 @needs_data
 @pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_sign_language_digits(tmp_path: Path, weights_dir: Path, arch: str) -> None:  # noqa: F811
+def test_sign_language_digits(tmp_path: Path, weights_dir: Path, arch: str) -> None:
     signs = Path(os.environ["RESNETKIT_DATA"]) / "sign-language-digits"
     if not signs.is_dir():
         pytest.skip(f"no {signs}")
@@ -278,7 +277,7 @@ def test_a_missing_data_folder_is_named_before_missing_weights(hub: Path, tmp_pa
 
 
 def test_config_json_records_the_freeze_that_was_done(tmp_path: Path) -> None:
-    from resnetkit.train import train as run_train
+    from resnetkit.training import train as run_train
 
     # --freeze-epochs alone freezes the backbone: config.json must not say "freeze none"
     run = run_train(model="resnet8", subset=100, epochs=2, freeze_epochs=1, out=str(tmp_path / "run"), verbose=False)

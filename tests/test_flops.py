@@ -62,7 +62,7 @@ def test_bad_shapes_are_user_errors() -> None:
 
 def test_dry_run_trains_nothing_and_reports_train_flops(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    import resnetkit.train.trainer as trainer
+    import resnetkit.training.trainer as trainer
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self: pytest.fail("--dry-run trained"))

@@ -1,6 +1,7 @@
 """Heads and features with timm's conventions across the families, and the torchvision families
-(ResNeXt, Wide ResNet, DenseNet) against torchvision's own models: same keys, equal outputs.
-Nothing is downloaded: torchvision's randomly initialised models stand in for its weights."""
+(ResNeXt, Wide ResNet, DenseNet): parameter counts, weight names, DenseNet's old keys (their
+outputs against torchvision's: test_models.py). Nothing is downloaded: torchvision's randomly
+initialised models stand in for its weights."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import n_params, randomize_bn
 from resnetkit import pretrained
 from resnetkit.cli import main
 from resnetkit.errors import UserError
@@ -18,41 +20,9 @@ from resnetkit.models import create_model
 from resnetkit.models.densenet import remap_legacy_keys
 from resnetkit import checkpoint as ckpt
 
-from test_models import randomize_bn
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # ------------------------------------------------------------------ torchvision's families
 TV_FAST = ["resnext50_32x4d", "wide_resnet50_2", "densenet121"]
-TV_BIG = ["resnext101_32x8d", "wide_resnet101_2"]  # 89M and 127M parameters: two copies each
-
-
-def check_equal_to_torchvision(name: str) -> None:
-    torch.manual_seed(0)
-    ref = randomize_bn(getattr(torchvision.models, name)()).eval()
-    ours = create_model(name).eval()
-    ref_sd, our_sd = ref.state_dict(), ours.state_dict()
-    assert list(our_sd) == list(ref_sd)
-    assert all(our_sd[k].shape == ref_sd[k].shape for k in ref_sd)
-    assert n_params(ours) == n_params(ref)  # the parameter count of the source
-    ours.load_state_dict(ref_sd, strict=True)
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours(x), ref(x))
-
-
-@pytest.mark.parametrize("name", TV_FAST)
-def test_torchvision_families_load_its_weights_with_equal_outputs(name: str) -> None:
-    check_equal_to_torchvision(name)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", TV_BIG)
-def test_big_torchvision_families_load_its_weights_with_equal_outputs(name: str) -> None:
-    check_equal_to_torchvision(name)
+TV_BIG = ["resnext101_32x8d", "wide_resnet101_2"]
 
 
 @pytest.mark.parametrize("name, params", [("resnext101_32x8d", 88_791_336), ("wide_resnet101_2", 126_886_696)])
@@ -216,7 +186,7 @@ def test_drop_rate_flag_and_head_model_args_are_recorded_in_the_checkpoint(tmp_p
 
 
 def test_fine_tuning_parts_of_a_densenet() -> None:
-    from resnetkit.train import finetune
+    from resnetkit.training import finetune
 
     model = create_model("densenet121", num_classes=3)
     assert finetune.head_module(model) is model.classifier

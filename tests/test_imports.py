@@ -38,7 +38,7 @@ def imported_by_cli(args: list[str]) -> set[str]:
 def test_checkpoint_module_does_not_load_the_trainer() -> None:
     loaded = loaded_modules("import resnetkit.checkpoint")
     assert "resnetkit.checkpoint" in loaded
-    assert not {m for m in loaded if m.startswith(("resnetkit.train", "resnetkit.cli"))}
+    assert not {m for m in loaded if m.startswith(("resnetkit.training", "resnetkit.cli"))}
     assert "torch.distributed.run" not in loaded
 
 

@@ -10,8 +10,8 @@ import torch
 
 from resnetkit.cli import main
 from resnetkit.config import RunConfig
-from resnetkit.train.lr_find import range_test, steepest
-from resnetkit.train.trainer import Trainer
+from resnetkit.training.lr_find import range_test, steepest
+from resnetkit.training.trainer import Trainer
 
 TINY = dict(dataset="digits", model="resnet8", subset=128, batch_size=32, epochs=1)
 

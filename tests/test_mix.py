@@ -9,7 +9,7 @@ from resnetkit.config import RunConfig
 from resnetkit.data.policy import BatchPolicy
 from resnetkit.data.presets import get_preset
 from resnetkit.data.streaming import train_transform
-from resnetkit.train.mix import Mixer
+from resnetkit.training.mix import Mixer
 
 
 @pytest.mark.parametrize("flags", [dict(mixup=0.2), dict(cutmix=1.0), dict(mixup=0.2, cutmix=1.0, mix_prob=0.5)])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from conftest import n_params, randomize_bn
 from resnetkit.cli import main
 from resnetkit.errors import UserError
 from resnetkit.models import (BasicBlock, Bottleneck, ShortcutA, SimpleBlock, create_model, list_models,
@@ -22,29 +23,17 @@ CIFAR = ["resnet8", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
          "plain8", "plain20", "plain32", "plain44", "plain56", "plain110"]
 
 
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine terms, so that eval mode is a real test."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return model
-
-
 def last_bn(block: nn.Module) -> nn.BatchNorm2d:
     return block.bn3 if isinstance(block, Bottleneck) else block.bn2
 
 
 # ------------------------------------------------------------------ references
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+# Every net torchvision also builds; the big two (89M and 127M parameters, two copies each) are slow.
+TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "densenet121",
+               *(pytest.param(n, marks=pytest.mark.slow) for n in ("resnext101_32x8d", "wide_resnet101_2"))]
+
+
+@pytest.mark.parametrize("name", TORCHVISION)
 def test_torchvision_weights_load_as_they_are_and_give_identical_outputs(name: str) -> None:
     torch.manual_seed(0)
     ref = randomize_bn(getattr(torchvision.models, name)()).eval()
@@ -52,6 +41,7 @@ def test_torchvision_weights_load_as_they_are_and_give_identical_outputs(name: s
     ref_sd, our_sd = ref.state_dict(), ours.state_dict()
     assert list(our_sd) == list(ref_sd)
     assert all(our_sd[k].shape == ref_sd[k].shape for k in ref_sd)
+    assert n_params(ours) == n_params(ref)
     ours.load_state_dict(ref_sd, strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -200,6 +190,9 @@ def test_every_model_backward_and_forward_at_its_smallest_input(name: str) -> No
         for in_chans, net in ((3, model), (1, create_model(name, num_classes=7, in_chans=1))):
             out = net.eval()(torch.randn(1, in_chans, size, size))
             assert out.shape == (1, 7) and torch.isfinite(out).all(), in_chans
+        # the family's straight-line forward_features and the stage by stage path of features_only agree
+        x = torch.randn(1, 3, size, size)
+        torch.testing.assert_close(model.forward_features(x), model.forward_stages(x)[-1])
 
 
 def test_default_classes_and_stages() -> None:
@@ -326,15 +319,15 @@ def test_channels_last_gives_the_same_gradients_in_channels_last_format(name: st
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
 def test_compile_and_tracing_take_the_plain_operations(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.models import blocks
+    from resnetkit.models import _ops
 
     def refuse(*args, **kwargs):
         raise AssertionError("the eager-only autograd function ran")
 
     model = create_model("resnet8", num_classes=3).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(blocks._SubsamplePad, "apply", refuse)
-    monkeypatch.setattr(blocks._GlobalAvgPool, "apply", refuse)
+    monkeypatch.setattr(_ops.SubsamplePadFn, "apply", refuse)
+    monkeypatch.setattr(_ops.GlobalAvgPoolFn, "apply", refuse)
     torch.compile(model, backend="eager")(x).sum().backward()
     torch.jit.trace(model.eval(), x)
     with pytest.raises(AssertionError, match="eager-only"):  # and eager training does use them

@@ -14,7 +14,7 @@ from PIL import Image
 import resnetkit
 from resnetkit.cli import main
 from resnetkit.data.datasets import load_digits_split
-from resnetkit.train import train
+from resnetkit.training import train
 
 N_IMAGES = 40
 
@@ -46,7 +46,7 @@ def digit_pngs(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], li
 def test_predict_gives_the_right_classes_and_matches_the_test_loader(
         trained: Path, digit_pngs: tuple[list[Path], list[str]]) -> None:
     from resnetkit.data import build_eval_loader
-    from resnetkit.evaluate import run_config
+    from resnetkit.evaluation import run_config
 
     paths, labels = digit_pngs
     clf = resnetkit.load(trained, device="cpu")

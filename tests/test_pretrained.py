@@ -13,7 +13,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
-from conftest import write_class_folders
+from conftest import R18_FILE, distinctive_state_dict, write_class_folders
 import torch
 import torchvision
 from safetensors.torch import save_file
@@ -25,39 +25,7 @@ from resnetkit.specs import DatasetSpec
 from resnetkit.errors import UserError
 from resnetkit.models import create_model
 from resnetkit import checkpoint as ckpt
-from resnetkit.train import finetune
-
-R18_FILE = "resnet18-f37072fd.pth"  # the basename of torchvision's ResNet18_Weights.IMAGENET1K_V1 url
-
-
-def distinctive_state_dict(arch: str = "resnet18", seed: int = 0) -> dict[str, torch.Tensor]:
-    """torchvision's model with every parameter and BatchNorm statistic moved off its init."""
-    torch.manual_seed(seed)
-    model = getattr(torchvision.models, arch)()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                t.fill_(7)
-            elif name.endswith("running_var"):
-                t.copy_(0.5 + torch.rand(t.shape, generator=g))
-            else:
-                t.add_(0.05 * torch.randn(t.shape, generator=g))
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-@pytest.fixture(scope="session")
-def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("weights")
-    r18 = distinctive_state_dict("resnet18")
-    torch.save(r18, d / "r18.pth")
-    torch.save(distinctive_state_dict("resnet50"), d / "r50.pth")
-    timm_style = {"state_dict": {f"module.{k}": v for k, v in r18.items()}, "epoch": 5, "arch": "resnet18"}
-    torch.save(timm_style, d / "timm.pth.tar")
-    torch.save({"model_state_dict": {f"_orig_mod.{k}": v for k, v in r18.items()}}, d / "compiled.pt")
-    save_file({k: v.contiguous() for k, v in r18.items()}, str(d / "r18.safetensors"))
-    return d
-
+from resnetkit.training import finetune
 
 def r18() -> dict[str, torch.Tensor]:
     return distinctive_state_dict("resnet18")
@@ -161,7 +129,7 @@ def test_resnetkit_checkpoint_as_source(tmp_path: Path, weights_dir: Path) -> No
         pretrained.load_pretrained(create_model("resnet18"), str(cifar), arch="resnet18")
     # its preprocessing becomes the new run's; RGB data repeats the gray statistics
     data = DatasetSpec("imagefolder", ("p", "q"), 3, 64, (0.1, 0.1, 0.1), (0.2, 0.2, 0.2), 73)
-    got = pretrained.pretrained_spec(data, RunConfig(pretrained=str(path), model="resnet18"))
+    got = with_weights(data, RunConfig(pretrained=str(path), model="resnet18"))
     assert (got.img_size, got.resize_size, got.interpolation) == (48, 55, "bicubic")
     assert got.mean == (0.5, 0.5, 0.5) and got.std == (0.25, 0.25, 0.25)
 
@@ -233,18 +201,6 @@ def test_sources_that_do_not_resolve() -> None:
 
 
 # ------------------------------------------------------------------ imagenet and the hub cache
-@pytest.fixture
-def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """torch.hub's folder moved to tmp_path; any download fails as offline."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-
-    def offline(url: str, dst: str, *args: object, **kwargs: object) -> None:
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return tmp_path / "hub"
-
-
 def test_imagenet_offline_names_the_file_and_folder(hub: Path) -> None:
     with pytest.raises(UserError) as e:
         pretrained.load_pretrained(create_model("resnet18", num_classes=2), "imagenet", arch="resnet18")
@@ -272,28 +228,33 @@ def test_cli_errors_are_one_line(hub: Path, tmp_path: Path, weights_dir: Path,
 
 
 # ------------------------------------------------------------------ preprocessing
+def with_weights(spec: DatasetSpec, cfg: RunConfig) -> DatasetSpec:
+    """The spec a fine-tuning run's loaders build: the data's, with the weights' preprocessing."""
+    return spec.with_preprocessing(pretrained.weights_preprocessing(cfg), cfg.img_size)
+
+
 def spec_of(in_chans: int = 3, img_size: int = 64) -> DatasetSpec:
     return DatasetSpec("imagefolder", ("a", "b"), in_chans, img_size, (0.5,) * in_chans, (0.5,) * in_chans,
                        round(img_size * 256 / 224))
 
 
 def test_weights_preprocessing_is_the_default() -> None:
-    got = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="imagenet", model="resnet50"))
+    got = with_weights(spec_of(), RunConfig(pretrained="imagenet", model="resnet50"))
     assert (got.img_size, got.resize_size, got.interpolation) == (224, 232, "bilinear")  # IMAGENET1K_V2
     assert got.mean == (0.485, 0.456, 0.406) and got.std == (0.229, 0.224, 0.225)
-    v1 = pretrained.pretrained_spec(spec_of(), RunConfig(pretrained="IMAGENET1K_V1", model="resnet50"))
+    v1 = with_weights(spec_of(), RunConfig(pretrained="IMAGENET1K_V1", model="resnet50"))
     assert (v1.img_size, v1.resize_size) == (224, 256)
 
 
 def test_user_img_size_wins_and_gray_averages() -> None:
     cfg = RunConfig(pretrained="imagenet", model="resnet18", img_size=64)
-    got = pretrained.pretrained_spec(spec_of(1, 64), cfg)
+    got = with_weights(spec_of(1, 64), cfg)
     assert (got.img_size, got.resize_size) == (64, 73)
     assert got.mean == pytest.approx((0.449,)) and got.std == pytest.approx((0.226,))
 
 
 def test_file_without_preprocessing_keeps_the_data_size(weights_dir: Path) -> None:
     cfg = RunConfig(pretrained=str(weights_dir / "r18.pth"), model="resnet18")
-    got = pretrained.pretrained_spec(spec_of(3, 40), cfg)
+    got = with_weights(spec_of(3, 40), cfg)
     assert (got.img_size, got.resize_size) == (40, 46)
     assert got.mean == (0.485, 0.456, 0.406)

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from resnetkit import checkpoint as ckpt
 from resnetkit.cli import main
-from resnetkit.train import train
+from resnetkit.training import train
 
 from conftest import write_class_folders
 
@@ -329,7 +329,7 @@ def test_killed_at_random_moments_resumes_to_the_same_weights(tmp_path: Path) ->
 def _hold_lock(folder: Path) -> subprocess.Popen:
     """A live process holding the run folder's lock, as a training does (an flock on the lock
     file, its pid inside), until its stdin closes; plain Python, so it starts in milliseconds."""
-    from resnetkit.train.run_folder import LOCK_NAME
+    from resnetkit.training.run_folder import LOCK_NAME
 
     code = ("import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
             "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); os.write(fd, b'%d\\n' % os.getpid()); "
@@ -349,7 +349,7 @@ def _dead_pid() -> int:
 @pytest.mark.parametrize("case", ["new-folder", "resume"])
 def test_a_folder_in_use_is_refused_and_untouched(case: str, run: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
-    from resnetkit.train.run_folder import LOCK_NAME
+    from resnetkit.training.run_folder import LOCK_NAME
 
     folder = tmp_path / "same"
     if case == "resume":
@@ -374,7 +374,7 @@ def test_a_folder_in_use_is_refused_and_untouched(case: str, run: Path, tmp_path
 @pytest.mark.parametrize("left", ["dead-pid", "empty-file"])
 def test_a_stale_lock_is_taken_over_with_a_note(left: str, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture) -> None:
-    from resnetkit.train.run_folder import LOCK_NAME
+    from resnetkit.training.run_folder import LOCK_NAME
 
     folder = tmp_path / "run"
     folder.mkdir()

@@ -18,12 +18,12 @@ from PIL import Image
 from resnetkit.calibrate import expected_calibration_error
 from resnetkit.cli import main
 from resnetkit.data import build_eval_loader
-from resnetkit.evaluate import run_config
+from resnetkit.evaluation import run_config
 from resnetkit.interpret import per_sample_loss
 from resnetkit.models import create_model
-from resnetkit.train import train
+from resnetkit.training import train
 from resnetkit.checkpoint import load_checkpoint
-from resnetkit.train.finetune import freeze_timeline
+from resnetkit.training.finetune import freeze_timeline
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

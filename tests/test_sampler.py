@@ -7,7 +7,7 @@ import torch
 
 from resnetkit.data.memory import MemoryLoader
 from resnetkit.data.transforms import Normalizer
-from resnetkit.train.sampler import balanced_class_weights, balanced_sampler, class_counts
+from resnetkit.training.sampler import balanced_class_weights, balanced_sampler, class_counts
 
 LABELS = torch.tensor([0] * 90 + [1] * 9 + [2] * 1)
 

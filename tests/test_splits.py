@@ -17,9 +17,9 @@ from resnetkit.data.folders import index_imagefolder
 from resnetkit.data.splits import folder_splits, holdout, val_count
 from resnetkit.errors import UserError
 from resnetkit import checkpoint as ckpt
-from resnetkit.train import trainer as trainer_mod
-from resnetkit.train import train
-from resnetkit.train.steps import evaluate_batches
+from resnetkit.training import trainer as trainer_mod
+from resnetkit.training import train
+from resnetkit.training.steps import evaluate_batches
 
 CPU = torch.device("cpu")
 TINY = dict(model="resnet8", subset=200, batch_size=64, verbose=False)

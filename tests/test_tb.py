@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from resnetkit.cli import main
-from resnetkit.train.tb import scalars
+from resnetkit.training.tb import scalars
 
 
 def test_scalars_follow_the_metrics_line() -> None:

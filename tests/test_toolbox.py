@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from resnetkit.cli import main
 from resnetkit.config import RunConfig
 from resnetkit.errors import UserError
-from resnetkit.train import train
-from resnetkit.train.optim import Plateau, build_scheduler, step_on_metric
-from resnetkit.train.recipes import resolve_config
+from resnetkit.training import train
+from resnetkit.training.optim import Plateau, build_scheduler, step_on_metric
+from resnetkit.training.recipes import resolve_config
 
 TOOLBOX = dict(accum_steps=2, clip_grad=1.0, class_weights="balanced", sampler="balanced", schedule="plateau",
                mixup=0.2, cutmix=1.0, mix_prob=0.8, mix_switch_prob=0.5, augment="trivialaugment",

@@ -9,31 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import comparable, read_jsonl, weights
 from safetensors import safe_open
 
 import resnetkit
 from resnetkit.cli import main
 from resnetkit.config import field_names
 from resnetkit import checkpoint as ckpt
-from resnetkit.train import train
+from resnetkit.training import train
 
 TINY = ["--model", "resnet8", "--subset", "200", "--batch-size", "64"]
 METRIC_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def comparable(history: list[dict]) -> list[dict]:
-    """Metrics lines without the wall-clock fields."""
-    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s")} for h in history]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
 
 
 def test_run_folder_is_complete_and_well_formed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -118,7 +105,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path: Path, extra: di
 
 def test_resume_of_a_run_killed_in_its_first_epoch_starts_over(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.train.trainer import Trainer
+    from resnetkit.training.trainer import Trainer
 
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt
@@ -198,7 +185,7 @@ def test_crash_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, monke
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    from resnetkit.train import trainer as trainer_mod
+    from resnetkit.training import trainer as trainer_mod
 
     real_step, real_epoch = trainer_mod.train_step, trainer_mod.Trainer.train_epoch
     poison = {"on": False}
@@ -233,7 +220,7 @@ def test_exploding_lr_in_the_first_epoch_is_reported(tmp_path: Path, capsys: pyt
 
 
 def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.train.steps import EvalOutput
+    from resnetkit.training.steps import EvalOutput
 
     # a val accuracy that never improves after the first evaluation
     monkeypatch.setattr(EvalOutput, "summary", lambda self: {"loss": 1.0, "acc": 0.5})
@@ -250,7 +237,7 @@ def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_each_epoch_records_the_lr_of_its_last_update(tmp_path: Path, schedule: str) -> None:
     """Not the one the schedule moves to next: after the last update that one lies past the
     schedule's end (one-cycle's cosine rises again there)."""
-    from resnetkit.train.optim import build_optimizer, build_scheduler
+    from resnetkit.training.optim import build_optimizer, build_scheduler
 
     result = resnetkit.train({"model": "resnet8", "subset": 200, "epochs": 3, "batch_size": 32},
                              schedule=schedule, out=str(tmp_path / "run"), verbose=False)
@@ -361,7 +348,7 @@ def test_the_star_marks_a_strictly_better_val_accuracy_not_a_tie(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     from types import SimpleNamespace
 
-    from resnetkit.train.trainer import Trainer
+    from resnetkit.training.trainer import Trainer
 
     vals = iter([(0.5, 1.0), (0.5, 0.9), (0.6, 0.8), (0.6, 0.8)])  # (val acc, val loss) per epoch
 
@@ -395,7 +382,7 @@ class _Bar:
 @pytest.mark.parametrize("refresh_s, shown", [(0.0, True), (float("inf"), True), (0.0, False)])
 def test_the_progress_bar_moves_on_time_not_every_25_batches(refresh_s: float, shown: bool, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    import resnetkit.train.trainer as trainer
+    import resnetkit.training.trainer as trainer
 
     bars: list[_Bar] = []
     reads: list[int] = []  # the batches after which the running sums were read from the device

@@ -19,7 +19,7 @@ from torch import nn
 from .errors import UserError
 from .models import create_model
 from .probe import Setting, cpu_model, failure, prepare, time_steps
-from .train.steps import timing_step
+from .training.steps import timing_step
 
 
 MODES = ("train", "infer")

@@ -413,12 +413,6 @@ def weights_preprocessing(cfg: RunConfig) -> Preprocessing:
     return pre or Preprocessing(IMAGENET_MEAN, IMAGENET_STD)
 
 
-def pretrained_spec(spec: DatasetSpec, cfg: RunConfig) -> DatasetSpec:
-    """The data's spec with the weights' preprocessing (the default when fine-tuning); a user's
-    ``--img-size`` other than the weights' crop wins."""
-    return spec.with_preprocessing(weights_preprocessing(cfg), cfg.img_size) if cfg.pretrained else spec
-
-
 def describe_spec(spec: DatasetSpec) -> str:
     geometry = (f"resize {spec.resize_size}, center crop {spec.img_size}" if spec.resize_size
                 else f"resize to {spec.img_size}x{spec.img_size}")

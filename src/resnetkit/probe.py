@@ -54,7 +54,6 @@ RUN_SHARE = 0.03  # and once it has cost this share of the run it is choosing fo
 MAX_SHARE = 0.05
 DROP_SLOWER = 3.0  # a candidate this many times slower than the best after one round is dropped
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lake, Sapphire Rapids)
-REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 # ------------------------------------------------------------------ the machine
@@ -86,13 +85,6 @@ def bf16_native() -> bool:
         return any(f in flags for f in BF16_FLAGS)
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check and check())
-
-
-def machine_summary() -> str:
-    """``CPU model (avx2, avx512f, ...)``: the flags that decide which settings are fast."""
-    flags = cpu_flags() or frozenset()
-    shown = [f for f in REPORTED_FLAGS if f in flags]
-    return f"{cpu_model()} ({', '.join(shown) or 'no AVX2'})"
 
 
 def precision_note(precision: str, device: torch.device) -> str | None:

@@ -36,11 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import checkpoint, evaluate, report  # lazy dispatch: torch loads only to run
+    from .. import checkpoint, evaluation, report  # lazy dispatch: torch loads only to run
 
     path = checkpoint.resolve_checkpoint_path(args.checkpoint)
-    png = Path(args.out) if args.out else evaluate.default_confusion_path(path, args.split, args.dataset)
-    result = evaluate.evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
+    png = Path(args.out) if args.out else evaluation.default_confusion_path(path, args.split, args.dataset)
+    result = evaluation.evaluate(path, dataset=args.dataset, data_dir=args.data_dir, split=args.split, tta=args.tta,
                       device=args.device, batch_size=args.batch_size, confusion_png=png)
     if args.json:
         print(json.dumps(result))

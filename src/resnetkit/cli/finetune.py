@@ -46,7 +46,7 @@ def finetune_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import finetune, train  # lazy dispatch: torch loads only to train
+    from ..training import finetune, train  # lazy dispatch: torch loads only to train
 
     values = finetune_values(args)
     if values.get("resume"):

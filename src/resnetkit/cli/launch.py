@@ -1,7 +1,7 @@
 """``resnetkit train --nproc N``: start N training processes on this machine through torchrun.
 
 Each process runs ``resnetkit train`` with the same flags (but ``--nproc``) and joins the group
-that :mod:`resnetkit.train.distributed` sets up.
+that :mod:`resnetkit.training.distributed` sets up.
 """
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from typing import Any, Mapping, Sequence
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..train import train
-from ..train.plan import dry_run as plan_of, format_plan
-from ..train.distributed import check_batch_size, check_nproc_devices, is_main_process, launched_world_size
+from ..training import train
+from ..training.plan import dry_run as plan_of, format_plan
+from ..training.distributed import check_batch_size, check_nproc_devices, is_main_process, launched_world_size
 from ..runtime import resolve_device
-from ..train.recipes import resolve_config
-from ..train.trainer import as_config, resume_config
+from ..training.recipes import resolve_config
+from ..training.trainer import as_config, resume_config
 
 
 def dry_run(values: Mapping[str, Any], *, as_json: bool) -> int:

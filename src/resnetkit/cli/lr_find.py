@@ -32,12 +32,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 RANGE_KEYS = ("start_lr", "end_lr", "num_iter", "diverge")
 # train's flags of a run's epochs, evaluations and logs, which the range test has none of
-# (resnetkit.train.lr_find.UNUSED_KEYS: kept equal by a test; not imported: torch loads late)
+# (resnetkit.training.lr_find.UNUSED_KEYS: kept equal by a test; not imported: torch loads late)
 UNUSED_KEYS = ("tensorboard", "early_stop", "time_budget", "eval_every", "tta", "ema", "log_grad_norms")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.lr_find import lr_find, plan  # lazy: the CLI imports training code only when it runs
+    from ..training.lr_find import lr_find, plan  # lazy: the CLI imports training code only when it runs
 
     values = config_values(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in RANGE_KEYS}))
     dropped = sorted(k for k in UNUSED_KEYS if k in values)

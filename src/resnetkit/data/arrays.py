@@ -41,7 +41,7 @@ from ..errors import DataWarning, UserError
 from ._util import summarize_names, warn
 from .datasets import ArraySplit
 from .folders import natural_order
-from .presets import Preset, get_preset
+from .presets import Preset
 from .sampling import seeded_generator
 
 SUFFIXES = (".npz", ".npy", ".h5", ".hdf5")
@@ -455,7 +455,3 @@ def _load_cached(path: str, size: int, mtime: int, keys: str | None, classes: st
     layout = "arrays " + ", ".join(f"{s}: {f.name}" for s, f in files.items())
     return build_source(found, names=names, source=str(p), layout=layout,
                         val_fraction=val_fraction, seed=seed)
-
-
-def arrays_preset() -> Preset:
-    return get_preset("arrays")

@@ -1,1 +1,1 @@
-"""Experiments of He et al. 2015 (arXiv:1512.03385), each built on resnetkit.train.train."""
+"""Experiments of He et al. 2015 (arXiv:1512.03385), each built on resnetkit.training.train."""

@@ -4,7 +4,7 @@ Plain nets (no shortcuts) get *worse* at fitting their training set as they get 
 a deeper net could copy the shallower one and set its extra layers to the identity; the same
 nets with identity shortcuts do not. This trains plain-N and ResNet-N for each depth N (the
 CIFAR-style ``plainN``/``resnetN`` of the registry: same widths, same recipe, same seed) through
-:func:`resnetkit.train.train`, one run folder per net, and writes into the output folder:
+:func:`resnetkit.training.train`, one run folder per net, and writes into the output folder:
 
 - ``degradation.png``: train error (dashed) and validation error (solid) per epoch, plain nets
   left, residual nets right, one colour per depth, one y-axis (the layout of Fig. 6; the test
@@ -36,7 +36,7 @@ from ..errors import UserError
 from ..models import create_model, list_models
 from ..report import _figure, _save_png
 from ..runtime import resolve_device
-from ..train import train
+from ..training import train
 
 
 @dataclass(frozen=True)

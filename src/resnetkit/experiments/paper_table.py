@@ -1,7 +1,7 @@
 """He et al. 2015 (arXiv:1512.03385), Table 6: ResNet-20/32/44/56/110 on CIFAR-10, runnable.
 
 Each net of the table trains with the schedule of section 4.2, through
-:func:`resnetkit.train.train` as the degradation experiment does (one run folder per net):
+:func:`resnetkit.training.train` as the degradation experiment does (one run folder per net):
 SGD lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, 4 px pad-and-crop plus flip, lr divided
 by 10 at 32k and 48k iterations, stop at 64k. ``iterations`` shortens it (the drops stay at 50%
 and 75% of the run). The paper's final nets train on all 50k training images with a schedule
@@ -38,8 +38,8 @@ from .._io import write_json_atomic, write_text_atomic
 from ..config import RunConfig
 from ..errors import UserError
 from ..runtime import resolve_device
-from ..train import train
-from ..train.budget import format_duration, parse_duration
+from ..training import train
+from ..training.budget import format_duration, parse_duration
 from .degradation import count_params
 
 # Table 6 of the paper: test error (%) and parameters (millions). ResNet-110's 6.43 is the best

@@ -11,68 +11,9 @@ that its weights load as they are.
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-# ------------------------------------------------------------------ channels_last gradients
-# Under channels_last every activation is NHWC, but the backward of a strided slice and of
-# average pooling returns NCHW gradients. Each one then meets NHWC tensors (the ReLU that
-# produced the activation, the other branch of the residual sum) and the elementwise kernels
-# fall back to a strided path 5-15x slower than their NHWC one: 6-20% of a training step of a
-# small CIFAR net on a CPU. The two functions below give the same forward values and
-# gradients in the input's memory format.
-def _memory_format(x: Tensor) -> torch.memory_format:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _needs_grad(x: Tensor) -> bool:
-    """Training in eager mode: torch.compile, torch.export and tracers get the plain operations
-    (is_compiling is true under both compile and export)."""
-    return (x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing()
-            and not torch.compiler.is_compiling())
-
-
-def _subsample_pad(x: Tensor, stride: int, extra: int) -> Tensor:
-    return F.pad(x[:, :, ::stride, ::stride], (0, 0, 0, 0, 0, extra))
-
-
-class _SubsamplePad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, stride: int, extra: int) -> Tensor:  # type: ignore[override]
-        ctx.shape, ctx.stride, ctx.fmt = x.shape, stride, _memory_format(x)
-        return _subsample_pad(x, stride, extra).contiguous(memory_format=ctx.fmt)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        gx = torch.empty(ctx.shape, dtype=grad.dtype, device=grad.device, memory_format=ctx.fmt).zero_()
-        gx[:, :, :: ctx.stride, :: ctx.stride] = grad[:, : ctx.shape[1]]
-        return gx, None, None
-
-
-class _GlobalAvgPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.shape, ctx.fmt = x.shape, _memory_format(x)
-        return F.adaptive_avg_pool2d(x, 1)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        n, c, h, w = ctx.shape
-        return (grad / (h * w)).expand(n, c, h, w).contiguous(memory_format=ctx.fmt)
-
-
-class GlobalAvgPool(nn.AdaptiveAvgPool2d):
-    """``nn.AdaptiveAvgPool2d((1, 1))`` whose gradient keeps the input's memory format."""
-
-    def __init__(self) -> None:
-        super().__init__((1, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _GlobalAvgPool.apply(x) if _needs_grad(x) and x.dim() == 4 else super().forward(x)
+from ._ops import SubsamplePadFn, needs_grad, subsample_pad
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -102,9 +43,9 @@ class ShortcutA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Takes the pixels a stride-2, padding-1 3x3 convolution centres on: ceil(H / 2) of them.
-        if _needs_grad(x):
-            return _SubsamplePad.apply(x, self.stride, self.extra)
-        return _subsample_pad(x, self.stride, self.extra)
+        if needs_grad(x):  # its gradient keeps the input's memory format (models/_ops.py)
+            return SubsamplePadFn.apply(x, self.stride, self.extra)
+        return subsample_pad(x, self.stride, self.extra)
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, zero_channels={self.extra}"

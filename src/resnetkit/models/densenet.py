@@ -121,11 +121,16 @@ class DenseNet(Backbone):
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [(name, m) for name, m in self.features.named_children() if name.startswith("denseblock")]
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        # torchvision's: features (conv0 .. denseblock4, norm5) in order, then ReLU
+        return F.relu(self.features(x))
+
     def forward_stem(self, x: Tensor) -> Tensor:
         f = self.features
         return f.pool0(f.relu0(f.norm0(f.conv0(x))))
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
+        x = self.forward_stem(x)
         outs = []
         for name, block in self.stages:
             i = int(name[len("denseblock"):])

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .blocks import GlobalAvgPool
+from ._ops import GlobalAvgPool
 
 if sys.version_info >= (3, 11):
     from typing import Unpack  # noqa: F401 - re-exported for the families' builders
@@ -72,8 +72,10 @@ def make_pool(pool_type: str) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """The head and feature API of every resnetkit net; a family supplies ``forward_stem``,
-    its ``layerN`` stages (or overrides :meth:`forward_stages`) and calls :meth:`init_head`.
+    """The head and feature API of every resnetkit net. A family writes its data path up to the
+    pooling in :meth:`forward_features`, in straight lines, and calls :meth:`init_head`;
+    ``forward`` is ``forward_head(forward_features(x))``. For ``features_only`` it supplies
+    ``forward_stem`` and its ``layerN`` stages (or overrides :meth:`forward_stages`).
 
     ``head_name`` and ``first_conv`` name the classifier and the input convolution, as timm's
     ``pretrained_cfg`` does, so that loading pretrained weights knows what to adapt."""
@@ -151,7 +153,8 @@ class Backbone(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward_stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        """What runs before the first stage (the family's)."""
+        raise NotImplementedError
 
     def forward_final(self, x: Tensor) -> Tensor:
         """What follows the last stage before pooling: nothing here; the final BN-ReLU of the
@@ -159,7 +162,8 @@ class Backbone(nn.Module):
         return x
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """The output of every stage, the last one through :meth:`forward_final`."""
+        """The output of every stage for ``features_only``, the last one through :meth:`forward_final`."""
+        x = self.forward_stem(x)
         outs = []
         for _, stage in self.stages:
             x = stage(x)
@@ -168,8 +172,9 @@ class Backbone(nn.Module):
         return outs
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The last feature map, (N, num_features, H/32, W/32) for the ImageNet nets."""
-        return self.forward_stages(self.forward_stem(x))[-1]
+        """The last feature map, (N, num_features, H/32, W/32) for the ImageNet nets; a family
+        with a fixed number of stages spells its own out."""
+        return self.forward_stages(x)[-1]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool, flatten, dropout, classify; ``pre_logits`` stops before the classifier."""
@@ -182,8 +187,9 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor) -> Any:
         if self.features_only:
-            return self.forward_stages(self.forward_stem(x))
-        return self.forward_head(self.forward_features(x))
+            return self.forward_stages(x)
+        x = self.forward_features(x)
+        return self.forward_head(x)
 
     # ------------------------------------------------------------------ pretrained weights
     def filter_state_dict(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:

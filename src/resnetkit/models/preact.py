@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ._registry import CIFAR_INPUT, register_model
-from .blocks import ShortcutA, conv1x1, conv3x3
+from .blocks import conv1x1, conv3x3
 from .heads import HeadOptions, Unpack
 from .resnet import _Net
 
@@ -81,19 +81,10 @@ Block = type[PreActBasicBlock] | type[PreActBottleneck]
 class _PreActNet(_Net):
     """Stages of pre-activation blocks and the final BN-ReLU; the stem is the family's."""
 
-    shortcut_type: str = "B"
-
-    def _make_layer(self, block: Block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            s, out = (stride if i == 0 else 1), planes * block.expansion
-            downsample: nn.Module | None = None
-            if s != 1 or self.inplanes != out:
-                downsample = (ShortcutA(inplanes=self.inplanes, planes=out, stride=s) if self.shortcut_type == "A"
-                              else conv1x1(self.inplanes, out, s))
-            layers.append(block(inplanes=self.inplanes, planes=planes, stride=s, downsample=downsample))
-            self.inplanes = out
-        return nn.Sequential(*layers)
+    def make_downsample(self, inplanes: int, planes: int, stride: int) -> nn.Module | None:
+        if self.shortcut_type == "A" or (stride == 1 and inplanes == planes):
+            return super().make_downsample(inplanes, planes, stride)  # option A, or none
+        return conv1x1(inplanes, planes, stride)  # no BN: its input is already pre-activated
 
     def forward_final(self, x: Tensor) -> Tensor:
         # the last block's sum is not yet activated: BN-ReLU before pooling (Fig. 1b)
@@ -106,7 +97,7 @@ class PreActResNet(_PreActNet):
     def __init__(self, block: Block, layers: tuple[int, int, int, int], *, num_classes: int = 1000,
                  in_chans: int = 3, small_input: bool = False, **head: Unpack[HeadOptions]) -> None:
         super().__init__()
-        self.inplanes = 64
+        self.inplanes, self.block_args = 64, {}
         if small_input:
             self.conv1 = conv3x3(in_chans, 64)
         else:
@@ -128,6 +119,14 @@ class PreActResNet(_PreActNet):
         # no BN-ReLU here: the first block pre-activates its input
         return self.maxpool(self.conv1(x))
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.forward_stem(x)  # conv1, maxpool
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        return self.forward_final(x)  # bn_final, relu
+
 
 class PreActCifarResNet(_PreActNet):
     """CIFAR pre-activation ResNet: conv1 3x3 to 16 channels, three stages at 16/32/64 (x4 for
@@ -145,7 +144,7 @@ class PreActCifarResNet(_PreActNet):
             raise UserError("shortcut_type 'A' is for the basic-block nets; the bottlenecks need projections")
         block: Block = PreActBottleneck if bottleneck else PreActBasicBlock
         n = (depth - 2) // (3 * per_block)
-        self.shortcut_type, self.inplanes = shortcut_type, 16
+        self.shortcut_type, self.inplanes, self.block_args = shortcut_type, 16, {}
         self.conv1 = conv3x3(in_chans, 16)
         self.layer1 = self._make_layer(block, 16, n)
         self.layer2 = self._make_layer(block, 32, n, stride=2)
@@ -159,6 +158,13 @@ class PreActCifarResNet(_PreActNet):
 
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.conv1(x)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.forward_stem(x)  # conv1
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return self.forward_final(x)  # bn_final, relu
 
 
 class PreActImageNetOptions(HeadOptions, total=False):

@@ -27,7 +27,32 @@ HEAD = "fc"  # torchvision's name of the classifier; a family may name its own (
 
 class _Net(Backbone):
     """What every net here shares: the head and feature API, frozen BatchNorm staying in eval
-    mode (both from :class:`Backbone`) and the weight initialization."""
+    mode (both from :class:`Backbone`), the stem, the stages and the weight initialization."""
+
+    shortcut: bool = True  # False: the plain twin, no shortcuts and no downsample
+    shortcut_type: str = "B"  # where the shape changes: "A" zero-pads, "B" projects
+    inplanes: int  # the channels the next block receives, as _make_layer builds the stages
+    block_args: dict[str, Any]  # what every block of _make_layer takes besides its shape
+
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        """A stage: ``blocks`` blocks of ``planes * block.expansion`` output channels; the first
+        one carries the stride and, where the shape changes, the ``downsample`` shortcut."""
+        layers = []
+        for i in range(blocks):
+            s, out = (stride if i == 0 else 1), planes * block.expansion
+            downsample = self.make_downsample(self.inplanes, out, s) if self.shortcut else None
+            layers.append(block(inplanes=self.inplanes, planes=planes, stride=s, downsample=downsample,
+                                **self.block_args))
+            self.inplanes = out
+        return nn.Sequential(*layers)
+
+    def make_downsample(self, inplanes: int, planes: int, stride: int) -> nn.Module | None:
+        return make_shortcut(inplanes=inplanes, planes=planes, stride=stride, kind=self.shortcut_type)
+
+    def forward_stem(self, x: Tensor) -> Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        # The CIFAR nets have no max-pool at all (an Identity would add a row to their summary).
+        return self.maxpool(x) if "maxpool" in self._modules else x
 
     def init_weights(self, zero_init_residual: bool = False) -> None:
         # He et al. 2015 (arXiv:1502.01852) initialization, as torchvision.
@@ -66,7 +91,7 @@ class ResNet(_Net):
         if not issubclass(block, Bottleneck) and (groups, width_per_group) != (1, 64):
             raise ValueError("BasicBlock only supports groups=1 and width_per_group=64")
         self.shortcut, self.inplanes = shortcut, 64
-        self.block_args = dict(block_args or {})  # e.g. a dynamic block's num_kernels
+        self.block_args = {**(block_args or {}), "shortcut": shortcut}  # e.g. a dynamic block's num_kernels
         if issubclass(block, Bottleneck):
             self.block_args.update(groups=groups, base_width=width_per_group)
         stride = 1 if small_input else 4
@@ -87,22 +112,15 @@ class ResNet(_Net):
         self.init_head(512 * block.expansion, num_classes, **head)
         self.init_weights(zero_init_residual)
 
-    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            downsample = None
-            if self.shortcut:  # option B where the shape changes, identity elsewhere
-                downsample = make_shortcut(inplanes=self.inplanes, planes=planes * block.expansion,
-                                           stride=s, kind="B")
-            layers.append(block(inplanes=self.inplanes, planes=planes, stride=s,
-                                downsample=downsample, shortcut=self.shortcut, **self.block_args))
-            self.inplanes = planes * block.expansion
-        return nn.Sequential(*layers)
-
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+    def forward_features(self, x: Tensor) -> Tensor:
+        """torchvision's ``_forward_impl`` up to the pooling; ``forward`` then applies
+        :meth:`forward_head` (avgpool, flatten, dropout, fc)."""
+        x = self.forward_stem(x)  # conv1, bn1, relu, maxpool
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        x = self.layer4(x)
+        return x
 
 
 class CifarResNet(_Net):
@@ -137,33 +155,24 @@ class CifarResNet(_Net):
         n = (depth - 2) // 6
         w1, w2, w3 = (int(w) for w in widths)
         self.shortcut, self.shortcut_type, self.inplanes = shortcut, shortcut_type, w1
-        self.block, self.block_args = block, dict(block_args or {})
+        self.block_args = {**(block_args or {}), "shortcut": shortcut}
         self.conv1 = conv3x3(in_chans, w1, stride=stem_stride)
         self.bn1 = nn.BatchNorm2d(w1)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(w1, n)
-        self.layer2 = self._make_layer(w2, n, stride=2)
-        self.layer3 = self._make_layer(w3, n, stride=2)
+        self.layer1 = self._make_layer(block, w1, n)
+        self.layer2 = self._make_layer(block, w2, n, stride=2)
+        self.layer3 = self._make_layer(block, w3, n, stride=2)
         for i, w in enumerate((w1, w2, w3)):
             self.add_feature(f"layer{i + 1}", w, stem_stride * 2 ** i)
         self.init_head(w3, num_classes, **head)
         self.init_weights(zero_init_residual)
 
-    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
-        layers = []
-        for i in range(blocks):
-            s = stride if i == 0 else 1
-            downsample = None
-            if self.shortcut:
-                downsample = make_shortcut(inplanes=self.inplanes, planes=planes, stride=s,
-                                           kind=self.shortcut_type)
-            layers.append(self.block(inplanes=self.inplanes, planes=planes, stride=s,
-                                     downsample=downsample, shortcut=self.shortcut, **self.block_args))
-            self.inplanes = planes
-        return nn.Sequential(*layers)
-
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn1(self.conv1(x)))
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.forward_stem(x)  # conv1, bn1, relu
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return x
 
 
 class SimpleResNet(_Net):
@@ -187,8 +196,8 @@ class SimpleResNet(_Net):
         self.init_head(width, num_classes, **head)
         self.init_weights()
 
-    def forward_stem(self, x: Tensor) -> Tensor:
-        return self.relu(self.bn1(self.conv1(x)))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.layer1(self.forward_stem(x))
 
 
 # ---------------------------------------------------------------- options (checked by create_model)

@@ -56,6 +56,13 @@ class ResNet9(Backbone):
     def forward_stem(self, x: Tensor) -> Tensor:
         return self.prep(x)
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.prep(x)
+        x = self.layer1(x)
+        x = self.layer2(x)
+        x = self.layer3(x)
+        return x
+
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         out = super().forward_head(x, pre_logits)
         return out if pre_logits or not self.num_classes else out * self.logit_scale

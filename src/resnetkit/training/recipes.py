@@ -59,40 +59,10 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "csv": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
                 "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
     },
-    # Wall time first: the targets are Fashion-MNIST >= 93% within 3 minutes and MNIST >= 99.5%
-    # within 90 s for the whole process on a 2-core CPU (BENCHMARKS.md). What each lever measured
-    # on that CPU, resnet8 at 28 px, batch 256: bf16 autocast 1.1-3x fp32 images/s (this CPU has
-    # AVX512-BF16); a stride-2 stem with stages 32/64/128 at 14/7/4 px has 4x the parameters of
-    # widths 16/32/64 at full resolution and trains 1.5x faster per image (5,700 against 3,750
-    # images/s), and reached 93.1-93.2% where resnet8 reached 92.5% in the same wall time;
-    # torch.compile gained ~5% per step and cost 13 s of compilation; batch 512 no faster than 256
-    # (that CPU, 32/64/128 at 28 px).
-    # NHWC gradients through the option-A shortcut and the pooling (models/blocks.py) then made
-    # whole epochs 6-20% faster (4,640-4,900 against 5,110-5,830 images/s, alternated runs on a
-    # shared machine), which pays for a 16th epoch on Fashion-MNIST: 15 epochs gave 93.04-93.22%
-    # over 3 seeds, 16 epochs 93.23-93.28% in 168-174 s (BENCHMARKS.md; the recipe until the
-    # compute ladder below halved its compute).
-    # The recipe names no precision or memory format: bf16 that gained 1.1-3x on that Xeon ran
-    # 6-8x slower on an AVX2-only EPYC, so --precision auto and channels_last auto measure them
-    # on the machine at hand (resnetkit.probe).
-    # Compute (TFLOP, not seconds; BENCHMARKS.md, compute section, full training split, one seed
-    # a screen): MNIST reached 99.56% with widths 16/32/64, 6 epochs, batch 128, lr 0.2 (5.4
-    # TFLOP, against 25 TFLOP for the earlier 7 epochs of 32/64/128 at batch 256); at equal compute
-    # lr 0.2 beat 0.1 (+0.12) and 0.4 (+0.01), batch 128 beat 64, while no augmentation, no label
-    # smoothing, zero-init residuals and a deeper resnet20 did not help. Fashion-MNIST at half the
-    # earlier 57 TFLOP: more epochs of a narrower net (24/48/96 x 13 or 16/32/64 x 30 beat
-    # 32/64/128 x 7 by 0.6-0.9 points), lr 0.2 at batch 128, and the first 3/4 of the epochs
-    # resized from 12 px up (20 epochs in the compute of 13) reached 92.8-92.9% with flip TTA;
-    # TTA over 1-px shifts too added 0.2-0.4 and made it 93.2-93.3% at 25.9 TFLOP. Cutout
-    # (-0.5) and EMA 0.999 (-0.3) did not help at this length.
-    # Batch 512 at lr 0.8 (the linear scaling of 128 at 0.2): the same 25.9 TFLOP in a quarter of
-    # the steps took 303-316 s where batch 128 at lr 0.2 took 327-399 s (3 seeds each, the same
-    # hour, a 2-core Xeon with AVX512-BF16 and no AMX), at 93.09-93.17% against 92.92-93.15%.
-    # The time is saved in the small early epochs (12-20 px: 7-12 s against 9-24 s an epoch,
-    # seed 0); at 28 px the two are within this shared machine's noise.
-    # Batch 256 at lr 0.4: 336 s, 93.29%; batch 1024 at lr 1.6: 307 s, 92.95% (seed 0 each).
-    # Both hold out no validation split (val_size 0): one-cycle ends annealed, the last epoch is
-    # the result, and all 60,000 training images train.
+    # Targets (BENCHMARKS.md): MNIST >= 99.5% and Fashion-MNIST >= 93% on a 2-core CPU, in wall time and
+    # in TFLOP. No precision or memory format here: they are probed on the machine at hand
+    # (resnetkit.probe). val_size 0: one-cycle ends annealed, so the last epoch is the result.
+    # How these settings were reached: docs/benchmarks-history.md.
     "fast": {
         "mnist": {"model": "resnet8", "model_args": {"widths": [16, 32, 64], "stem_stride": 2},
                   "epochs": 6, "batch_size": 128, "lr": 0.2, "val_size": 0},

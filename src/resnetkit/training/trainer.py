@@ -128,7 +128,7 @@ def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequen
     ``cfg``: a RunConfig, a dict of its fields, or None; keyword overrides win over both, and the
     recipe fills whatever is left unset. ``callbacks`` are called as ``cb(trainer, record)``
     after each epoch, once everything of that epoch is saved. ``source``: data handed over in
-    Python (:mod:`resnetkit.train.api` builds it from arrays or a Dataset).
+    Python (:mod:`resnetkit.training.api` builds it from arrays or a Dataset).
     """
     config, explicit = as_config(cfg, overrides)
     if config.resume:

@@ -9,8 +9,6 @@ val accuracy of the epoch that wrote the checkpoint); ``split="train"`` the imag
 from __future__ import annotations
 
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ from .data import build_eval_loader, tta_for
 from .errors import UserError
 from .report import classification_report, evidence, plot_confusion
 from .runtime import cpu_threads, resolve_device, resolve_precision
-from .train.steps import evaluate_batches
+from .training.steps import evaluate_batches
 
 
 BIASED = ("no test split: the checkpoint was chosen on this split, so its accuracy is biased upwards; "
@@ -98,13 +96,3 @@ def default_confusion_path(checkpoint: Path, split: str, dataset: str | None = N
     confusion-<dataset>-<split>.png, so the run's own picture is not replaced."""
     name = f"{dataset}-{split}" if dataset else split
     return checkpoint.parent / f"confusion-{name}.png"
-
-
-class _CallableModule(types.ModuleType):
-    # ``import resnetkit.evaluate`` makes ``resnetkit.evaluate`` this module instead of the
-    # function; calling the module calls the function, so both spellings keep working.
-    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

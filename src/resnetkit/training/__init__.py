@@ -1,0 +1,7 @@
+"""Training: ``train(cfg) -> TrainResult``, recipes, optimisers, steps, fine-tuning, data parallelism."""
+from __future__ import annotations
+
+from .api import train
+from .trainer import Trainer, TrainingDiverged, TrainResult
+
+__all__ = ["train", "Trainer", "TrainResult", "TrainingDiverged"]
