@@ -387,7 +387,7 @@ def test_a_stale_lock_is_taken_over_with_a_note(left: str, tmp_path: Path,
 
 
 def test_a_lock_is_released_when_the_run_fails(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from resnetkit.train import run_folder
+    from resnetkit.training import run_folder
 
     folder = tmp_path / "run"
     assert main(["train", *DIGITS, "--lr", "1e6", "--precision", "fp32", "--out", str(folder)]) == 2
@@ -705,7 +705,7 @@ def test_divergence_names_only_a_checkpoint_that_exists(tmp_path: Path, capsys: 
 def test_lr_find_dry_run_writes_nothing_and_takes_no_run_flags(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
     from resnetkit.cli import lr_find as cli_lr_find
-    from resnetkit.train import lr_find
+    from resnetkit.training import lr_find
 
     out = tmp_path / "lrf"
     assert main(["lr-find", "--model", "resnet8", "--num-iter", "50", "--dry-run", "--out", str(out)]) == 0
