@@ -45,7 +45,7 @@ from ..data.progressive import check_progressive, epoch_img_size, epoch_img_size
 from ..errors import UserError, first_line
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
-from .budget import Budget, Costs, SizeSpeeds, format_duration
+from .budget import Budget, Costs, SizeSpeeds, format_duration, plan_sizes
 from .ema import WeightEma
 from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
@@ -65,7 +65,7 @@ FIRST_STEPS_LEAST = 0.5
 # took 19 s in one run and 24 s in the next); --time-budget times the chosen setting afresh, for
 # at most this long, unless the probe has just timed it
 BUDGET_PROBE_S = 1.5
-QUIET_REFIT = 0.02  # a refit within this share of the plan that keeps the epoch count is not printed
+QUIET_REFIT = 0.05  # a refit within this share of the plan is made but not printed
 MIN_REFIT = 0.002  # nor made at all within this share (a few steps: noise, and a replay of the schedule)
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
@@ -416,9 +416,9 @@ class Trainer:
         new, old = round(epochs * self.sched_steps), round(planned * self.sched_steps)
         if abs(new - old) < max(1.0, MIN_REFIT * old):  # each new plan replays the schedule so far
             return
-        was, whole = self.plan_text(), self.cfg.epochs
+        was = self.plan_text()
         self.set_epochs(epochs)
-        if self.cfg.epochs != whole or abs(epochs - planned) >= QUIET_REFIT * planned:  # not every nudge
+        if abs(epochs - planned) > QUIET_REFIT * planned:  # not every nudge
             self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {self.plan_text()} (was {was})")
         if self.is_main:
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
@@ -893,7 +893,7 @@ def budget_costs(cfg: RunConfig, loaders: Any, tta: TTA, speeds: SizeSpeeds, tai
     full = loaders.spec.img_size
 
     def weights(epochs: int) -> list[float]:
-        return speeds.weights(epoch_img_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
+        return speeds.weights(plan_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
     return Costs.from_speed(loaders.train.num_samples, val, speeds.full_speed(), tail_s, weights,
                             report_images=loaders.test.num_samples * views)
 
