@@ -280,7 +280,8 @@ class Trainer:
         if world_size > 1:  # cuda -> this process's GPU
             self.device = distributed.rank_device(self.device)
         self.precision = resolve_precision(self.cfg.precision, self.device)  # checked now; auto: setup
-        self.choice: probe.Choice | None = None  # precision and memory format in use, and why
+        self.choice: probe.Choice | None = None  # precision, memory format and threads in use, and why
+        self.threads_forced: int | None = None  # --threads (or the resumed run's), before the probe chose
         # --time-budget fits the epochs of a new run; a resumed run keeps the epochs it recorded
         self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
@@ -343,20 +344,45 @@ class Trainer:
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
 
-    def choose_runtime(self, model: nn.Module) -> None:
-        """--precision and channels_last: forced by flags, else measured on this machine (or read
-        from the probe's cache). Rank 0 measures and every rank uses its choice."""
+    def choose_runtime(self, model: nn.Module, reprobe: bool = False) -> None:
+        """--precision, channels_last and --threads: forced by flags, else measured on this machine
+        (or read from the probe's cache; ``reprobe``: measured again). Rank 0 measures and every
+        rank uses its choice; the thread count is recorded in the config (it orders float sums)."""
         cfg, spec = self.cfg, self.spec
         choice = None
         if self.is_main:
-            choice = probe.choose(model, (spec.in_chans, spec.img_size, spec.img_size),
-                                  self.loaders.train.batch_size, self.device, precision=cfg.precision,
+            shape, batch = (spec.in_chans, spec.img_size, spec.img_size), self.loaders.train.batch_size
+            steps = run_steps(cfg, self.sched_steps) * cfg.accum_steps
+            forced = cfg.threads if self.choice is None else self.threads_forced
+            choice = probe.choose(model, shape, batch, self.device, precision=cfg.precision,
                                   channels_last=cfg.channels_last, compile=cfg.compile,
-                                  network=network_key(cfg, self.model_args),
-                                  make_step=timing_step,
-                                  run_steps=run_steps(cfg, self.sched_steps) * cfg.accum_steps)
+                                  network=network_key(cfg, self.model_args), make_step=timing_step,
+                                  run_steps=steps, threads=forced, reprobe=reprobe)
+            if self.device.type == "cpu" and self.world_size == 1:
+                wait = {"model": cfg.model, "model_args": self.model_args, "input_size": list(shape),
+                        "batch_size": batch, "precision": choice.precision, "channels_last": choice.channels_last}
+                run_s = steps * batch / choice.images_per_s if choice.images_per_s else None
+                choice.wait_policy = probe.wait_policy_for_run(choice, wait, None if reprobe else run_s)
+        if self.choice is None:
+            self.threads_forced = cfg.threads
         self.choice = distributed.broadcast_object(choice)
         self.precision = resolve_precision(self.choice.precision, self.device)
+        if self.choice.threads and self.device.type == "cpu":
+            torch.set_num_threads(self.choice.threads)
+            self.cfg = self.cfg.replace(threads=self.choice.threads)
+
+    def recheck_cache(self, speed: float) -> None:
+        """A cached choice RECHECK_RATIO off the run's own first steps is measured again (as
+        bounded as any probe) and its entry rewritten; the new setting trains from here on."""
+        was = self.choice
+        if not distributed.broadcast_object(self.is_main and was is not None and probe.recheck(was, speed)):
+            return
+        self.log(f"speed: the cache said {was.images_per_s:,.0f} img/s, the first steps ran "
+                 f"{speed:,.0f} img/s: probing again")
+        self.choose_runtime(self.model, reprobe=True)
+        if self.channels_last != was.channels_last:
+            self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.log(f"speed: {self.choice.describe()}")
 
     # ------------------------------------------------------------------ --time-budget
     def fit_budget(self, model: nn.Module) -> None:
@@ -435,9 +461,12 @@ class Trainer:
                 self.scheduler.step()
 
     def first_steps_check(self, step: int, since: float, images: int) -> None:
-        """After the first steps of epoch 1: refit from the loop's own images/s."""
+        """After the first steps of epoch 1: check a cached speed, refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
+        self.recheck_cache(speed)
+        if self.budget is None:
+            return
         self.speeds.record(self.epoch_sizes(self.cfg.epochs)[0], speed, replace=True)  # the loop's own
         least = math.ceil(FIRST_STEPS_LEAST * self.planned_epochs * self.sched_steps) / self.sched_steps
         self.refit_budget(step / len(self.loaders.train), self.costs(),
@@ -474,6 +503,10 @@ class Trainer:
                 (float(np.median(speeds)) if speeds else None),
                 "train_images_per_s": float(np.median(speeds)) if speeds else None,
                 "chosen_by": c.chosen_by if c else "flag", "reason": c.reason if c else "",
+                "threads_chosen_by": (c.threads_by or c.chosen_by) if c else "flag",
+                **probe.wait_record(c.wait_policy if c else None),
+                "probe_spread": c.spread if c else None, "probe_load": c.load if c else "",
+                "probe_cached": c.cached if c else False,
                 "probe": c.measured if c else [], "probe_seconds": c.probe_seconds if c else None}
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -598,6 +631,8 @@ class Trainer:
         self.log(split_line(self.loaders))
         if self.choice is not None:
             self.log(f"speed: {self.choice.describe(forced=self.forced_by())}")
+            if self.device.type == "cpu":
+                self.log(probe.wait_line(self.choice.wait_policy))
         for line in self.notes:
             self.log(line)
         for line in self.transfer_notes:
@@ -701,7 +736,9 @@ class Trainer:
         autocast = self.precision.autocast()
         # --time-budget: the loop's own speed, from the end of step 2 (kernels built) to step
         # check_at (tiny epochs: the epoch's end decides instead)
-        check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
+        # and a cached speed's check against the loop's own (at the size the probe measured)
+        recheck = self.choice is not None and self.choice.chosen_by == "cache" and size == self.spec.img_size
+        check_at = min(FIRST_STEPS, len(loader) - 1) if (self.budget or recheck) and epoch == 1 else 0
         since = start
         for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
             x, target = self.mix(x, y)
@@ -879,7 +916,7 @@ def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, 
     it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
     if choice.images_per_s and (choice.chosen_by == "probe" or compile):  # compiling again: seconds
         return choice.images_per_s
-    setting = probe.Setting(choice.precision, choice.channels_last, compile)
+    setting = probe.Setting(choice.precision, choice.channels_last, compile, choice.threads or 0)
     rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
     return rows[0]["images_per_s"] or 1.0
 
