@@ -345,3 +345,19 @@ def test_small_replans_are_made_but_not_printed(tmp_path: Path, monkeypatch: pyt
     train(**run_cfg(tmp_path))
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("budget 20s:") and "->" in line]
     assert len(lines) == 1 and "epoch 3" in lines[0]
+
+
+def test_a_budget_is_not_refused_on_a_probe_made_under_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)  # keep the first fit
+    busy = probe.Choice("fp32", False, False, "probe", 1.0, load="the machine is busy: 2 other processes use 180% CPU")
+    monkeypatch.setattr(probe, "choose", lambda *a, **k: busy)  # 64 s per epoch: too short for 20 s
+    timed: list[Any] = []
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: timed.append(a) or [{"images_per_s": 64.0}])
+    run = train(**run_cfg(tmp_path, verbose=False))  # measured again: 1 s per epoch, 16.5 epochs fit
+    assert len(timed) == 1 and run.config.epochs >= 10
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: [{"images_per_s": 1.0}])  # still slow
+    monkeypatch.setattr(probe, "other_load", lambda *a: (2, 1.8))
+    with pytest.raises(UserError, match=r"too short: .* \(measured twice, now at ~1 img/s; the machine is busy: "
+                                        r"2 other processes use 180% CPU\)"):
+        train(**run_cfg(tmp_path / "again", verbose=False))

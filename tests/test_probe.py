@@ -302,3 +302,33 @@ def test_recheck_compares_a_cached_speed_with_the_live_one() -> None:
     assert not probe.recheck(cached, 1_900.0) and not probe.recheck(cached, 600.0)
     assert probe.recheck(cached, 2_100.0) and probe.recheck(cached, 400.0)
     assert not probe.recheck(probe.Choice("fp32", False, False, "probe", 1_000.0), 100.0)  # just measured
+
+
+# ------------------------------------------------------------------ --test-subset and the whole process's time
+def test_test_subset_counts_and_is_said(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit import train
+
+    run = train(dataset="digits", epochs=1, subset=200, test_subset=50, out=str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert run.report["num_samples"] == 50 and run.test_metrics["num_samples"] == 50
+    assert run.report["data"]["test_subset"] == 50 and run.report["data"]["test_of"] == 360
+    per_class = [row["support"] for row in run.report["per_class"].values()] if isinstance(
+        run.report["per_class"], dict) else [row["support"] for row in run.report["per_class"]]
+    assert max(per_class) - min(per_class) <= 1  # stratified: 360 images of 10 balanced classes
+    assert "on 50 of 360 test images (--test-subset)" in out and "50 of 360 images (--test-subset)" in out
+    again = train(dataset="digits", epochs=1, subset=200, test_subset=50, seed=1, out=str(tmp_path / "again"),
+                  verbose=False)
+    assert again.report["num_samples"] == 50  # the same images whatever the seed (the subset's own stream)
+    ev = run.report["evidence"]
+    assert ev["process_s"] >= ev["wall_time_s"] > 0  # the whole process, test pass and report included
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["evidence"]["process_s"] == ev["process_s"]
+    assert "s in all" in out
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_test_subset_rejects_what_selects_nothing(tmp_path: Path, value: int) -> None:
+    from resnetkit import train
+    from resnetkit.errors import UserError
+
+    with pytest.raises(UserError, match="--test-subset must be a whole number of test samples"):
+        train(dataset="digits", epochs=1, test_subset=value, out=str(tmp_path / "run"), verbose=False)

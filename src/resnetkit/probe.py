@@ -517,17 +517,18 @@ def wait_child(spec: dict[str, Any], steps: int) -> dict[str, Any]:
     return {"policy": os.environ.get(_omp.ENV), "seconds": [time_steps(step, x, y, 1, cpu) for _ in range(steps)]}
 
 
-def wait_policy_for_run(choice: Choice, spec: dict[str, Any], run_s: float | None) -> dict[str, Any]:
+def wait_policy_for_run(choice: Choice, spec: dict[str, Any], run_s: float | None,
+                        force: bool = False) -> dict[str, Any]:
     """This process's wait policy and who chose it (:func:`resnetkit._omp.current`); where only
-    the default stands, no verdict exists yet, the run is long enough to pay MAX_SHARE for it and
-    more than one thread is in use, it is measured now: for the runs that follow, since this
-    process read its policy when torch loaded."""
+    the default stands (no verdict yet, or ``force``: --reprobe), the run is long enough to pay
+    MAX_SHARE for it (or ``force``) and the machine has more than one core, it is measured now:
+    for the runs that follow, since this process read its policy when torch loaded."""
     state = _omp.current()
     threads = max(1, torch.get_num_threads(), choice.threads or 0)
     if state["chosen_by"] != "default" or threads < 2 or not choice.images_per_s:
         return state
     cost = wait_policy_cost(spec["batch_size"] / choice.images_per_s)
-    if run_s is None or run_s * MAX_SHARE < cost:
+    if not force and (run_s is None or run_s * MAX_SHARE < cost):
         return {**state, "note": state["note"] + f"; not measured: the run is too short to pay ~{cost:.0f} s for it"}
     verdict = measure_wait_policy({**spec, "threads": threads})
     how = "measured now for the next runs" if verdict["cached"] else "measured, no verdict"

@@ -255,15 +255,18 @@ class Budget:
         """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
         return TARGET * self.seconds - process_age()
 
-    def first_fit(self, costs: Costs, eval_every: int, steps_per_epoch: int | None = None) -> float:
+    def first_fit(self, costs: Costs, eval_every: int, steps_per_epoch: int | None = None,
+                  measured: str = "") -> float:
         """Epochs for a run that has trained nothing yet (whole, and a share of one more given
-        ``steps_per_epoch``); a budget too short for one is an error."""
+        ``steps_per_epoch``); a budget too short for one is an error, which quotes ``measured``
+        (the speed and the load it was measured beside) and the training speed it assumed."""
         left = self.left()
         one = remaining_seconds(1, 0, costs, eval_every)
         if one > left:
             need = format_duration(math.ceil((self.seconds - left + one) / TARGET))
+            speed = f" ({measured})" if measured else ""
             raise UserError(f"--time-budget {format_duration(self.seconds)} is too short: one epoch with "
-                            f"its evaluation takes about {one:.0f} s here on top of "
+                            f"its evaluation takes about {one:.0f} s here{speed} on top of "
                             f"{self.seconds * TARGET - left:.0f} s spent so far; give at least {need}, or "
                             f"train on fewer images with --subset")
         return fit_epochs(left, 0, costs, eval_every, steps_per_epoch=steps_per_epoch)

@@ -45,7 +45,7 @@ from ..data.progressive import check_progressive, epoch_img_size, epoch_img_size
 from ..errors import UserError, first_line
 from .. import checkpoint as ckpt
 from . import distributed, finetune, sampler, tb
-from .budget import Budget, Costs, SizeSpeeds, format_duration, plan_sizes
+from .budget import Budget, Costs, SizeSpeeds, format_duration, plan_sizes, process_age
 from .ema import WeightEma
 from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
@@ -357,12 +357,15 @@ class Trainer:
             choice = probe.choose(model, shape, batch, self.device, precision=cfg.precision,
                                   channels_last=cfg.channels_last, compile=cfg.compile,
                                   network=network_key(cfg, self.model_args), make_step=timing_step,
-                                  run_steps=steps, threads=forced, reprobe=reprobe)
-            if self.device.type == "cpu" and self.world_size == 1:
+                                  run_steps=steps, threads=forced,
+                                  reprobe=reprobe or (self.choice is None and cfg.reprobe))
+            if self.choice is not None:  # a re-probe mid-run: the policy is this process's already
+                choice.wait_policy = self.choice.wait_policy
+            elif self.device.type == "cpu" and self.world_size == 1:
                 wait = {"model": cfg.model, "model_args": self.model_args, "input_size": list(shape),
                         "batch_size": batch, "precision": choice.precision, "channels_last": choice.channels_last}
                 run_s = steps * batch / choice.images_per_s if choice.images_per_s else None
-                choice.wait_policy = probe.wait_policy_for_run(choice, wait, None if reprobe else run_s)
+                choice.wait_policy = probe.wait_policy_for_run(choice, wait, run_s, force=cfg.reprobe)
         if self.choice is None:
             self.threads_forced = cfg.threads
         self.choice = distributed.broadcast_object(choice)
@@ -398,11 +401,30 @@ class Trainer:
         speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(self.spec.img_size)
         self.speeds.record(self.spec.img_size, speed)
-        epochs = distributed.broadcast_object(
-            self.capped(self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps)))
+        try:
+            first = self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps)
+        except UserError:
+            c = self.choice
+            if self.world_size > 1 or not (c.load or (c.spread or 0) >= probe.STABLE_SPREAD):
+                raise
+            first = self.refit_measured_again(model)  # never refused on a measurement made under load
+        epochs = distributed.broadcast_object(self.capped(first))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {self.plan_text()} "
                           f"at ~{speed:,.0f} img/s")
+
+    def refit_measured_again(self, model: nn.Module) -> float:
+        """The first fit from the chosen setting timed again now; a budget still too short is
+        refused with the speed measured and the load beside it."""
+        spec, c = self.spec, self.choice
+        before, start = probe.cpu_ticks(), time.perf_counter()
+        again = probe.Choice(c.precision, c.channels_last, c.compile, "cache", c.images_per_s, threads=c.threads)
+        speed = budget_speed(again, model, (spec.in_chans, spec.img_size, spec.img_size),
+                             self.loaders.train.batch_size, self.device, False)
+        load = probe.load_text(probe.other_load(before, probe.cpu_ticks(), time.perf_counter() - start))
+        self.speeds.record(self.spec.img_size, speed, replace=True)
+        note = f"measured twice, now at ~{speed:,.0f} img/s" + (f"; {load}" if load else "")
+        return self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps, measured=note)
 
     def costs(self) -> Costs:
         """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
@@ -659,6 +681,10 @@ class Trainer:
         if self.is_main:  # report.html and the ECE, from best.safetensors as written
             report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline,
                                                   interpretation=self.test_interpretation)
+            # the whole process's seconds so far: start-up, data, probe, training, test pass, report
+            report["evidence"] = {**report.get("evidence", {}), "process_s": round(process_age(), 3)}
+            write_json_atomic(self.run_dir / "report.json", report)
+            self.log(final_line(report, wall, self.run_dir / "report.json"))
         if self.budget is not None:
             used = self.budget.used()
             self.log(f"budget {format_duration(self.budget.seconds)}: {used:.1f} s used so far "
@@ -906,7 +932,6 @@ class Trainer:
                                title=f"{self.cfg.model} on {self.cfg.dataset} ({rep['split']}, "
                                      f"epoch {rep['best_epoch']})")
         write_json_atomic(self.run_dir / "report.json", rep)
-        self.log(final_line(rep, wall, self.run_dir / "report.json"))
         return rep
 
 
@@ -981,8 +1006,10 @@ def split_line(loaders: Any) -> str:
         return (f"no validation split (--val-size 0): {info['train_size']} images train, nothing is "
                 f"selected, the last epoch is the result; test: {info['test_size']} images, read once "
                 f"at the end")
+    tested = (f"{info['test_subset']} of {info['test_of']} images (--test-subset)" if info.get("test_subset")
+              else f"{info['test_size']} images")
     test = ("the val split too (no test split: selection and report share one split)"
-            if loaders.test_is_val else f"{info['test_size']} images, read once at the end")
+            if loaders.test_is_val else f"{tested}, read once at the end")
     return (f"train {info['train_size']} images | val {info['val_size']} images ({info['val_source']}) "
             f"chooses the checkpoint | test: {test}")
 
@@ -1006,7 +1033,12 @@ def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
     else:
         how = f"of the checkpoint chosen on val (epoch {rep['best_epoch']}, val {100 * rep['val']['top1']:.2f}%)"
     note = f"; {rep['selection_note']}" if rep.get("selection_note") and rep["selected_on"] == "val" else ""
-    return f"{acc} {how}{note}; {wall:.1f}s; report in {path}"
+    data = rep.get("data") or {}
+    if data.get("test_subset"):
+        acc += f" on {data['test_subset']:,} of {data['test_of']:,} test images (--test-subset)"
+    total = (rep.get("evidence") or {}).get("process_s")
+    took = f"{wall:.1f}s training, {total:.1f}s in all" if total else f"{wall:.1f}s"
+    return f"{acc} {how}{note}; {took}; report in {path}"
 
 
 def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
