@@ -332,3 +332,104 @@ def test_test_subset_rejects_what_selects_nothing(tmp_path: Path, value: int) ->
 
     with pytest.raises(UserError, match="--test-subset must be a whole number of test samples"):
         train(dataset="digits", epochs=1, test_subset=value, out=str(tmp_path / "run"), verbose=False)
+
+
+# ------------------------------------------------------------------ the OpenMP wait policy
+ENTRY = ("import os, sys; from resnetkit.cli import main; "
+         "sys.exit(main(['bench', '--probe']) or ('torch' in sys.modules))")
+
+
+def entry_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "RESNETKIT_WAIT_POLICY_BY")}
+    return {**env, "RESNETKIT_CACHE": str(tmp_path), **extra}
+
+
+def run_entry(env: dict[str, str]) -> str:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ENTRY], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr  # and torch never loaded: --probe reads files only
+    return out.stdout
+
+
+def test_the_wait_policy_is_set_before_torch_loads_unless_the_user_set_it(tmp_path: Path) -> None:
+    assert "wait policy of this process: PASSIVE (default:" in run_entry(entry_env(tmp_path))
+    user = run_entry(entry_env(tmp_path, OMP_WAIT_POLICY="ACTIVE"))
+    assert "ACTIVE (user: OMP_WAIT_POLICY=ACTIVE was set by the user)" in user
+
+
+def test_a_measured_verdict_is_used_at_the_next_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit import _omp
+
+    monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path))
+    _omp.write_verdict({"policy": "ACTIVE", "reason": "ACTIVE +9% against PASSIVE"})
+    out = run_entry(entry_env(tmp_path))
+    assert "wait policy of this process: ACTIVE (cache:" in out and "verdict: ACTIVE" in out
+
+
+def test_the_entry_leaves_an_already_loaded_torch_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from resnetkit import _omp
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    _omp.set_at_entry()  # torch is loaded in this process: setting it now would change nothing
+    assert "OMP_WAIT_POLICY" not in os.environ and _omp.current()["chosen_by"] == "none"
+
+
+@pytest.mark.parametrize("active,passive,noisy,policy,cached", [
+    (0.010, 0.0102, False, "PASSIVE", True),  # PASSIVE costs 2%: no reason to spin
+    (0.010, 0.0120, False, "ACTIVE", True),  # spinning wins by 20% on a quiet machine
+    (0.010, 0.0120, True, "PASSIVE", False),  # a noisy measurement decides nothing
+])
+def test_the_wait_policy_is_decided_by_numbers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, active: float,
+                                               passive: float, noisy: bool, policy: str, cached: bool) -> None:
+    from resnetkit import _omp
+
+    monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(probe, "STABLE_SPREAD", 0.15)  # the fixture's 'any spread passes' is off here
+    order: list[str] = []
+
+    def child(spec: Any, which: str, steps: int, timeout: float) -> list[float]:
+        order.append(which)
+        base = active if which == "ACTIVE" else passive
+        return [base * (3 if noisy and i % 2 else 1) for i in range(steps)]
+    monkeypatch.setattr(probe, "run_wait_child", child)
+    verdict = probe.measure_wait_policy({"batch_size": 128})
+    assert order == ["ACTIVE", "PASSIVE"] * probe.WAIT_CHILDREN  # alternated, new processes
+    assert verdict["policy"] == policy and verdict["cached"] is cached
+    assert (_omp.read_verdict() or {}).get("policy") == (policy if cached else None)
+
+
+def test_a_wait_child_runs_at_toy_size() -> None:
+    # the child's code path, in a real process: its step times are not looked at
+    spec = {"model": "resnet8", "model_args": {"num_classes": 10, "in_chans": 1, "widths": [4, 8, 8]},
+            "input_size": [1, 8, 8], "batch_size": 4, "threads": 1}
+    times = probe.run_wait_child(spec, "PASSIVE", 2, timeout_s=120)
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_a_run_records_its_threads_and_wait_policy(tmp_path: Path, no_native_bf16: None,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit import train
+
+    monkeypatch.setattr(probe, "MAX_SHARE", 1e9)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("RESNETKIT_WAIT_POLICY_BY", "default")
+    measured: list[Any] = []
+    monkeypatch.setattr(probe, "measure_wait_policy", lambda spec: measured.append(spec) or {
+        "policy": "PASSIVE", "cached": True, "reason": "ACTIVE +1% against PASSIVE"})
+    monkeypatch.setattr(probe, "wait_policy_cost", lambda step_s: 0.0)  # any run can pay for it
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
+    run = train(dataset="digits", epochs=1, subset=64, out=str(tmp_path / "run"))
+    rt = run.report["runtime"]
+    assert rt["threads"] == run.config.threads and rt["threads_chosen_by"] == "probe"
+    assert rt["omp_wait_policy"] == "PASSIVE" and rt["wait_policy_chosen_by"] == "default"
+    assert "measured now for the next runs: PASSIVE" in rt["wait_policy_note"] and len(measured) == 1
+    out = capsys.readouterr().out
+    assert "OpenMP wait policy: PASSIVE (default:" in out and "thread" in out.split("speed:")[1].splitlines()[0]

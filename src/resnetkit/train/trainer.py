@@ -520,7 +520,8 @@ class Trainer:
         speeds = [h["images_per_s"] for h in self.history if h.get("images_per_s")]
         return {"device": str(self.device), "precision": self.precision.name,
                 "channels_last": self.channels_last, "compile": self.cfg.compile,
-                "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                "threads": ((c.threads if c and c.threads else torch.get_num_threads())
+                            if self.device.type == "cpu" else None),
                 "images_per_s": c.images_per_s if c and c.images_per_s else
                 (float(np.median(speeds)) if speeds else None),
                 "train_images_per_s": float(np.median(speeds)) if speeds else None,
