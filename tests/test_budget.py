@@ -361,3 +361,28 @@ def test_a_budget_is_not_refused_on_a_probe_made_under_load(tmp_path: Path, monk
     with pytest.raises(UserError, match=r"too short: .* \(measured twice, now at ~1 img/s; the machine is busy: "
                                         r"2 other processes use 180% CPU\)"):
         train(**run_cfg(tmp_path / "again", verbose=False))
+
+
+def test_a_load_that_starts_mid_run_costs_from_the_epoch_it_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.train.budget import SizeSpeeds
+
+    speeds = SizeSpeeds(full=28)
+    for _ in range(3):
+        speeds.record(28, 3_000)  # quiet epochs
+    speeds.record(28, 1_000)  # a second training started beside this one
+    assert speeds.full_speed() == pytest.approx(1_000)  # not the mean of 3,000, 3,000 and 1,000
+    speeds.record(28, 3_000)  # it ended: the mean of the recent epochs again
+    assert speeds.full_speed() == pytest.approx(1 / ((2 / 3_000 + 1 / 1_000) / 3))
+    # a run whose epochs slow down 3x at 40% of its budget ends within it: each epoch-end refit
+    # prices the rest at the latest speed (10 s epochs, then 30 s; 200 s budget, no eval)
+    b, planned, done, clock = Budget(200), 19.0, 0, [0.0]
+    monkeypatch.setattr(budget, "process_age", lambda: clock[0])
+    costs = Costs(train_epoch_s=10, eval_s=0, tail_s=1)
+    while done < planned:
+        clock[0] += 10 if clock[0] < 80 else 30
+        done += 1
+        speeds.record(28, 1.0 / (10 if clock[0] <= 80 else 30))
+        costs.train_epoch_s = 1.0 / speeds.full_speed()
+        planned = b.refit(planned, done, costs, eval_every=1)
+    assert clock[0] + 1 <= 200  # within the budget, the tail included
+    assert clock[0] + 1 >= 200 * 0.8  # and it did not give most of it away

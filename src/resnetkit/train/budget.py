@@ -131,7 +131,8 @@ def plan_sizes(epochs: int, full: int, min_size: int | None, until: float) -> np
 @dataclass
 class SizeSpeeds:
     """Seconds per training image at each input size measured so far (the probe's at ``full``,
-    the run's own at the sizes it trained, the last RECENT measurements of each averaged).
+    the run's own at the sizes it trained, the last RECENT measurements of each averaged, the
+    latest alone where it is slower).
     Other sizes are interpolated linearly in the pixel count between the measured ones; with
     one size measured, the cost scales with the pixel count. An epoch at 12 px of a 28 px net
     costs more than its 18% of the pixels (measured: ~35%), which the pixel count alone misses."""
@@ -149,7 +150,9 @@ class SizeSpeeds:
         del seconds[:-RECENT]
 
     def per_image(self, size: int) -> float:
-        points = sorted((s * s, sum(t) / len(t)) for s, t in self.measured.items())
+        # the recent mean, or the latest where it is slower: a load that began mid-run (another
+        # training beside this one) costs from the epoch it is first seen, not a third of it
+        points = sorted((s * s, max(sum(t) / len(t), t[-1])) for s, t in self.measured.items())
         if len(points) == 1:
             area, seconds = points[0]
             return seconds * size * size / area
