@@ -540,7 +540,8 @@ def section_inference(quick: bool, cmd: str) -> str:
 BUSY_TARGETS = {"training": 0.4, "niced": 0.8}  # fast path: share of its quiet images/s kept
 BUSY_CONDITIONS = ("quiet", "training", "niced")
 BUSY_REPEATS = 5
-BUSY_DEADLINE_S = 18 * 60  # the section stops taking repeats here, so that it ends within 20 minutes
+BUSY_DEADLINE_S = 19 * 60  # no repeat starts that the slowest so far would carry past this: within 20 min
+BUSY_RUN_TIMEOUT_S = 240  # one measurement at most (a 20x slowdown of the fast path takes ~60 s)
 NEIGHBOUR_WARMUP_S = 6.0  # a neighbour's start (torch, its first steps) before a measurement begins
 # The neighbours, as another user's own scripts (plain torch, OpenMP's own wait policy, 2
 # threads, forever): a second training of a small CIFAR-style net, and a niced resnet50 (the
@@ -627,24 +628,30 @@ BUSY_LOOPS: dict[str, Callable[..., dict[str, Any]]] = {}  # filled below: workl
 
 
 def busy_measurements(data_dir: Path, quick: bool, repeats: int, cache: Path,
-                      deadline_s: float = BUSY_DEADLINE_S) -> dict[tuple[str, str], list[dict[str, Any]]]:
+                      deadline: float | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Every (workload, condition) measured ``repeats`` times, alternated: each repeat runs every
-    condition, each condition both workloads beside one neighbour started and ended for it."""
+    condition, each condition both workloads beside one neighbour started and ended for it. No
+    repeat starts that the slowest one so far would carry past ``deadline`` (time.monotonic())."""
     results: dict[tuple[str, str], list[dict[str, Any]]] = {(w, c): [] for w in BUSY_LOOPS for c in BUSY_CONDITIONS}
-    start = time.monotonic()
+    deadline = deadline or time.monotonic() + BUSY_DEADLINE_S
+    slowest = 0.0
     for r in range(repeats):
-        if r and time.monotonic() - start > deadline_s:
-            print(f"  busy: stopped after {r} repeats (the section's {deadline_s / 60:.0f} min)", file=sys.stderr)
+        if r and time.monotonic() + slowest > deadline:
+            print(f"  busy: stopped after {r} repeats: another would end past the section's time",
+                  file=sys.stderr)
             break
+        began = time.monotonic()
         for condition in BUSY_CONDITIONS:
             neighbour = start_neighbour(condition, quick)
             try:
                 for workload, measure in BUSY_LOOPS.items():
                     print(f"  busy: repeat {r + 1}/{repeats}, {workload} {condition} ...", file=sys.stderr, flush=True)
                     kw = {"cache": cache} if workload == "fast" else {}
-                    results[(workload, condition)].append(measure(data_dir, quick=quick, timeout=600, **kw))
+                    results[(workload, condition)].append(
+                        measure(data_dir, quick=quick, timeout=BUSY_RUN_TIMEOUT_S, **kw))
             finally:
                 end_neighbour(neighbour)
+        slowest = max(slowest, time.monotonic() - began)
     return results
 
 
@@ -659,6 +666,15 @@ def busy_wait_verdict(cache: Path, quick: bool) -> str:
     return lines[-1].strip() if out.returncode == 0 and lines else f"not measured: {out.stderr.strip()[-300:]}"
 
 
+def machine_line() -> str:
+    """The CPU model and its flags, as every benchmark figure names them."""
+    from _md import cpu_flags_text
+
+    from resnetkit.probe import cpu_model
+
+    return f"{cpu_model()} ({cpu_flags_text()}), {os.cpu_count()} cores"
+
+
 def fast_model_args() -> list[str]:
     """The MNIST fast recipe's network as --model-arg flags."""
     from resnetkit.config import RunConfig
@@ -669,11 +685,12 @@ def fast_model_args() -> list[str]:
 
 
 def section_busy(data_dir: Path, quick: bool, cmd: str, repeats: int | None = None) -> str:
-    repeats = repeats or (1 if quick else BUSY_REPEATS)
+    repeats, deadline = repeats or (1 if quick else BUSY_REPEATS), time.monotonic() + BUSY_DEADLINE_S
+    print(f"  busy: on {machine_line()}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="resnetkit-busy-cache-") as tmp:
         cache = Path(tmp)
         verdict = busy_wait_verdict(cache, quick)
-        results = busy_measurements(data_dir, quick, repeats, cache)
+        results = busy_measurements(data_dir, quick, repeats, cache, deadline)
     return busy_markdown(results, verdict, quick, cmd)
 
 
