@@ -655,12 +655,22 @@ def busy_measurements(data_dir: Path, quick: bool, repeats: int, cache: Path,
     return results
 
 
-def busy_wait_verdict(cache: Path, quick: bool) -> str:
-    """The wait-policy verdict of this machine for the fast net, measured now (quiet), in words."""
-    cfg_args = ["--model", "resnet8", "--input-size", "1,28,28", "--batch-size", "16" if quick else "128"]
+def busy_wait_verdict(data_dir: Path, cache: Path) -> str:
+    """The speed probe of the fast run and the wait-policy verdict of this machine, measured now
+    (quiet) into the section's cache, as ``resnetkit bench --reprobe`` does; the verdict in words.
+    The runs of the section then start from this cache entry, as a user's second run does."""
+    from resnetkit.config import RunConfig
+    from resnetkit.data import dataset_spec
+    from resnetkit.train.recipes import resolve_config
+
+    cfg = resolve_config(RunConfig(dataset="mnist", recipe="fast", data_dir=str(data_dir)))
+    spec = dataset_spec(cfg)
+    model_args = [a for k, v in cfg.model_args.items() for a in ("--model-arg", f"{k}={json.dumps(v)}")]
+    args = ["--model", cfg.model, *model_args, "--input-size", f"{spec.in_chans},{spec.img_size},{spec.img_size}",
+            "--batch-size", str(cfg.batch_size), "--device", "cpu"]
     env = {**os.environ, "RESNETKIT_CACHE": str(cache)}
     env.pop("OMP_WAIT_POLICY", None)
-    out = subprocess.run([*resnetkit_exe(), "bench", "--reprobe", *fast_model_args(), *cfg_args],
+    out = subprocess.run([*resnetkit_exe(), "bench", "--reprobe", *args],
                          env=env, capture_output=True, text=True, timeout=600)
     lines = [line for line in out.stdout.splitlines() if "wait policy" in line.lower()]
     return lines[-1].strip() if out.returncode == 0 and lines else f"not measured: {out.stderr.strip()[-300:]}"
@@ -675,21 +685,12 @@ def machine_line() -> str:
     return f"{cpu_model()} ({cpu_flags_text()}), {os.cpu_count()} cores"
 
 
-def fast_model_args() -> list[str]:
-    """The MNIST fast recipe's network as --model-arg flags."""
-    from resnetkit.config import RunConfig
-    from resnetkit.train.recipes import resolve_config
-
-    cfg = resolve_config(RunConfig(dataset="mnist", recipe="fast"))
-    return [a for k, v in cfg.model_args.items() for a in ("--model-arg", f"{k}={json.dumps(v)}")]
-
-
 def section_busy(data_dir: Path, quick: bool, cmd: str, repeats: int | None = None) -> str:
     repeats, deadline = repeats or (1 if quick else BUSY_REPEATS), time.monotonic() + BUSY_DEADLINE_S
     print(f"  busy: on {machine_line()}", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="resnetkit-busy-cache-") as tmp:
         cache = Path(tmp)
-        verdict = busy_wait_verdict(cache, quick)
+        verdict = busy_wait_verdict(data_dir, cache)
         results = busy_measurements(data_dir, quick, repeats, cache, deadline)
     return busy_markdown(results, verdict, quick, cmd)
 
