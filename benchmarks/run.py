@@ -544,8 +544,8 @@ BUSY_DEADLINE_S = 19 * 60  # no repeat starts that the slowest so far would carr
 BUSY_RUN_TIMEOUT_S = 240  # one measurement at most (a 20x slowdown of the fast path takes ~60 s)
 NEIGHBOUR_WARMUP_S = 6.0  # a neighbour's start (torch, its first steps) before a measurement begins
 # The neighbours, as another user's own scripts (plain torch, OpenMP's own wait policy, 2
-# threads, forever): a second training of a small CIFAR-style net, and a niced resnet50 (the
-# niced neighbour that cost the most where measured: BENCHMARKS.md).
+# threads, forever): a second training of a small CIFAR-style net, and a niced resnet50 (beside
+# a niced resnet50 a 2-thread step lost 2-30x on a 2-core AMD EPYC, beside a niced resnet20 little).
 NEIGHBOUR = """
 import sys, torch
 from resnetkit.models import create_model

@@ -318,16 +318,17 @@ def test_evaluations_counts_in_closed_form() -> None:
                 assert budget.evaluations(first, last, every) == slow
 
 
-def test_dry_run_plans_the_whole_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("10h", 36_000), ("72h", 259_200)])
+def test_dry_run_plans_the_whole_budget(monkeypatch: pytest.MonkeyPatch, text: str, seconds: int) -> None:
     from resnetkit.train.plan import dry_run
 
     monkeypatch.setattr(probe, "choose", lambda *a, **k: probe.Choice("fp32", False, False, "probe", 1_000.0))
     monkeypatch.setattr(budget, "process_age", lambda: 0.0)
-    plan = dry_run(train_config(time_budget="30m", val_size=0))
-    # the training images at 1,000 img/s, the 360 test images at 3,000 and 1 s of tail in 0.97 x 30 min
-    assert plan["config"]["time_budget"] == 1800
+    plan = dry_run(train_config(time_budget=text, val_size=0))
+    # the training images at 1,000 img/s, the 360 test images at 3,000 and 1 s of tail in 0.97 x the budget
+    assert plan["config"]["time_budget"] == seconds
     epoch_s = plan["images_per_epoch"] / 1_000
-    assert plan["epochs"] == math.floor((0.97 * 1800 - 360 / 3_000 - 1) / epoch_s) + 1  # and a part of one more
+    assert plan["epochs"] == math.floor((0.97 * seconds - 360 / 3_000 - 1) / epoch_s) + 1  # and a part of one more
 
 
 def train_config(**kw: Any) -> Any:

@@ -4,8 +4,8 @@ OpenMP reads ``OMP_WAIT_POLICY`` when torch loads it and never again, so the cho
 without torch: the user's own value is kept; else the verdict the speed probe measured for this
 machine (``wait_policy.json`` beside the probe's cache); else PASSIVE, which sleeps at a barrier
 instead of spinning. Spinning threads that share a core with another busy process slowed a
-2-thread training step 18-26x, while PASSIVE stays within noise of spinning on a quiet machine
-where measured (BENCHMARKS.md): the probe measures that cost here (:mod:`resnetkit.probe`).
+2-thread training step 18-26x on a 2-core AMD EPYC, where PASSIVE kept 4-6x more of it; what
+PASSIVE costs on a quiet machine is measured per machine (:func:`resnetkit.probe.measure_wait_policy`).
 The choice and who made it travel to child processes (torchrun's ranks) in the environment.
 """
 from __future__ import annotations

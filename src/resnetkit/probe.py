@@ -431,7 +431,7 @@ def gpu_precision(device: torch.device) -> str:
 
 # ------------------------------------------------------------------ the OpenMP wait policy
 # ACTIVE (spinning at barriers) is chosen only where it beats PASSIVE by this much on a quiet
-# machine: beside another process on the same cores spinning cost 18-26x (BENCHMARKS.md)
+# machine: beside another process on the same cores spinning cost 18-26x (2-core AMD EPYC, Zen 3)
 WAIT_MARGIN = 0.05
 WAIT_CHILDREN = 2  # child processes per policy, alternated: OpenMP reads the policy only when it loads
 WAIT_STEPS = 20  # timed steps in each child

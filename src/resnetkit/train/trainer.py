@@ -69,7 +69,8 @@ QUIET_REFIT = 0.05  # a refit within this share of the plan is made but not prin
 MIN_REFIT = 0.002  # nor made at all within this share (a few steps: noise, and a replay of the schedule)
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
-RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
+RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last",
+                     "reprobe")
 
 
 class TrainingDiverged(UserError):
