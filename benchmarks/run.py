@@ -353,7 +353,8 @@ def loop_in_process(loop: str, data_dir: Path, device: torch.device, steps: int,
     neither inherits the other's allocator state or warm caches."""
     args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop, "--loop-data", str(data_dir),
             "--device", str(device), "--steps", str(steps), "--loop-warmup", str(warmup),
-            "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)}"]
+            "--workers", str(workers),
+            "--loop-setting", f"{choice.precision},{int(choice.channels_last)},{getattr(choice, 'threads', 0) or 0}"]
     out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout).stdout
     return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
 
@@ -372,8 +373,8 @@ def run_loop(args: argparse.Namespace) -> int:
             torch.set_num_threads(cfg.threads)  # the recipe's count, set as a script would
         speed = tutorial_path(cfg, device, steps, warmup, args.workers)
     else:
-        precision, cl = args.loop_setting.split(",")
-        with cpu_threads(cfg.threads, device):
+        precision, cl, *threads = args.loop_setting.split(",")
+        with cpu_threads(int(threads[0]) if threads and int(threads[0]) else cfg.threads, device):  # the probe's
             speed = fast_path(cfg, device, steps, warmup,
                               SimpleNamespace(precision=precision, channels_last=cl == "1"))
     print(json.dumps({"loop": args.loop, "images_per_s": speed}))
