@@ -17,6 +17,9 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` by defa
   quiet, beside a second 2-thread training and beside a niced one, which the section starts and
   ends itself; new processes, alternated, 5 repeats (``--repeats``); within 20 minutes. Run it
   alone: ``python benchmarks/run.py --only busy``. Not in the default set.
+- ``budget-load``: ``--time-budget 90s`` runs of the MNIST fast recipe quiet, beside a second
+  training, and beside one that starts at 40% of the budget: wall time over budget (2 repeats,
+  about 10 minutes). Run it alone too: ``python benchmarks/run.py --only budget-load``.
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -51,8 +54,8 @@ import torch  # noqa: E402
 
 from _md import matmul_peaks, provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "busy")
-DEFAULT_SECTIONS = SECTIONS[:-2]
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "busy", "budget-load")
+DEFAULT_SECTIONS = SECTIONS[:-3]
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -730,6 +733,62 @@ def busy_markdown(results: dict[tuple[str, str], list[dict[str, Any]]], verdict:
         "", f"Wait policy, measured first on the quiet machine: {verdict}", "", *rows])
 
 
+# ------------------------------------------------------------------ g. a time budget under load
+BUDGET_LOAD_S = 90  # --time-budget of each run (the MNIST fast recipe's own target time)
+BUDGET_LOAD_TARGETS = {"quiet": 1.05, "training": 1.10, "training from 40%": 1.10}  # wall / budget, at most
+
+
+def budget_run(data_dir: Path, condition: str, budget_s: float, quick: bool) -> float:
+    """Seconds from start to exit of `resnetkit train --dataset mnist --recipe fast --time-budget`,
+    beside no neighbour, one started before it, or one started at 40% of its budget."""
+    import threading
+
+    late: list[subprocess.Popen | None] = []
+    neighbour = start_neighbour("training", quick) if condition == "training" else None
+    timer = threading.Timer(0.4 * budget_s, lambda: late.append(start_neighbour("training", quick)))
+    with tempfile.TemporaryDirectory(prefix="resnetkit-budget-") as tmp:
+        args = [*resnetkit_exe(), "train", "--dataset", "mnist", "--recipe", "fast", "--data-dir", str(data_dir),
+                "--time-budget", f"{budget_s:g}s", "--out", tmp + "/run", *(["--subset", "2000"] if quick else [])]
+        env = {**os.environ, "RESNETKIT_CACHE": tmp + "/cache"}  # a fresh probe, as on a new machine
+        env.pop("OMP_WAIT_POLICY", None)
+        try:
+            if condition == "training from 40%":
+                timer.start()
+            start = time.perf_counter()
+            out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3 * budget_s + 120)
+            seconds = time.perf_counter() - start
+        finally:
+            timer.cancel()
+            if timer.is_alive() or timer.ident is not None:
+                timer.join()  # a neighbour it is starting now is ended below
+            for proc in [neighbour, *late]:
+                end_neighbour(proc)
+    if out.returncode != 0:
+        raise RuntimeError(f"resnetkit train failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return seconds
+
+
+def section_budget_load(data_dir: Path, quick: bool, cmd: str, repeats: int | None = None) -> str:
+    budget_s, repeats = (30 if quick else BUDGET_LOAD_S), repeats or (1 if quick else 2)
+    print(f"  budget-load: on {machine_line()}", file=sys.stderr, flush=True)
+    walls: dict[str, list[float]] = {c: [] for c in BUDGET_LOAD_TARGETS}
+    for r in range(repeats):  # alternated, so a slow spell of a shared machine hits every condition
+        for condition in BUDGET_LOAD_TARGETS:
+            print(f"  budget-load: repeat {r + 1}/{repeats}, {condition} ...", file=sys.stderr, flush=True)
+            walls[condition].append(budget_run(data_dir, condition, budget_s, quick))
+    rows = ["| beside | wall s | wall / budget | target |", "|---|---:|---:|---:|"]
+    for condition, target in BUDGET_LOAD_TARGETS.items():
+        ratio = statistics.median(walls[condition]) / budget_s
+        rows.append(f"| {condition} | {spread(walls[condition], '.1f')} | {ratio:.3f} | <= {target:.2f} "
+                    f"{'met' if ratio <= target else 'MISSED'} |")
+    return "\n".join([
+        "### A time budget under load", "", provenance(cmd), *([QUICK_NOTE] if quick else []),
+        f"`resnetkit train --dataset mnist --recipe fast --time-budget {budget_s:g}s`, a fresh probe cache "
+        f"each run, timed from start to exit; beside nothing, beside the busy section's 2-thread "
+        f"training neighbour started before it, and beside one started at 40% of the budget (this "
+        f"section starts and ends them). Median (min-max) of {repeats} alternated repeats.", "", *rows])
+
+
 BUSY_LOOPS.update(fast=busy_fast, tutorial=busy_tutorial)
 
 
@@ -792,6 +851,7 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
         "inference": lambda: section_inference(q, cmd),
         "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
         "busy": lambda: section_busy(root or Path("."), q, cmd, args.repeats),
+        "budget-load": lambda: section_budget_load(root or Path("."), q, cmd, args.repeats),
     }
 
 
@@ -815,7 +875,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
-        if name in ("tta", "throughput", "compute", "busy") and data_root() is None:
+        if name in ("tta", "throughput", "compute", "busy", "budget-load") and data_root() is None:
             print(f"run.py: error: {name}: RESNETKIT_DATA is unset or holds no FashionMNIST/raw and "
                   f"MNIST/raw; point it at the datasets (nothing is downloaded)", file=sys.stderr)
             status = 1

@@ -314,3 +314,16 @@ def test_busy_section_alternates_and_ends_its_neighbours(run_py: object, monkeyp
     assert "| fast | niced | 700 (700-700) | 0.70x | >= 0.8x MISSED |" in text
     assert "| tutorial | training | 225 (225-225) | 0.45x |  |" in text
     assert "re-probed" in text and "--quick smoke run" in text
+
+
+def test_budget_load_section_reports_wall_over_budget(run_py: object, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    walls = {"quiet": 88.0, "training": 97.0, "training from 40%": 101.0}
+    seen: list[str] = []
+    monkeypatch.setattr(run_py, "budget_run", lambda d, condition, b, q: seen.append(condition) or walls[condition])
+    monkeypatch.setattr(run_py, "provenance", lambda cmd: f"`{cmd}`")
+    monkeypatch.setattr(run_py, "BUDGET_LOAD_S", 90)
+    text = run_py.section_budget_load(tmp_path, False, "cmd", 2)  # type: ignore[attr-defined]
+    assert seen == list(walls) * 2  # alternated
+    assert "| quiet | 88.0 (88.0-88.0) | 0.978 | <= 1.05 met |" in text
+    assert "| training from 40% | 101.0 (101.0-101.0) | 1.122 | <= 1.10 MISSED |" in text
