@@ -41,6 +41,7 @@ from torch import nn
 from . import _omp
 from ._io import write_json_atomic
 from .errors import UserError
+from .models import create_model
 from .runtime import timed
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
@@ -506,8 +507,6 @@ def run_wait_child(spec: dict[str, Any], policy: str, steps: int, timeout_s: flo
 
 def wait_child(spec: dict[str, Any], steps: int) -> dict[str, Any]:
     """In a child: time ``steps`` training steps of ``spec`` under the policy it was started with."""
-    from .models import create_model
-
     torch.set_num_threads(int(spec["threads"]))
     net = create_model(spec["model"], **spec.get("model_args", {}))
     setting = Setting(spec.get("precision", "fp32"), bool(spec.get("channels_last")))

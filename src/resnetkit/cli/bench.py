@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
 from typing import Any
 
+from .. import _omp
 from ..errors import UserError
 from .summary import parse_input_size
 from .train import add_model_arg, parse_model_args
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise UserError("bench needs --model M (or --probe to print the probe's cache)")
-    from .. import bench, models, runtime  # lazy dispatch: torch loads only to run
+    from .. import bench, models, probe, runtime  # lazy dispatch: torch loads only to run
 
     info = models.model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
@@ -69,7 +71,14 @@ def run(args: argparse.Namespace) -> int:
     model_args = parse_model_args(args.model_arg)
     modes = args.modes or ["train", "infer"]
     if args.reprobe:
-        return reprobe(args, size, device, model_args)
+        choice = bench.reprobe(args.model, size, args.batch_size, device, model_args)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(choice), default=str))
+            return 0
+        print(f"speed: {choice.describe()}")
+        if device.type == "cpu":
+            print(probe.wait_line(choice.wait_policy))
+        return 0
     # its "No CUDA runtime is found" warning on CPU-only machines says nothing about the result
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not args.json:
@@ -103,34 +112,8 @@ def header(args: argparse.Namespace, size: tuple[int, int, int], env: dict[str, 
             f"torch {env['torch_version']}")
 
 
-def reprobe(args: argparse.Namespace, size: tuple[int, int, int], device: Any, model_args: dict[str, Any]) -> int:
-    """The speed probe of a training run of this network, measured now, and the wait policy."""
-    from .. import probe
-    from ..config import RunConfig
-    from ..models import create_model
-    from ..train.steps import timing_step
-    from ..train.trainer import network_key
-
-    full = {"num_classes": 10, "in_chans": size[0], **model_args}
-    model = create_model(args.model, **full)
-    choice = probe.choose(model, size, args.batch_size, device, precision="auto", channels_last=None,
-                          compile=False, network=network_key(RunConfig(model=args.model), full),
-                          make_step=timing_step, reprobe=True)
-    print(f"speed: {choice.describe()}")
-    if device.type == "cpu":
-        spec = {"model": args.model, "model_args": full, "input_size": list(size), "batch_size": args.batch_size,
-                "precision": choice.precision, "channels_last": choice.channels_last}
-        choice.wait_policy = probe.wait_policy_for_run(choice, spec, None, force=True)
-        print(probe.wait_line(choice.wait_policy))
-    if args.json:
-        print(json.dumps({"choice": {k: v for k, v in vars(choice).items()}}, default=str))
-    return 0
-
-
 def cache_text() -> str:
     """The probe's cache and the wait-policy verdicts, read without torch."""
-    from .. import _omp
-
     path = _omp.cache_dir() / "probe.json"
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
