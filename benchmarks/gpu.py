@@ -1,7 +1,7 @@
 """Everything a GPU visit should check and measure, as one command that never hangs.
 
     python benchmarks/gpu.py --out results/gpu --data-dir DATA      # on a GPU, about 8 minutes
-    python benchmarks/gpu.py --dry-run --out /tmp/gpu-dry            # every step at toy size, CPU
+    python benchmarks/gpu.py --dry-run --out /tmp/gpu-dry            # every step at toy size, CPU: < 3 min
 
 Steps, each with its own time cap, run as separate ``resnetkit`` processes (a hung step is
 killed, not waited for) and are skipped, with the reason, once the budget is spent:
@@ -17,7 +17,9 @@ killed, not waited for) and are skipped, with the reason, once the budget is spe
 6. export: ONNX parity against PyTorch (onnxruntime's CUDA provider when it is installed).
 
 Results go to OUT/gpu.json after every step and OUT/gpu.md (a section for BENCHMARKS.md) at the
-end, so a visit cut short still brings back what it measured.
+end, so a visit cut short still brings back what it measured. Interrupted or ended (SIGTERM, a
+caller's ``timeout``), the script ends every step's process group before it exits: children run
+in sessions of their own, so nothing else would.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ SEEDS = (0, 1, 2)
 # A dry run's steps are toy-sized, so its time goes to starting processes (importing torch):
 # seconds on a laptop, much more on a busy machine. Its caps stretch; a GPU visit's do not.
 DRY_RUN_SLACK = 4
+DRY_RUN_BUDGET = 175  # seconds: a dry run ends within 3 minutes, skipping what no longer fits
+DRY_TEST = ["--test-subset", "20"]  # a dry run's final reports: 20 test images, not 10,000 with TTA
+_CHILDREN: set[subprocess.Popen] = set()  # the step processes running now (each its own group)
 
 
 @dataclass
@@ -96,13 +101,31 @@ def run(args: list[str], timeout: float, env: dict[str, str] | None = None) -> R
     start = time.monotonic()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=full_env, cwd=ROOT, start_new_session=True)
+    _CHILDREN.add(proc)
+    print(f"  started pid {proc.pid}: {' '.join(args[:6])}", file=sys.stderr, flush=True)
     try:
         out, err = proc.communicate(timeout=max(timeout, 1.0))
         return Run(proc.returncode, out, err, time.monotonic() - start)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        end_group(proc)
         out, err = proc.communicate()
         return Run(None, out, err, time.monotonic() - start)
+    finally:  # interrupted too (SIGTERM, Ctrl-C): the step's whole group ends with it
+        end_group(proc)
+        _CHILDREN.discard(proc)
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """Kill the process group a child leads (its own children too), if it is still there."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM (a caller's timeout): unwind, so that every running step's group is ended."""
+    raise SystemExit(128 + signum)
 
 
 def resnetkit(*args: str) -> list[str]:
@@ -117,6 +140,11 @@ def train_flags() -> str:
     if "train" not in _HELP:
         _HELP["train"] = run(resnetkit("train", "--help"), 120).out
     return _HELP["train"]
+
+
+def dry_test(flags: str) -> list[str]:
+    """A dry run's test split shrunk, where this version's train has --test-subset."""
+    return DRY_TEST if "--test-subset" in flags else []
 
 
 def read_report(folder: Path) -> dict[str, Any]:
@@ -171,7 +199,7 @@ def step_cifar_fast(ctx: Context, cap: float) -> dict[str, Any]:
     if "--val-size" in flags:
         base += ["--val-size", "0"]  # judged on wall time: train on all 50k, report the last epoch
     if ctx.dry_run:
-        base += ["--subset", "40", "--epochs", "1", "--batch-size", "8", "--no-compile"]
+        base += ["--subset", "40", "--epochs", "1", "--batch-size", "8", "--no-compile", *dry_test(flags)]
     runs: list[dict[str, Any]] = []
     for seed in SEEDS[:1] if ctx.dry_run else SEEDS:
         left = ctx.step_left()
@@ -213,7 +241,7 @@ def step_paper(ctx: Context, cap: float) -> dict[str, Any]:
         if ctx.data_dir:
             args += ["--data-dir", ctx.data_dir]
         if ctx.dry_run:
-            args += ["--subset", "40", "--epochs", "1", "--batch-size", "8"]
+            args += ["--subset", "40", "--epochs", "1", "--batch-size", "8", *dry_test(flags)]
         elif "--time-budget" in flags:
             args += ["--time-budget", f"{max(int(share * 0.9), 10)}s"]  # epochs fitted to the time
         else:
@@ -240,7 +268,8 @@ def step_ddp(ctx: Context, cap: float) -> dict[str, Any]:
     if ctx.data_dir:
         args += ["--data-dir", ctx.data_dir]
     if ctx.dry_run:
-        args = [a if a != "5000" else "40" for a in args] + ["--epochs", "1", "--batch-size", "8"]
+        args = [a if a != "5000" else "40" for a in args] + ["--epochs", "1", "--batch-size", "8",
+                                                             *dry_test(train_flags())]
     out: dict[str, Any] = {}
     for name, extra in (("plain", []), ("torchrun", ["--nproc", "1"])):
         folder = ctx.out / f"ddp-{name}"
@@ -365,14 +394,24 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="benchmarks/results/gpu", help="folder for gpu.json and gpu.md")
     p.add_argument("--data-dir", help="where CIFAR-10 is (default: $RESNETKIT_DATA)")
-    p.add_argument("--budget", type=float, help="seconds for all steps (default 470; a dry run 1800)")
+    p.add_argument("--budget", type=float,
+                   help=f"seconds for all steps (default 470; a dry run {DRY_RUN_BUDGET})")
     p.add_argument("--dry-run", action="store_true", help="every step at toy size on the CPU")
     p.add_argument("--only", help="comma-separated step names (default: all)")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return visit(args, argv)
+    finally:
+        for proc in list(_CHILDREN):  # whatever ended the visit, no step keeps running without it
+            end_group(proc)
+
+
+def visit(args: argparse.Namespace, argv: list[str] | None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=out, dry_run=args.dry_run, data_dir=args.data_dir or os.environ.get("RESNETKIT_DATA"),
-                  deadline=time.monotonic() + (args.budget or (1800 if args.dry_run else 470)))
+                  deadline=time.monotonic() + (args.budget or (DRY_RUN_BUDGET if args.dry_run else 470)))
     ctx.results = {"date": date.today().isoformat(), "dry_run": args.dry_run,
                    "command": "python benchmarks/gpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     only = set(args.only.split(",")) if args.only else None

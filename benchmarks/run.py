@@ -17,6 +17,13 @@ Sections (``--only`` takes a comma-separated subset; all but ``compute`` and ``p
   (hours: it installs the peers into a scratch venv; ``--quick`` is its ``--dry-run``).
 - ``own-data``: benchmarks/own_data.py: the default recipe from scratch on a folder of real
   photos, per model: test accuracy of the val-chosen checkpoint, loss checks, TFLOP, wall time.
+- ``busy``: the fast path (``resnetkit train``, its probe included) and the tutorial loop, each
+  quiet, beside a second 2-thread training and beside a niced one, which the section starts and
+  ends itself; new processes, alternated, 5 repeats (``--repeats``); within 20 minutes. Run it
+  alone: ``python benchmarks/run.py --only busy``. Not in the default set.
+- ``budget-load``: ``--time-budget 90s`` runs of the MNIST fast recipe quiet, beside a second
+  training, and beside one that starts at 40% of the budget: wall time over budget (2 repeats,
+  about 10 minutes). Run it alone too: ``python benchmarks/run.py --only budget-load``.
 
 The datasets come from $RESNETKIT_DATA (never downloaded); the sections that need them are
 reported as errors without it. ``--quick`` runs every section on tiny settings to check that it
@@ -51,9 +58,10 @@ import torch  # noqa: E402
 
 from _md import matmul_peaks, provenance, write_section  # noqa: E402
 
-SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "peers", "own-data")
-# each of these trains for hours
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("compute", "peers", "own-data"))
+SECTIONS = ("tta", "throughput", "bench", "inference", "compute", "peers", "own-data", "busy",
+            "budget-load")
+# compute, peers and own-data train for hours; busy and budget-load must run alone
+DEFAULT_SECTIONS = SECTIONS[:4]
 DEFAULT_MD = HERE.parent / "BENCHMARKS.md"
 # Targets for the whole `resnetkit train` process: (dataset, test accuracy, seconds).
 TARGETS = {"fashion-mnist": (0.930, 180.0), "mnist": (0.995, 90.0)}
@@ -348,14 +356,15 @@ LOOPS = ("tutorial", "fast")
 
 
 def loop_in_process(loop: str, data_dir: Path, device: torch.device, steps: int, warmup: int,
-                    workers: int, choice: Any) -> float:
+                    workers: int, choice: Any, timeout: float | None = None) -> float:
     """Images/s of one loop, measured in a new Python process (the tutorial loop as a user's own
     script, with the recipe's thread count; the fast path as `resnetkit train` runs it), so
     neither inherits the other's allocator state or warm caches."""
     args = [sys.executable, str(Path(__file__).resolve()), "--loop", loop, "--loop-data", str(data_dir),
             "--device", str(device), "--steps", str(steps), "--loop-warmup", str(warmup),
-            "--workers", str(workers), "--loop-setting", f"{choice.precision},{int(choice.channels_last)}"]
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+            "--workers", str(workers),
+            "--loop-setting", f"{choice.precision},{int(choice.channels_last)},{getattr(choice, 'threads', 0) or 0}"]
+    out = subprocess.run(args, check=True, capture_output=True, text=True, timeout=timeout).stdout
     return float(json.loads(out.strip().splitlines()[-1])["images_per_s"])
 
 
@@ -373,8 +382,8 @@ def run_loop(args: argparse.Namespace) -> int:
             torch.set_num_threads(cfg.threads)  # the recipe's count, set as a script would
         speed = tutorial_path(cfg, device, steps, warmup, args.workers)
     else:
-        precision, cl = args.loop_setting.split(",")
-        with cpu_threads(cfg.threads, device):
+        precision, cl, *threads = args.loop_setting.split(",")
+        with cpu_threads(int(threads[0]) if threads and int(threads[0]) else cfg.threads, device):  # the probe's
             speed = fast_path(cfg, device, steps, warmup,
                               SimpleNamespace(precision=precision, channels_last=cl == "1"))
     print(json.dumps({"loop": args.loop, "images_per_s": speed}))
@@ -537,6 +546,258 @@ def section_inference(quick: bool, cmd: str) -> str:
     return "\n\n".join([text, note, int8_accuracy(run_dir)])
 
 
+# ------------------------------------------------------------------ f. speed on a busy machine
+BUSY_TARGETS = {"training": 0.4, "niced": 0.8}  # fast path: share of its quiet images/s kept
+BUSY_CONDITIONS = ("quiet", "training", "niced")
+BUSY_REPEATS = 5
+BUSY_DEADLINE_S = 19 * 60  # no repeat starts that the slowest so far would carry past this: within 20 min
+BUSY_RUN_TIMEOUT_S = 240  # one measurement at most (a 20x slowdown of the fast path takes ~60 s)
+NEIGHBOUR_WARMUP_S = 6.0  # a neighbour's start (torch, its first steps) before a measurement begins
+# The neighbours, as another user's own scripts (plain torch, OpenMP's own wait policy, 2
+# threads, forever): a second training of a small CIFAR-style net, and a niced resnet50 (beside
+# a niced resnet50 a 2-thread step lost 2-30x on a 2-core AMD EPYC, beside a niced resnet20 little).
+NEIGHBOUR = """
+import sys, torch
+from resnetkit.models import create_model
+torch.set_num_threads(2)
+name, chans, size, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+net = create_model(name, num_classes=10, in_chans=chans)
+opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+x, y = torch.randn(batch, chans, size, size), torch.randint(0, 10, (batch,))
+while True:
+    opt.zero_grad()
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+"""
+NEIGHBOURS = {"training": ([], ["resnet20", "1", "28", "128"]),
+              "niced": (["nice", "-n", "19"], ["resnet50", "3", "32", "32"])}
+
+
+def start_neighbour(condition: str, quick: bool) -> subprocess.Popen | None:
+    """The process beside the measurement (None when quiet), in a session of its own."""
+    if condition == "quiet":
+        return None
+    prefix, args = NEIGHBOURS[condition]
+    if quick:  # toy size: the same processes, smaller steps
+        args = [args[0], args[1], "16", "4"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"),
+                                                       *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("OMP_WAIT_POLICY", None)  # the neighbour keeps OpenMP's default, as a user's script does
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", NEIGHBOUR, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    time.sleep(1.0 if quick else NEIGHBOUR_WARMUP_S)
+    if proc.poll() is not None:
+        raise RuntimeError(f"the {condition} neighbour exited with {proc.returncode}: "
+                           f"{proc.stderr.read().decode(errors='replace').strip()[-300:]}")
+    return proc
+
+
+def end_neighbour(proc: subprocess.Popen | None) -> None:
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def busy_fast(data_dir: Path, cache: Path, quick: bool, timeout: float) -> dict[str, Any]:
+    """One `resnetkit train --recipe fast` run on MNIST (a new process, the probe's cache of this
+    section): its epoch's images/s, its whole time, and what its probe chose."""
+    with tempfile.TemporaryDirectory(prefix="resnetkit-busy-") as tmp:
+        subset, test = ("512", "64") if quick else ("4096", "200")
+        args = [*resnetkit_exe(), "train", "--dataset", "mnist", "--recipe", "fast", "--data-dir", str(data_dir),
+                "--subset", subset, "--epochs", "1", "--val-size", "0", "--test-subset", test, "--out", tmp + "/run"]
+        env = {**os.environ, "RESNETKIT_CACHE": str(cache)}
+        env.pop("OMP_WAIT_POLICY", None)  # resnetkit's own choice, as a user gets it
+        start = time.perf_counter()
+        out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+        seconds = time.perf_counter() - start
+        if out.returncode != 0:
+            raise RuntimeError(f"resnetkit train failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+        line = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[0])
+        runtime = json.loads((Path(tmp) / "run" / "report.json").read_text())["runtime"]
+    return {"images_per_s": line["images_per_s"], "seconds": seconds, "threads": runtime.get("threads"),
+            "chosen_by": runtime.get("chosen_by"), "wait_policy": runtime.get("omp_wait_policy"),
+            "reprobed": "probing again" in out.stdout}
+
+
+def busy_tutorial(data_dir: Path, quick: bool, timeout: float) -> dict[str, Any]:
+    """The tutorial loop (a user's plain script: 2 threads, OpenMP's own policy) in a new process."""
+    from types import SimpleNamespace
+
+    steps, warmup = (3, 1) if quick else (30, 3)
+    start = time.perf_counter()
+    speed = loop_in_process("tutorial", data_dir, torch.device("cpu"), steps, warmup, 0,
+                            SimpleNamespace(precision="fp32", channels_last=False), timeout=timeout)
+    return {"images_per_s": speed, "seconds": time.perf_counter() - start}
+
+
+BUSY_LOOPS: dict[str, Callable[..., dict[str, Any]]] = {}  # filled below: workload -> one measurement
+
+
+def busy_measurements(data_dir: Path, quick: bool, repeats: int, cache: Path,
+                      deadline: float | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every (workload, condition) measured ``repeats`` times, alternated: each repeat runs every
+    condition, each condition both workloads beside one neighbour started and ended for it. No
+    repeat starts that the slowest one so far would carry past ``deadline`` (time.monotonic())."""
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {(w, c): [] for w in BUSY_LOOPS for c in BUSY_CONDITIONS}
+    deadline = deadline or time.monotonic() + BUSY_DEADLINE_S
+    slowest = 0.0
+    for r in range(repeats):
+        if r and time.monotonic() + slowest > deadline:
+            print(f"  busy: stopped after {r} repeats: another would end past the section's time",
+                  file=sys.stderr)
+            break
+        began = time.monotonic()
+        for condition in BUSY_CONDITIONS:
+            neighbour = start_neighbour(condition, quick)
+            try:
+                for workload, measure in BUSY_LOOPS.items():
+                    print(f"  busy: repeat {r + 1}/{repeats}, {workload} {condition} ...", file=sys.stderr, flush=True)
+                    kw = {"cache": cache} if workload == "fast" else {}
+                    results[(workload, condition)].append(
+                        measure(data_dir, quick=quick, timeout=BUSY_RUN_TIMEOUT_S, **kw))
+            finally:
+                end_neighbour(neighbour)
+        slowest = max(slowest, time.monotonic() - began)
+    return results
+
+
+def busy_wait_verdict(data_dir: Path, cache: Path) -> str:
+    """The speed probe of the fast run and the wait-policy verdict of this machine, measured now
+    (quiet) into the section's cache, as ``resnetkit bench --reprobe`` does; the verdict in words.
+    The runs of the section then start from this cache entry, as a user's second run does."""
+    from resnetkit.config import RunConfig
+    from resnetkit.data import dataset_spec
+    from resnetkit.training.recipes import resolve_config
+
+    cfg = resolve_config(RunConfig(dataset="mnist", recipe="fast", data_dir=str(data_dir)))
+    spec = dataset_spec(cfg)
+    model_args = [a for k, v in cfg.model_args.items() for a in ("--model-arg", f"{k}={json.dumps(v)}")]
+    args = ["--model", cfg.model, *model_args, "--input-size", f"{spec.in_chans},{spec.img_size},{spec.img_size}",
+            "--batch-size", str(cfg.batch_size), "--device", "cpu"]
+    env = {**os.environ, "RESNETKIT_CACHE": str(cache)}
+    env.pop("OMP_WAIT_POLICY", None)
+    out = subprocess.run([*resnetkit_exe(), "bench", "--reprobe", *args],
+                         env=env, capture_output=True, text=True, timeout=600)
+    lines = [line for line in out.stdout.splitlines() if "wait policy" in line.lower()]
+    return lines[-1].strip() if out.returncode == 0 and lines else f"not measured: {out.stderr.strip()[-300:]}"
+
+
+def machine_line() -> str:
+    """The CPU model and its flags, as every benchmark figure names them."""
+    from _md import cpu_flags_text
+
+    from resnetkit.probe import cpu_model
+
+    return f"{cpu_model()} ({cpu_flags_text()}), {os.cpu_count()} cores"
+
+
+def section_busy(data_dir: Path, quick: bool, cmd: str, repeats: int | None = None) -> str:
+    repeats, deadline = repeats or (1 if quick else BUSY_REPEATS), time.monotonic() + BUSY_DEADLINE_S
+    print(f"  busy: on {machine_line()}", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="resnetkit-busy-cache-") as tmp:
+        cache = Path(tmp)
+        verdict = busy_wait_verdict(data_dir, cache)
+        results = busy_measurements(data_dir, quick, repeats, cache, deadline)
+    return busy_markdown(results, verdict, quick, cmd)
+
+
+def busy_markdown(results: dict[tuple[str, str], list[dict[str, Any]]], verdict: str, quick: bool,
+                  cmd: str) -> str:
+    rows = ["| workload | beside | images/s | x quiet | target | whole run s | threads, wait policy (by) |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for workload in BUSY_LOOPS:
+        quiet = [m["images_per_s"] for m in results[(workload, "quiet")]]
+        for condition in BUSY_CONDITIONS:
+            ms = results[(workload, condition)]
+            if not ms:
+                continue
+            speeds = [m["images_per_s"] for m in ms]
+            ratio = statistics.median(speeds) / statistics.median(quiet) if quiet else float("nan")
+            target = BUSY_TARGETS.get(condition) if workload == "fast" else None
+            mark = "" if target is None else (f">= {target:g}x {'met' if ratio >= target else 'MISSED'}")
+            how = ("; ".join(sorted({f"{m['threads']} thr, {m['wait_policy'] or 'OpenMP default'} ({m['chosen_by']}"
+                                     f"{', re-probed' if m['reprobed'] else ''})" for m in ms}))
+                   if workload == "fast" else "2 thr, OpenMP default (a plain script)")
+            rows.append(f"| {workload} | {condition} | {spread(speeds, ',.0f')} | {ratio:.2f}x | {mark} | "
+                        f"{spread([m['seconds'] for m in ms], '.1f')} | {how} |")
+    n = max(len(v) for v in results.values())
+    return "\n".join([
+        "### Speed beside other work: quiet, beside a second training, beside a niced one", "", provenance(cmd),
+        *([QUICK_NOTE] if quick else []),
+        f"fast: `resnetkit train --dataset mnist --recipe fast --subset 4096 --epochs 1 --val-size 0 "
+        f"--test-subset 200` (its probe and cache included; images/s of its epoch from metrics.jsonl, "
+        f"whole run from start to exit); tutorial: the throughput section's tutorial loop on "
+        f"Fashion-MNIST, 30 steps. Beside: quiet; `training`, a plain 2-thread torch loop of resnet20 "
+        f"at 28 px, batch 128; `niced`, the same of resnet50 at 32 px, batch 32 under `nice -n 19`: "
+        f"each started by this section before the measurement and ended after it. New processes, "
+        f"conditions alternated, median (min-max) of {n} repeats. Targets: the fast path keeps >= 0.4x "
+        f"of its quiet images/s beside a training (fair sharing: 0.5x) and >= 0.8x beside a niced one.",
+        "", f"Wait policy, measured first on the quiet machine: {verdict}", "", *rows])
+
+
+# ------------------------------------------------------------------ g. a time budget under load
+BUDGET_LOAD_S = 90  # --time-budget of each run (the MNIST fast recipe's own target time)
+BUDGET_LOAD_TARGETS = {"quiet": 1.05, "training": 1.10, "training from 40%": 1.10}  # wall / budget, at most
+
+
+def budget_run(data_dir: Path, condition: str, budget_s: float, quick: bool) -> float:
+    """Seconds from start to exit of `resnetkit train --dataset mnist --recipe fast --time-budget`,
+    beside no neighbour, one started before it, or one started at 40% of its budget."""
+    import threading
+
+    late: list[subprocess.Popen | None] = []
+    neighbour = start_neighbour("training", quick) if condition == "training" else None
+    timer = threading.Timer(0.4 * budget_s, lambda: late.append(start_neighbour("training", quick)))
+    with tempfile.TemporaryDirectory(prefix="resnetkit-budget-") as tmp:
+        args = [*resnetkit_exe(), "train", "--dataset", "mnist", "--recipe", "fast", "--data-dir", str(data_dir),
+                "--time-budget", f"{budget_s:g}s", "--out", tmp + "/run", *(["--subset", "2000"] if quick else [])]
+        env = {**os.environ, "RESNETKIT_CACHE": tmp + "/cache"}  # a fresh probe, as on a new machine
+        env.pop("OMP_WAIT_POLICY", None)
+        try:
+            if condition == "training from 40%":
+                timer.start()
+            start = time.perf_counter()
+            out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=3 * budget_s + 120)
+            seconds = time.perf_counter() - start
+        finally:
+            timer.cancel()
+            if timer.is_alive() or timer.ident is not None:
+                timer.join()  # a neighbour it is starting now is ended below
+            for proc in [neighbour, *late]:
+                end_neighbour(proc)
+    if out.returncode != 0:
+        raise RuntimeError(f"resnetkit train failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}")
+    return seconds
+
+
+def section_budget_load(data_dir: Path, quick: bool, cmd: str, repeats: int | None = None) -> str:
+    budget_s, repeats = (30 if quick else BUDGET_LOAD_S), repeats or (1 if quick else 2)
+    print(f"  budget-load: on {machine_line()}", file=sys.stderr, flush=True)
+    walls: dict[str, list[float]] = {c: [] for c in BUDGET_LOAD_TARGETS}
+    for r in range(repeats):  # alternated, so a slow spell of a shared machine hits every condition
+        for condition in BUDGET_LOAD_TARGETS:
+            print(f"  budget-load: repeat {r + 1}/{repeats}, {condition} ...", file=sys.stderr, flush=True)
+            walls[condition].append(budget_run(data_dir, condition, budget_s, quick))
+    rows = ["| beside | wall s | wall / budget | target |", "|---|---:|---:|---:|"]
+    for condition, target in BUDGET_LOAD_TARGETS.items():
+        ratio = statistics.median(walls[condition]) / budget_s
+        rows.append(f"| {condition} | {spread(walls[condition], '.1f')} | {ratio:.3f} | <= {target:.2f} "
+                    f"{'met' if ratio <= target else 'MISSED'} |")
+    return "\n".join([
+        "### A time budget under load", "", provenance(cmd), *([QUICK_NOTE] if quick else []),
+        f"`resnetkit train --dataset mnist --recipe fast --time-budget {budget_s:g}s`, a fresh probe cache "
+        f"each run, timed from start to exit; beside nothing, beside the busy section's 2-thread "
+        f"training neighbour started before it, and beside one started at 40% of the budget (this "
+        f"section starts and ends them). Median (min-max) of {repeats} alternated repeats.", "", *rows])
+
+
+BUSY_LOOPS.update(fast=busy_fast, tutorial=busy_tutorial)
+
+
 # ------------------------------------------------------------------ main
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -597,6 +858,8 @@ def sections(args: argparse.Namespace, cmd: str) -> dict[str, Callable[[], str]]
         "compute": lambda: run_compute(args.seeds, args.runs, args.levers, q, cmd),
         "peers": lambda: run_peers(args.seeds, args.runs, q, cmd),
         "own-data": lambda: run_own_data(args.seeds, args.runs, q, cmd),
+        "busy": lambda: section_busy(root or Path("."), q, cmd, args.repeats),
+        "budget-load": lambda: section_budget_load(root or Path("."), q, cmd, args.repeats),
     }
 
 
@@ -639,7 +902,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     writers = sections(args, this_command(argv))
     status = 0
     for name in [s for s in SECTIONS if s in args.only]:  # the file's order, whatever --only's
-        if name in ("tta", "throughput", "compute", "own-data") and data_root() is None:
+        if name in ("tta", "throughput", "compute", "own-data", "busy", "budget-load") and data_root() is None:
             print(f"run.py: error: {name}: RESNETKIT_DATA is unset or holds no FashionMNIST/raw and "
                   f"MNIST/raw; point it at the datasets (nothing is downloaded)", file=sys.stderr)
             status = 1

@@ -240,3 +240,90 @@ def forward_flops_8px() -> int:
     from resnetkit.flops import forward_flops
 
     return forward_flops(create_model("resnet8", num_classes=10, in_chans=1), (1, 8, 8))
+
+
+# ------------------------------------------------------------------ bench --probe / --reprobe
+def test_cli_probe_prints_the_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit import probe
+
+    choice = probe.Choice("fp32", True, False, "probe", 3_210.0, threads=1, spread=0.04)
+    probe.write_cache("k", choice, network=json.dumps({"model": "resnet8", "args": {"in_chans": 1}}),
+                      input_size=(1, 28, 28), batch_size=128)
+    assert main(["bench", "--probe"]) == 0
+    out = capsys.readouterr().out
+    assert "(1 entry)" in out and 'resnet8 {"in_chans":1} | input 1x28x28 | batch 128' in out
+    assert "fp32 + channels_last + 1 thread(s) at 3,210 img/s +-2%" in out
+    assert "OpenMP wait policy of this process" in out and "verdict: none yet" in out
+
+
+def test_cli_reprobe_measures_again(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from resnetkit import probe
+
+    seen: dict[str, object] = {}
+
+    def choose(*a: object, **k: object) -> probe.Choice:
+        seen.update(k)
+        return probe.Choice("fp32", False, False, "probe", 999.0, threads=1)
+    monkeypatch.setattr(probe, "choose", choose)
+    monkeypatch.setattr(probe, "wait_policy_for_run", lambda c, spec, run_s, force=False: seen.update(
+        wait=spec, force=force) or {"policy": "PASSIVE", "chosen_by": "default", "note": "measured"})
+    assert main(["bench", *TINY, "--reprobe"]) == 0
+    out = capsys.readouterr().out
+    assert seen["reprobe"] is True and seen["force"] is True and seen["wait"]["model"] == "resnet8"
+    assert "speed: fp32 + 1 thread (probe: 999 img/s)" in out and "OpenMP wait policy: PASSIVE" in out
+
+
+def test_cli_without_model_or_probe_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    assert "bench needs --model M (or --probe" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ run.py's busy section (no timing)
+def test_busy_section_alternates_and_ends_its_neighbours(run_py: object, monkeypatch: pytest.MonkeyPatch,
+                                                         tmp_path: Path) -> None:
+    import subprocess
+
+    started: list[subprocess.Popen] = []
+    order: list[tuple[str, str]] = []
+    real_start = run_py.start_neighbour  # type: ignore[attr-defined]
+
+    def start(condition: str, quick: bool) -> object:
+        order.append(("start", condition))
+        if condition == "quiet":
+            return real_start(condition, quick)
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+        started.append(proc)
+        return proc
+    speeds = {"quiet": 1000.0, "training": 450.0, "niced": 700.0}
+
+    def fake(workload: str):  # one 'measurement' at the speed of the condition of the neighbour running
+        def measure(data_dir: Path, quick: bool, timeout: float, **kw: object) -> dict[str, object]:
+            condition = order[-1][1]
+            order.append((workload, condition))
+            return {"images_per_s": speeds[condition] * (0.5 if workload == "tutorial" else 1), "seconds": 9.0,
+                    "threads": 1, "chosen_by": "cache", "wait_policy": "PASSIVE", "reprobed": condition != "quiet"}
+        return measure
+    monkeypatch.setattr(run_py, "start_neighbour", start)
+    monkeypatch.setattr(run_py, "provenance", lambda cmd: f"`{cmd}`")  # its matmul peaks would time
+    monkeypatch.setattr(run_py, "BUSY_LOOPS", {"fast": fake("fast"), "tutorial": fake("tutorial")})
+    results = run_py.busy_measurements(tmp_path, True, 2, tmp_path)  # type: ignore[attr-defined]
+    assert [o for o in order if o[0] == "start"] == [("start", c) for c in run_py.BUSY_CONDITIONS] * 2
+    assert all(p.poll() is not None for p in started)  # every neighbour ended
+    text = run_py.busy_markdown(results, "PASSIVE (measured)", True, "cmd")  # type: ignore[attr-defined]
+    assert "| fast | training | 450 (450-450) | 0.45x | >= 0.4x met |" in text
+    assert "| fast | niced | 700 (700-700) | 0.70x | >= 0.8x MISSED |" in text
+    assert "| tutorial | training | 225 (225-225) | 0.45x |  |" in text
+    assert "re-probed" in text and "--quick smoke run" in text
+
+
+def test_budget_load_section_reports_wall_over_budget(run_py: object, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    walls = {"quiet": 88.0, "training": 97.0, "training from 40%": 101.0}
+    seen: list[str] = []
+    monkeypatch.setattr(run_py, "budget_run", lambda d, condition, b, q: seen.append(condition) or walls[condition])
+    monkeypatch.setattr(run_py, "provenance", lambda cmd: f"`{cmd}`")
+    monkeypatch.setattr(run_py, "BUDGET_LOAD_S", 90)
+    text = run_py.section_budget_load(tmp_path, False, "cmd", 2)  # type: ignore[attr-defined]
+    assert seen == list(walls) * 2  # alternated
+    assert "| quiet | 88.0 (88.0-88.0) | 0.978 | <= 1.05 met |" in text
+    assert "| training from 40% | 101.0 (101.0-101.0) | 1.122 | <= 1.10 MISSED |" in text

@@ -3,6 +3,7 @@ throughput and the clock are injected; nothing is timed."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -270,3 +271,119 @@ def test_max_steps_caps_a_time_budget(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned + 5)
     run = train(**run_cfg(tmp_path, verbose=False, max_steps=10))
     assert run.config.max_steps == 10 and len(run.history) == 3 and run.history[-1]["steps"] == 2
+
+
+@pytest.mark.parametrize("seconds", [10, 3600, 36_000, 4 * 86_400])
+def test_a_budget_of_days_plans_in_few_evaluations(seconds: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[float] = []
+    cost = budget.remaining_seconds
+    monkeypatch.setattr(budget, "remaining_seconds", lambda e, *a: calls.append(e) or cost(e, *a))
+    costs = Costs(train_epoch_s=0.2, eval_s=0.05, tail_s=1)  # the 8x8 digits: 0.2 s per epoch
+    epochs = fit_epochs(seconds, 0, costs, eval_every=1, steps_per_epoch=21)
+    # the most epochs that fit, by the closed form: E x 0.25 + 0.05 + 1 <= seconds
+    whole = math.floor((seconds - 1.05) / 0.25 + 1e-9)
+    assert whole <= epochs < whole + 1
+    assert len(calls) <= 2 * math.log2(whole + 2) + 12  # O(log epochs), not one per epoch
+    calls.clear()
+    sizes = lambda e: budget.SizeSpeeds(28, {28: [1e-3]}).weights(budget.plan_sizes(e, 28, 12, 0.5))
+    progressive = Costs(train_epoch_s=0.2, eval_s=0.05, tail_s=1, weights=sizes)
+    assert fit_epochs(seconds, 0, progressive, eval_every=1) >= whole  # smaller epochs: more of them
+    assert len(calls) <= 2 * math.log2(4 * whole + 2) + 12
+
+
+def test_the_array_of_epoch_sizes_is_the_progressive_rule() -> None:
+    for epochs in (1, 2, 3, 7, 16, 33, 100):
+        for full, least, until in ((28, 12, 0.5), (32, 8, 1.0), (28, None, 0.5), (8, 4, 0.3)):
+            assert budget.plan_sizes(epochs, full, least, until).tolist() == epoch_img_sizes(epochs, full, least, until)
+
+
+def test_the_search_agrees_with_a_count_one_by_one() -> None:
+    def weights(epochs: int) -> list[float]:
+        return [0.25 if e < epochs // 2 else 1.0 for e in range(epochs)]
+    for costs in (Costs(train_epoch_s=10, eval_s=1, tail_s=3), Costs(10, 1, 3, weights=weights)):
+        for left in (1, 14, 55, 100, 333, 1000):
+            for done in (0, 2):
+                for every in (1, 3):
+                    one_by_one = max(1, done + 1)
+                    while budget.remaining_seconds(one_by_one + 1, done, costs, every) <= left:
+                        one_by_one += 1
+                    assert fit_epochs(left, done, costs, every) == one_by_one
+
+
+def test_evaluations_counts_in_closed_form() -> None:
+    for first in range(1, 9):
+        for last in range(0, 30):
+            for every in (1, 2, 5):
+                slow = sum(1 for e in range(first, last + 1) if e % every == 0 or e == last)
+                assert budget.evaluations(first, last, every) == slow
+
+
+@pytest.mark.parametrize("text,seconds", [("30m", 1800), ("10h", 36_000), ("72h", 259_200)])
+def test_dry_run_plans_the_whole_budget(monkeypatch: pytest.MonkeyPatch, text: str, seconds: int) -> None:
+    from resnetkit.training.plan import dry_run
+
+    monkeypatch.setattr(probe, "choose", lambda *a, **k: probe.Choice("fp32", False, False, "probe", 1_000.0))
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    plan = dry_run(train_config(time_budget=text, val_size=0))
+    # the training images at 1,000 img/s, the 360 test images at 3,000 and 1 s of tail in 0.97 x the budget
+    assert plan["config"]["time_budget"] == seconds
+    epoch_s = plan["images_per_epoch"] / 1_000
+    assert plan["epochs"] == math.floor((0.97 * seconds - 360 / 3_000 - 1) / epoch_s) + 1  # and a part of one more
+
+
+def train_config(**kw: Any) -> Any:
+    from resnetkit.config import RunConfig
+
+    return RunConfig(**{"dataset": "digits", **kw})
+
+
+def test_small_replans_are_made_but_not_printed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    inject(monkeypatch, 64.0)  # the first fit: 16.5 epochs
+    # each refit moves the plan by 1 step of 66 (1.5%), then one by 8 steps (12%)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, done, *a, **k:
+                        planned + (2 if done == 3 else 0.25))
+    train(**run_cfg(tmp_path))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("budget 20s:") and "->" in line]
+    assert len(lines) == 1 and "epoch 3" in lines[0]
+
+
+def test_a_budget_is_not_refused_on_a_probe_made_under_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(budget, "process_age", lambda: 0.0)
+    monkeypatch.setattr(Budget, "refit", lambda self, planned, *a, **k: planned)  # keep the first fit
+    busy = probe.Choice("fp32", False, False, "probe", 1.0, load="the machine is busy: 2 other processes use 180% CPU")
+    monkeypatch.setattr(probe, "choose", lambda *a, **k: busy)  # 64 s per epoch: too short for 20 s
+    timed: list[Any] = []
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: timed.append(a) or [{"images_per_s": 64.0}])
+    run = train(**run_cfg(tmp_path, verbose=False))  # measured again: 1 s per epoch, 16.5 epochs fit
+    assert len(timed) == 1 and run.config.epochs >= 10
+    monkeypatch.setattr(probe, "probe", lambda *a, **k: [{"images_per_s": 1.0}])  # still slow
+    monkeypatch.setattr(probe, "other_load", lambda *a: (2, 1.8))
+    with pytest.raises(UserError, match=r"too short: .* \(measured twice, now at ~1 img/s; the machine is busy: "
+                                        r"2 other processes use 180% CPU\)"):
+        train(**run_cfg(tmp_path / "again", verbose=False))
+
+
+def test_a_load_that_starts_mid_run_costs_from_the_epoch_it_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resnetkit.training.budget import SizeSpeeds
+
+    speeds = SizeSpeeds(full=28)
+    for _ in range(3):
+        speeds.record(28, 3_000)  # quiet epochs
+    speeds.record(28, 1_000)  # a second training started beside this one
+    assert speeds.full_speed() == pytest.approx(1_000)  # not the mean of 3,000, 3,000 and 1,000
+    speeds.record(28, 3_000)  # it ended: the mean of the recent epochs again
+    assert speeds.full_speed() == pytest.approx(1 / ((2 / 3_000 + 1 / 1_000) / 3))
+    # a run whose epochs slow down 3x at 40% of its budget ends within it: each epoch-end refit
+    # prices the rest at the latest speed (10 s epochs, then 30 s; 200 s budget, no eval)
+    b, planned, done, clock = Budget(200), 19.0, 0, [0.0]
+    monkeypatch.setattr(budget, "process_age", lambda: clock[0])
+    costs = Costs(train_epoch_s=10, eval_s=0, tail_s=1)
+    while done < planned:
+        clock[0] += 10 if clock[0] < 80 else 30
+        done += 1
+        speeds.record(28, 1.0 / (10 if clock[0] <= 80 else 30))
+        costs.train_epoch_s = 1.0 / speeds.full_speed()
+        planned = b.refit(planned, done, costs, eval_every=1)
+    assert clock[0] + 1 <= 200  # within the budget, the tail included
+    assert clock[0] + 1 >= 200 * 0.8  # and it did not give most of it away

@@ -34,3 +34,36 @@ def test_gpu_script_dry_run_runs_every_step(tmp_path: Path) -> None:
     assert "Dry run" in md and "### cifar10_fast (ok)" in md
     # nothing of the runs is left behind but the results
     assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.md"]
+
+
+def test_gpu_script_ends_its_children_on_sigterm(tmp_path: Path) -> None:
+    """A caller's `timeout` sends SIGTERM: the step running then (a process group of its own)
+    must end with the script, not train on with nobody waiting."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--dry-run", "--out", str(tmp_path / "out"),
+                             "--only", "bench"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    started: list[int] = []
+    try:
+        for line in proc.stderr:  # the environment step's child, then the bench step's
+            if "started pid" in line:
+                started.append(int(line.split("started pid", 1)[1].split(":", 1)[0]))
+                if len(started) == 2:
+                    break
+        assert len(started) == 2, "the script started no bench step"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the group is gone (a zombie reaped by init at most)
+        try:
+            os.killpg(started[1], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the bench step's process group {started[1]} outlived the script")

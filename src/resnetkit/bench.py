@@ -16,10 +16,13 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from . import probe
+from .config import RunConfig
 from .errors import UserError
 from .models import create_model
 from .probe import Setting, cpu_model, failure, prepare, time_steps
 from .training.steps import timing_step
+from .training.trainer import network_key
 
 
 MODES = ("train", "infer")
@@ -180,3 +183,20 @@ def environment(device: torch.device | str) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def reprobe(model: str, input_size: Sequence[int], batch_size: int, device: torch.device,
+            model_args: dict[str, Any] | None = None) -> probe.Choice:
+    """``resnetkit bench --reprobe``: the speed probe of a training run of ``model`` (a 10-class
+    head, ``input_size[0]`` channels), measured now into the cache entry such a run reads, and on
+    a CPU the OpenMP wait policy (``choice.wait_policy``)."""
+    full = {"num_classes": 10, "in_chans": int(input_size[0]), **(model_args or {})}
+    net = create_model(model, **full)
+    choice = probe.choose(net, tuple(input_size), batch_size, device, precision="auto", channels_last=None,
+                          compile=False, network=network_key(RunConfig(model=model), full),
+                          make_step=timing_step, reprobe=True)
+    if device.type == "cpu":
+        spec = {"model": model, "model_args": full, "input_size": list(input_size), "batch_size": batch_size,
+                "precision": choice.precision, "channels_last": choice.channels_last}
+        choice.wait_policy = probe.wait_policy_for_run(choice, spec, None, force=True)
+    return choice

@@ -101,6 +101,9 @@ class RunConfig:
     subset: int | None = flag(group="data", metavar="N",
                               help="use N samples of the training split (stratified, the same for "
                                    "every seed); the val split is held out of them")
+    test_subset: int | None = flag(group="data", metavar="N",
+                                   help="evaluate the final report on N test samples (stratified, the same "
+                                        "for every seed) instead of the whole test split: for quick tries")
     strict: bool = flag(False, group="data", help="unreadable image files (and bad, duplicate or "
                                                   "contradicting CSV rows) are an error, not a warning")
     allow_outside: bool = flag(False, group="data",
@@ -178,7 +181,10 @@ class RunConfig:
                       help="data-parallel processes on this machine, started through torchrun; "
                            "--batch-size stays the global batch")
     threads: int | None = flag(group="hardware", metavar="N",
-                               help="CPU threads for torch (default: the recipe's, else torch's)")
+                               help="CPU threads for torch (default: the speed probe's choice)")
+    reprobe: bool = flag(False, group="hardware",
+                         help="measure the speed settings (and the OpenMP wait policy) again instead of "
+                              "trusting the probe's cache; the new measurement replaces the cached one")
     # -- output
     out: str | None = flag(group="output", metavar="RUN_DIR",
                            help="run folder (default runs/<dataset>-<model>-<time>)")
@@ -253,7 +259,8 @@ def check_choice(name: str, value: Any) -> Any:
 # given by the user is a mistake, not "unset": (smallest value, unit, what leaving it out gives).
 DATA_SIZES = {"img_size": (4, "pixels", "the dataset's input size"),
               "min_img_size": (4, "pixels", "no progressive resizing"),
-              "subset": (1, "training samples", "the whole training split")}
+              "subset": (1, "training samples", "the whole training split"),
+              "test_subset": (1, "test samples", "the whole test split")}
 
 
 def check_data_sizes(cfg: RunConfig) -> None:

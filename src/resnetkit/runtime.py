@@ -78,16 +78,16 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 @contextlib.contextmanager
 def cpu_threads(threads: int | None, device: torch.device) -> Iterator[None]:
     """Run with ``threads`` intra-op CPU threads (on a CPU device), then restore the previous
-    count. The count is part of a run's config because it changes the order of float sums."""
-    if not threads or device.type != "cpu" or threads == torch.get_num_threads():
-        yield
-        return
+    count, also where the block changed it (the speed probe's choice of a run without
+    --threads). The count is part of a run's config because it changes the order of float sums."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    if threads and device.type == "cpu" and threads != before:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ timing

@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import Iterator, Sequence
 
+from .. import _omp
 from .._version import __version__
 from .._io import os_error_cause
 from ..errors import DataWarning, UserError, first_line
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # before any command imports torch: OpenMP reads its wait policy once, when it loads
+    _omp.set_at_entry(force_default="--reprobe" in (sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

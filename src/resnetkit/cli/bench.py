@@ -1,12 +1,16 @@
-"""``resnetkit bench --model M``: images/s of a network under each precision and speed setting."""
+"""``resnetkit bench --model M``: images/s of a network under each precision and speed setting;
+``--probe``: what the speed probe has cached; ``--reprobe``: measure the probe's choice again."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import sys
 from typing import Any
 
+from .. import _omp
 from ..errors import UserError
 from .summary import parse_input_size
 from .train import add_model_arg, parse_model_args
@@ -22,7 +26,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "`resnetkit train --precision auto` runs). Prints a table and the fastest setting "
                     "with its speed-up over fp32 eager. A setting that cannot run here (e.g. torch.compile "
                     "without a C++ compiler) is reported as failed.")
-    p.add_argument("--model", required=True, metavar="M", help="registry name (see `resnetkit models`)")
+    p.add_argument("--model", metavar="M", help="registry name (see `resnetkit models`)")
+    p.add_argument("--probe", action="store_true",
+                   help="print the speed probe's cache (each network's chosen precision, memory format "
+                        "and threads, with its speed and spread) and the OpenMP wait policy; time nothing")
+    p.add_argument("--reprobe", action="store_true",
+                   help="with --model: run `resnetkit train`'s speed probe now (threads included) for "
+                        "that network, a 10-class head, --input-size and --batch-size, and measure the "
+                        "OpenMP wait policy (ACTIVE against PASSIVE, in new processes); both replace "
+                        "their cache entries unless the machine was too busy for a verdict")
     add_model_arg(p)
     p.add_argument("--input-size", metavar="C,H,W",
                    help="input channels, height and width (default: the model's, e.g. 3,32,32); "
@@ -44,7 +56,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import bench, models, runtime  # lazy dispatch: torch loads only to run
+    if args.probe and not args.reprobe:
+        print(cache_text())
+        return 0
+    if not args.model:
+        raise UserError("bench needs --model M (or --probe to print the probe's cache)")
+    from .. import bench, models, probe, runtime  # lazy dispatch: torch loads only to run
 
     info = models.model_info(args.model)
     size = info.input_size if args.input_size is None else parse_input_size(args.input_size)
@@ -53,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
     device = runtime.resolve_device(args.device)
     model_args = parse_model_args(args.model_arg)
     modes = args.modes or ["train", "infer"]
+    if args.reprobe:
+        choice = bench.reprobe(args.model, size, args.batch_size, device, model_args)
+        if args.json:
+            print(json.dumps(dataclasses.asdict(choice), default=str))
+            return 0
+        print(f"speed: {choice.describe()}")
+        if device.type == "cpu":
+            print(probe.wait_line(choice.wait_policy))
+        return 0
     # its "No CUDA runtime is found" warning on CPU-only machines says nothing about the result
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     if not args.json:
@@ -84,3 +110,38 @@ def header(args: argparse.Namespace, size: tuple[int, int, int], env: dict[str, 
     return (f"{args.model}{model_args} | input {'x'.join(map(str, size))} | batch {args.batch_size} | "
             f"{args.steps} timed steps after {args.warmup} warm-up | {env['device']}: {hw} | "
             f"torch {env['torch_version']}")
+
+
+def cache_text() -> str:
+    """The probe's cache and the wait-policy verdicts, read without torch."""
+    path = _omp.cache_dir() / "probe.json"
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entries = {}
+    lines = [f"speed probe cache: {path} ({len(entries)} entr{'y' if len(entries) == 1 else 'ies'})"]
+    for e in entries.values() if isinstance(entries, dict) else []:
+        if not isinstance(e, dict):
+            continue
+        setting = " + ".join([str(e.get("precision"))] + ["channels_last"] * bool(e.get("channels_last"))
+                             + [f"{e['threads']} thread(s)"] * bool(e.get("threads")))
+        net = e.get("network", "?")
+        with contextlib.suppress(ValueError, TypeError):
+            parsed = json.loads(net)
+            net = f"{parsed['model']} {json.dumps(parsed.get('args', {}), separators=(',', ':'))}"
+        speed = f"{e['images_per_s']:,.0f} img/s" if e.get("images_per_s") else "?"
+        spread = f" +-{e['spread'] / 2:.0%}" if isinstance(e.get("spread"), (int, float)) else ""
+        lines.append(f"  {net} | input {'x'.join(map(str, e.get('input_size') or []))} | batch "
+                     f"{e.get('batch_size', '?')}: {setting} at {speed}{spread} ({e.get('cpu', '?')}, "
+                     f"{e.get('written', '?')})")
+    verdict = _omp.read_verdict()
+    now = _omp.current()
+    lines.append(f"OpenMP wait policy of this process: {now['policy'] or 'OpenMP default'} "
+                 f"({now['chosen_by']}: {now['note']})")
+    if verdict:
+        lines.append(f"  this machine's verdict: {verdict['policy']} ({verdict.get('reason', '')}; "
+                     f"{verdict.get('written', '?')})")
+    else:
+        lines.append("  this machine's verdict: none yet (PASSIVE until measured: "
+                     "`resnetkit bench --reprobe --model M` or a long enough run measures it)")
+    return "\n".join(lines)

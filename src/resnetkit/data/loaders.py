@@ -21,7 +21,7 @@ per class in proportion by a fixed seeded shuffle (:func:`~resnetkit.data.sampli
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -96,6 +96,7 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
     (:func:`resnetkit.data.python.as_source`)."""
     plan = _plan(cfg, world_size=world_size, preprocessing=preprocessing, source=source)
     kw = dict(device=torch.device(device), rank=rank, world_size=world_size)
+    test_of = None  # --test-subset: the whole test split's size
     if plan.kind == "dataset":  # a torch Dataset handed over in Python: streamed as it is
         train, val, test = (_dataset_loader(plan, cfg, s, s == "train", **kw) for s in SPLITS)
         test_is_val, val_source = plan.source.test_is_val, plan.source.val_source
@@ -104,14 +105,19 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
         train, val = _pool_loaders(plan, cfg, fs, **kw) or (
             _folder_loader(plan, cfg, fs.train, True, **kw),
             _folder_loader(plan, cfg, fs.val, False, **kw) if fs.val is not None else None)
-        test = val if fs.test_is_val and val is not None else _folder_loader(plan, cfg, fs.test, False, **kw)
+        if fs.test_is_val and val is not None:
+            test = val
+        else:
+            test_files, test_of = _test_subset(fs.test, cfg)
+            test = _folder_loader(plan, cfg, test_files, False, **kw)
         test_is_val, val_source = fs.test_is_val, fs.val_source
         report_plan_skips(plan, cfg.strict)
     else:
         pool = _device_pool(plan, cfg, kw["device"])  # once, for train and val
         train = _array_loader(plan, cfg, *pool.part("train"), True, **kw)
         val = _array_loader(plan, cfg, *pool.part("val"), False, **kw) if pool.n_val else None
-        test = _memory_loader(plan, cfg, _load_array(plan, cfg, "test"), False, **kw)
+        test_data, test_of = _test_subset(_load_array(plan, cfg, "test"), cfg)
+        test = _memory_loader(plan, cfg, test_data, False, **kw)
         test_is_val, val_source = False, array_val_source(pool.n_val, cfg)
     if val is not None:
         val.source = f"val split: {val_source}"
@@ -123,6 +129,8 @@ def build_loaders(cfg: RunConfig, device: torch.device | str, *, rank: int = 0, 
             "in_memory": all(x.in_memory for x in (train, val, test) if x is not None),
             "augment": plan.augment, "batch_size": plan.batch_size, "img_size": plan.spec.img_size,
             **({"img_size_note": plan.size_note} if plan.size_note else {})}
+    if test_of:  # --test-subset: the report is on part of the test split
+        info.update(test_subset=test.dataset_size, test_of=test_of)
     return Loaders(plan.spec, train, val, test, info, test_is_val)
 
 
@@ -376,6 +384,20 @@ def _array_pool(plan: _Plan, cfg: RunConfig) -> ArraySplit:
         idx = stratified_subset(data.labels, cfg.subset)
         data.images, data.labels = data.images[idx], data.labels[idx]
     return data
+
+
+def _test_subset(split: Any, cfg: RunConfig) -> tuple[Any, int | None]:
+    """--test-subset N: (N samples of the test split, per class in proportion and seeded on a
+    stream of its own; the whole split's size), or (the split, None) where N is unset or not
+    smaller. ``split``: an ArraySplit or a folder's FolderSplit."""
+    n = len(split.labels)
+    if not cfg.test_subset or cfg.test_subset >= n:
+        return split, None
+    idx = stratified_subset(torch.as_tensor(split.labels), cfg.test_subset, key="test")
+    if isinstance(split, FolderSplit):
+        return split.select(idx.tolist()), n
+    ids = [split.ids[i] for i in idx.tolist()] if split.ids else split.ids
+    return replace(split, images=split.images[idx], labels=split.labels[idx], ids=ids), n
 
 
 def _subset_fits(subset: int, n: int) -> bool:

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..data.progressive import SIZE_STEP
 from ..errors import UserError
 
 TARGET = 0.97  # plan to end at 97% of the budget: estimates from a shared machine are noisy
@@ -37,6 +38,9 @@ GROW_BY = 0.05  # and only by this share of the plan or more: not on noise; late
 # share per refit (the lr, past its peak, steps back up a little, as a shrink steps it down)
 MIN_PART = 0.1  # a last, partial epoch trains at least this share of an epoch's steps
 RECENT = 3  # epochs whose mean seconds predict the next ones
+# The most epochs a plan may hold: far past any real run (four days of the 8x8 digits are ~1.4
+# million epochs), it only bounds the search
+MAX_EPOCHS = 10_000_000
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _START = time.monotonic()  # fallback process start where /proc is unavailable
 
@@ -91,10 +95,12 @@ class Costs:
         """Seconds of training left in a run of ``epochs`` epochs (the last possibly partial) of
         which ``done`` are trained."""
         n = math.ceil(epochs)
-        w = list(self.weights(n)) if self.weights else [1.0] * n
         whole = math.floor(done)
-        left = sum(w[whole:n]) - (n - epochs) * (w[-1] if n else 0.0)  # the last epoch's untrained share
-        left -= (done - whole) * (w[whole] if whole < n else 0.0)
+        if self.weights is None:  # every epoch costs the same: closed form
+            return max(0.0, epochs - done) * self.train_epoch_s if n else 0.0
+        w = np.asarray(self.weights(n), dtype=float)
+        left = float(w[whole:n].sum()) - (n - epochs) * (float(w[-1]) if n else 0.0)  # the last epoch's untrained share
+        left -= (done - whole) * (float(w[whole]) if whole < n else 0.0)
         return max(0.0, left) * self.train_epoch_s
 
     @classmethod
@@ -110,10 +116,23 @@ class Costs:
                    None if report_images is None else report_images / rate)
 
 
+def plan_sizes(epochs: int, full: int, min_size: int | None, until: float) -> np.ndarray:
+    """:func:`resnetkit.data.progressive.epoch_img_sizes` as one array (the same rule, the same
+    rounding: both round half to even), for plans of many epochs."""
+    if not min_size or min_size >= full:
+        return np.full(epochs, full, dtype=np.int64)
+    last = max(1, round(until * epochs))  # the first epoch at full size
+    e = np.arange(1, epochs + 1)
+    ramp = min_size + (full - min_size) * (e - 1) / max(1, last - 1)
+    sizes = np.clip(SIZE_STEP * np.round(ramp / SIZE_STEP), min_size, full).astype(np.int64)
+    return np.where(e >= last, full, sizes)
+
+
 @dataclass
 class SizeSpeeds:
     """Seconds per training image at each input size measured so far (the probe's at ``full``,
-    the run's own at the sizes it trained, the last RECENT measurements of each averaged).
+    the run's own at the sizes it trained, the last RECENT measurements of each averaged, the
+    latest alone where it is slower).
     Other sizes are interpolated linearly in the pixel count between the measured ones; with
     one size measured, the cost scales with the pixel count. An epoch at 12 px of a 28 px net
     costs more than its 18% of the pixels (measured: ~35%), which the pixel count alone misses."""
@@ -131,7 +150,9 @@ class SizeSpeeds:
         del seconds[:-RECENT]
 
     def per_image(self, size: int) -> float:
-        points = sorted((s * s, sum(t) / len(t)) for s, t in self.measured.items())
+        # the recent mean, or the latest where it is slower: a load that began mid-run (another
+        # training beside this one) costs from the epoch it is first seen, not a third of it
+        points = sorted((s * s, max(sum(t) / len(t), t[-1])) for s, t in self.measured.items())
         if len(points) == 1:
             area, seconds = points[0]
             return seconds * size * size / area
@@ -141,17 +162,23 @@ class SizeSpeeds:
         """Training images/s at the full input size."""
         return 1.0 / self.per_image(self.full)
 
-    def weights(self, sizes: Sequence[int]) -> list[float]:
-        """Each size's cost per image as a share of the full size's."""
-        full = self.per_image(self.full)
-        return [self.per_image(s) / full for s in sizes]
+    def weights(self, sizes: Sequence[int]) -> np.ndarray:
+        """Each size's cost per image as a share of the full size's (a plan of many epochs
+        repeats few sizes: each is interpolated once, then looked up)."""
+        sizes = np.asarray(sizes, dtype=np.int64)
+        if not sizes.size:
+            return np.zeros(0)
+        full, low = self.per_image(self.full), int(sizes.min())
+        table = np.array([self.per_image(s) / full for s in range(low, int(sizes.max()) + 1)])
+        return table[sizes - low]
 
 
 def evaluations(first: int, last: int, eval_every: int) -> int:
     """Evaluations in epochs first..last when the run ends at ``last`` (it always evaluates there)."""
     if last < first:
         return 0
-    return sum(1 for e in range(first, last + 1) if e % eval_every == 0 or e == last)
+    every = (last // eval_every) - ((first - 1) // eval_every)  # multiples of eval_every in [first, last]
+    return every + (last % eval_every != 0)
 
 
 def remaining_seconds(epochs: float, done: float, costs: Costs, eval_every: int) -> float:
@@ -164,19 +191,33 @@ def remaining_seconds(epochs: float, done: float, costs: Costs, eval_every: int)
 
 
 def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, minimum: int = 1,
-               limit: int = 100_000, steps_per_epoch: int | None = None) -> float:
+               limit: int = MAX_EPOCHS, steps_per_epoch: int | None = None) -> float:
     """The longest run whose remaining work fits in ``left_s`` seconds, in epochs: the most whole
     epochs, at least ``minimum``. Given ``steps_per_epoch``, the plan may end inside an epoch, at a
     step (``k / steps_per_epoch``; its evaluation counted): the most steps of one more epoch that
     still fit, or, where even ``minimum`` whole epochs do not, the last of them cut to what fits.
-    A partial epoch trains at least MIN_PART of its steps and more than are already done."""
+    A partial epoch trains at least MIN_PART of its steps and more than are already done.
+    The search doubles, then halves (the remaining time grows with the epochs): O(log epochs)
+    evaluations of the cost model, so a budget of days plans as fast as one of seconds."""
     epochs = max(minimum, math.floor(done) + 1)
-    while epochs < limit and remaining_seconds(epochs + 1, done, costs, eval_every) <= left_s:
-        epochs += 1
+
+    def fits(e: float) -> bool:
+        return remaining_seconds(e, done, costs, eval_every) <= left_s
+
+    if epochs < limit and fits(epochs + 1):
+        lo, hi = epochs + 1, epochs + 2  # lo fits; find an hi that does not, then bisect
+        while hi < limit and fits(hi):
+            lo, hi = hi, min(limit, epochs + 2 * (hi - epochs))
+        if hi >= limit and fits(limit):
+            lo = hi = limit
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        epochs = lo
     if not steps_per_epoch or epochs >= limit:
         return epochs
-    fits = remaining_seconds(epochs, done, costs, eval_every) <= left_s
-    base = epochs if fits else epochs - 1  # whole epochs before the partial one
+    fits_whole = fits(epochs)
+    base = epochs if fits_whole else epochs - 1  # whole epochs before the partial one
     # done is steps / steps_per_epoch: (30 / 44) * 44 is 29.999...
     least = max(math.ceil(MIN_PART * steps_per_epoch), math.floor((done - base) * steps_per_epoch + 1e-9) + 1)
     if least >= steps_per_epoch:
@@ -184,13 +225,13 @@ def fit_epochs(left_s: float, done: float, costs: Costs, eval_every: int, *, min
     lo, hi = least - 1, steps_per_epoch  # the most steps k in [least, steps) that fit: lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if remaining_seconds(base + mid / steps_per_epoch, done, costs, eval_every) <= left_s:
+        if fits(base + mid / steps_per_epoch):
             lo = mid
         else:
             hi = mid
     if lo >= least:
         return base + lo / steps_per_epoch
-    return epochs if fits else base + least / steps_per_epoch
+    return epochs if fits_whole else base + least / steps_per_epoch
 
 
 @dataclass
@@ -217,15 +258,18 @@ class Budget:
         """Seconds of the plan left now (the plan ends at TARGET of the budget)."""
         return TARGET * self.seconds - process_age()
 
-    def first_fit(self, costs: Costs, eval_every: int, steps_per_epoch: int | None = None) -> float:
+    def first_fit(self, costs: Costs, eval_every: int, steps_per_epoch: int | None = None,
+                  measured: str = "") -> float:
         """Epochs for a run that has trained nothing yet (whole, and a share of one more given
-        ``steps_per_epoch``); a budget too short for one is an error."""
+        ``steps_per_epoch``); a budget too short for one is an error, which quotes ``measured``
+        (the speed and the load it was measured beside) and the training speed it assumed."""
         left = self.left()
         one = remaining_seconds(1, 0, costs, eval_every)
         if one > left:
             need = format_duration(math.ceil((self.seconds - left + one) / TARGET))
+            speed = f" ({measured})" if measured else ""
             raise UserError(f"--time-budget {format_duration(self.seconds)} is too short: one epoch with "
-                            f"its evaluation takes about {one:.0f} s here on top of "
+                            f"its evaluation takes about {one:.0f} s here{speed} on top of "
                             f"{self.seconds * TARGET - left:.0f} s spent so far; give at least {need}, or "
                             f"train on fewer images with --subset")
         return fit_epochs(left, 0, costs, eval_every, steps_per_epoch=steps_per_epoch)

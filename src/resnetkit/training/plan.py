@@ -14,6 +14,7 @@ import torch
 
 from .. import flops, pretrained, probe
 from ..config import RunConfig
+from ..errors import UserError
 from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
@@ -90,12 +91,24 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
     choice = probe.choose(model, shape, loaders.train.batch_size, device, precision=cfg.precision,
                           channels_last=cfg.channels_last, compile=cfg.compile,
                           network=network_key(cfg, model_args), make_step=timing_step,
-                          run_steps=cfg.epochs * len(loaders.train))
+                          run_steps=cfg.epochs * len(loaders.train), threads=cfg.threads,
+                          reprobe=cfg.reprobe)
     speed = budget_speed(choice, model, shape, loaders.train.batch_size, device, cfg.compile)
-    speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
-    speeds.record(loaders.spec.img_size, speed)
-    costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)
-    epochs = Budget(cfg.time_budget).first_fit(costs, cfg.eval_every, steps_per_epoch)
+
+    def fit(images_per_s: float, measured: str = "") -> float:
+        speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
+        speeds.record(loaders.spec.img_size, images_per_s)
+        costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)
+        return Budget(cfg.time_budget).first_fit(costs, cfg.eval_every, steps_per_epoch, measured=measured)
+    try:
+        epochs = fit(speed)
+    except UserError:  # as the trainer: never refused on a probe made under load without timing again
+        if not (choice.load or (choice.spread or 0) >= probe.STABLE_SPREAD):
+            raise
+        again = probe.Choice(choice.precision, choice.channels_last, choice.compile, "cache",
+                             choice.images_per_s, threads=choice.threads)
+        speed = budget_speed(again, model, shape, loaders.train.batch_size, device, False)
+        epochs = fit(speed, f"measured twice, now at ~{speed:,.0f} img/s")
     return with_length(cfg, epochs, steps_per_epoch), speed
 
 

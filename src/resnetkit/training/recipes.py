@@ -37,9 +37,8 @@ OWN_DATA_OPTIONS = {"zero_init_residual": True}
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {
         # 1,437 training images of 8x8: 98.6-100% test accuracy over seeds 0-5, ~10 s on a CPU.
-        # One thread: tensors this small gain nothing from a second one, and on a busy machine
-        # two spinning threads ran the same run ~8x slower (100 s against 13 s, measured).
-        "digits": {"model": "resnet8", "epochs": 20, "batch_size": 64, "lr": 0.2, "threads": 1},
+        # Threads: the speed probe's choice (a run too short to probe takes one thread).
+        "digits": {"model": "resnet8", "epochs": 20, "batch_size": 64, "lr": 0.2},
         "mnist": {"model": "resnet8", "epochs": 5, "batch_size": 128, "lr": 0.2},
         "fashion-mnist": {"model": "resnet20", "epochs": 15, "batch_size": 128, "lr": 0.2},
         # He et al. 2015, section 4.2: SGD 0.1, batch 128, wd 1e-4 for 64k steps (~164 epochs);

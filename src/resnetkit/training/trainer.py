@@ -47,7 +47,7 @@ from ..errors import UserError, first_line
 from ..models.summary import check_input
 from .. import checkpoint as ckpt
 from . import distributed, finetune, run_folder, sampler, tb
-from .budget import Budget, Costs, SizeSpeeds, format_duration
+from .budget import Budget, Costs, SizeSpeeds, format_duration, plan_sizes, process_age
 from .ema import WeightEma
 from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
@@ -71,11 +71,12 @@ FIRST_STEPS_LEAST = 0.5
 # took 19 s in one run and 24 s in the next); --time-budget times the chosen setting afresh, for
 # at most this long, unless the probe has just timed it
 BUDGET_PROBE_S = 1.5
-QUIET_REFIT = 0.02  # a refit within this share of the plan that keeps the epoch count is not printed
+QUIET_REFIT = 0.05  # a refit within this share of the plan is made but not printed
 MIN_REFIT = 0.002  # nor made at all within this share (a few steps: noise, and a replay of the schedule)
 # Changing these while resuming cannot change the numbers, only where and how fast they come.
 # Precision and memory format too: a run probed on one CPU may continue on another.
-RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last")
+RESUME_MAY_CHANGE = ("device", "workers", "data_dir", "download", "resume", "precision", "channels_last",
+                     "reprobe")
 
 
 class TrainingDiverged(UserError):
@@ -281,7 +282,8 @@ class Trainer:
         if world_size > 1:  # cuda -> this process's GPU
             self.device = distributed.rank_device(self.device)
         self.precision = resolve_precision(self.cfg.precision, self.device)  # checked now; auto: setup
-        self.choice: probe.Choice | None = None  # precision and memory format in use, and why
+        self.choice: probe.Choice | None = None  # precision, memory format and threads in use, and why
+        self.threads_forced: int | None = None  # --threads (or the resumed run's), before the probe chose
         # --time-budget fits the epochs of a new run; a resumed run keeps the epochs it recorded
         self.budget = Budget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
         self.notes: list[str] = []  # printed under the run's header
@@ -345,20 +347,48 @@ class Trainer:
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
 
-    def choose_runtime(self, model: nn.Module) -> None:
-        """--precision and channels_last: forced by flags, else measured on this machine (or read
-        from the probe's cache). Rank 0 measures and every rank uses its choice."""
+    def choose_runtime(self, model: nn.Module, reprobe: bool = False) -> None:
+        """--precision, channels_last and --threads: forced by flags, else measured on this machine
+        (or read from the probe's cache; ``reprobe``: measured again). Rank 0 measures and every
+        rank uses its choice; the thread count is recorded in the config (it orders float sums)."""
         cfg, spec = self.cfg, self.spec
         choice = None
         if self.is_main:
-            choice = probe.choose(model, (spec.in_chans, spec.img_size, spec.img_size),
-                                  self.loaders.train.batch_size, self.device, precision=cfg.precision,
+            shape, batch = (spec.in_chans, spec.img_size, spec.img_size), self.loaders.train.batch_size
+            steps = run_steps(cfg, self.sched_steps) * cfg.accum_steps
+            forced = cfg.threads if self.choice is None else self.threads_forced
+            choice = probe.choose(model, shape, batch, self.device, precision=cfg.precision,
                                   channels_last=cfg.channels_last, compile=cfg.compile,
-                                  network=network_key(cfg, self.model_args),
-                                  make_step=timing_step,
-                                  run_steps=run_steps(cfg, self.sched_steps) * cfg.accum_steps)
+                                  network=network_key(cfg, self.model_args), make_step=timing_step,
+                                  run_steps=steps, threads=forced,
+                                  reprobe=reprobe or (self.choice is None and cfg.reprobe))
+            if self.choice is not None:  # a re-probe mid-run: the policy is this process's already
+                choice.wait_policy = self.choice.wait_policy
+            elif self.device.type == "cpu" and self.world_size == 1:
+                wait = {"model": cfg.model, "model_args": self.model_args, "input_size": list(shape),
+                        "batch_size": batch, "precision": choice.precision, "channels_last": choice.channels_last}
+                run_s = steps * batch / choice.images_per_s if choice.images_per_s else None
+                choice.wait_policy = probe.wait_policy_for_run(choice, wait, run_s, force=cfg.reprobe)
+        if self.choice is None:
+            self.threads_forced = cfg.threads
         self.choice = distributed.broadcast_object(choice)
         self.precision = resolve_precision(self.choice.precision, self.device)
+        if self.choice.threads and self.device.type == "cpu":
+            torch.set_num_threads(self.choice.threads)
+            self.cfg = self.cfg.replace(threads=self.choice.threads)
+
+    def recheck_cache(self, speed: float) -> None:
+        """A cached choice RECHECK_RATIO off the run's own first steps is measured again (as
+        bounded as any probe) and its entry rewritten; the new setting trains from here on."""
+        was = self.choice
+        if not distributed.broadcast_object(self.is_main and was is not None and probe.recheck(was, speed)):
+            return
+        self.log(f"speed: the cache said {was.images_per_s:,.0f} img/s, the first steps ran "
+                 f"{speed:,.0f} img/s: probing again")
+        self.choose_runtime(self.model, reprobe=True)
+        if self.channels_last != was.channels_last:
+            self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
+        self.log(f"speed: {self.choice.describe()}")
 
     # ------------------------------------------------------------------ --time-budget
     def fit_budget(self, model: nn.Module) -> None:
@@ -374,11 +404,30 @@ class Trainer:
         speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(self.spec.img_size)
         self.speeds.record(self.spec.img_size, speed)
-        epochs = distributed.broadcast_object(
-            self.capped(self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps)))
+        try:
+            first = self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps)
+        except UserError:
+            c = self.choice
+            if self.world_size > 1 or not (c.load or (c.spread or 0) >= probe.STABLE_SPREAD):
+                raise
+            first = self.refit_measured_again(model)  # never refused on a measurement made under load
+        epochs = distributed.broadcast_object(self.capped(first))
         self.set_epochs(epochs)
         self.notes.append(f"budget {format_duration(self.budget.seconds)} -> {self.plan_text()} "
                           f"at ~{speed:,.0f} img/s")
+
+    def refit_measured_again(self, model: nn.Module) -> float:
+        """The first fit from the chosen setting timed again now; a budget still too short is
+        refused with the speed measured and the load beside it."""
+        spec, c = self.spec, self.choice
+        before, start = probe.cpu_ticks(), time.perf_counter()
+        again = probe.Choice(c.precision, c.channels_last, c.compile, "cache", c.images_per_s, threads=c.threads)
+        speed = budget_speed(again, model, (spec.in_chans, spec.img_size, spec.img_size),
+                             self.loaders.train.batch_size, self.device, False)
+        load = probe.load_text(probe.other_load(before, probe.cpu_ticks(), time.perf_counter() - start))
+        self.speeds.record(self.spec.img_size, speed, replace=True)
+        note = f"measured twice, now at ~{speed:,.0f} img/s" + (f"; {load}" if load else "")
+        return self.budget.first_fit(self.costs(), self.cfg.eval_every, self.sched_steps, measured=note)
 
     def costs(self) -> Costs:
         """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
@@ -418,9 +467,9 @@ class Trainer:
         new, old = round(epochs * self.sched_steps), round(planned * self.sched_steps)
         if abs(new - old) < max(1.0, MIN_REFIT * old):  # each new plan replays the schedule so far
             return
-        was, whole = self.plan_text(), self.cfg.epochs
+        was = self.plan_text()
         self.set_epochs(epochs)
-        if self.cfg.epochs != whole or abs(epochs - planned) >= QUIET_REFIT * planned:  # not every nudge
+        if abs(epochs - planned) > QUIET_REFIT * planned:  # not every nudge
             self.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {self.plan_text()} (was {was})")
         if self.is_main:
             write_json_atomic(self.run_dir / "config.json", self.saved_config())
@@ -437,9 +486,12 @@ class Trainer:
                 self.scheduler.step()
 
     def first_steps_check(self, step: int, since: float, images: int) -> None:
-        """After the first steps of epoch 1: refit from the loop's own images/s."""
+        """After the first steps of epoch 1: check a cached speed, refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
+        self.recheck_cache(speed)
+        if self.budget is None:
+            return
         self.speeds.record(self.epoch_sizes(self.cfg.epochs)[0], speed, replace=True)  # the loop's own
         least = math.ceil(FIRST_STEPS_LEAST * self.planned_epochs * self.sched_steps) / self.sched_steps
         self.refit_budget(step / len(self.loaders.train), self.costs(),
@@ -471,11 +523,16 @@ class Trainer:
         speeds = [h["images_per_s"] for h in self.history if h.get("images_per_s")]
         return {"device": str(self.device), "precision": self.precision.name,
                 "channels_last": self.channels_last, "compile": self.cfg.compile,
-                "threads": torch.get_num_threads() if self.device.type == "cpu" else None,
+                "threads": ((c.threads if c and c.threads else torch.get_num_threads())
+                            if self.device.type == "cpu" else None),
                 "images_per_s": c.images_per_s if c and c.images_per_s else
                 (float(np.median(speeds)) if speeds else None),
                 "train_images_per_s": float(np.median(speeds)) if speeds else None,
                 "chosen_by": c.chosen_by if c else "flag", "reason": c.reason if c else "",
+                "threads_chosen_by": (c.threads_by or c.chosen_by) if c else "flag",
+                **probe.wait_record(c.wait_policy if c else None),
+                "probe_spread": c.spread if c else None, "probe_load": c.load if c else "",
+                "probe_cached": c.cached if c else False,
                 "probe": c.measured if c else [], "probe_seconds": c.probe_seconds if c else None}
 
     def wrap(self, model: nn.Module) -> nn.Module:
@@ -607,6 +664,8 @@ class Trainer:
         self.log(split_line(self.loaders))
         if self.choice is not None:
             self.log(f"speed: {self.choice.describe(forced=self.forced_by())}")
+            if self.device.type == "cpu":
+                self.log(probe.wait_line(self.choice.wait_policy))
         for line in self.notes:
             self.log(line)
         for line in self.transfer_notes:
@@ -636,6 +695,10 @@ class Trainer:
         if self.is_main:  # report.html and the ECE, from best.safetensors as written
             report = report_html.write_run_report(self.run_dir, device=self.device, freeze=finetune.freeze_timeline,
                                                   interpretation=self.test_interpretation)
+            # the whole process's seconds so far: start-up, data, probe, training, test pass, report
+            report["evidence"] = {**report.get("evidence", {}), "process_s": round(process_age(), 3)}
+            write_json_atomic(self.run_dir / "report.json", report)
+            self.log(final_line(report, wall, self.run_dir / "report.json"))
         if self.budget is not None:
             used = self.budget.used()
             self.log(f"budget {format_duration(self.budget.seconds)}: {used:.1f} s used so far "
@@ -716,7 +779,9 @@ class Trainer:
         autocast = self.precision.autocast()
         # --time-budget: the loop's own speed, from the end of step 2 (kernels built) to step
         # check_at (tiny epochs: the epoch's end decides instead)
-        check_at = min(FIRST_STEPS, len(loader) - 1) if self.budget and epoch == 1 else 0
+        # and a cached speed's check against the loop's own (at the size the probe measured)
+        recheck = self.choice is not None and self.choice.chosen_by == "cache" and size == self.spec.img_size
+        check_at = min(FIRST_STEPS, len(loader) - 1) if (self.budget or recheck) and epoch == 1 else 0
         since = shown = start
         for step, (x, y, share, first, last) in enumerate(micro_batches(loader, self.cfg.accum_steps), 1):
             x, target = self.mix(x, y)
@@ -889,7 +954,6 @@ class Trainer:
                                title=f"{self.cfg.model} on {self.cfg.dataset} ({rep['split']}, "
                                      f"epoch {rep['best_epoch']})")
         write_json_atomic(self.run_dir / "report.json", rep)
-        self.log(final_line(rep, wall, self.run_dir / "report.json"))
         return rep
 
 
@@ -899,7 +963,7 @@ def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, 
     it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
     if choice.images_per_s and (choice.chosen_by == "probe" or compile):  # compiling again: seconds
         return choice.images_per_s
-    setting = probe.Setting(choice.precision, choice.channels_last, compile)
+    setting = probe.Setting(choice.precision, choice.channels_last, compile, choice.threads or 0)
     rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
     return rows[0]["images_per_s"] or 1.0
 
@@ -913,7 +977,7 @@ def budget_costs(cfg: RunConfig, loaders: Any, tta: TTA, speeds: SizeSpeeds, tai
     full = loaders.spec.img_size
 
     def weights(epochs: int) -> list[float]:
-        return speeds.weights(epoch_img_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
+        return speeds.weights(plan_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
     return Costs.from_speed(loaders.train.num_samples, val, speeds.full_speed(), tail_s, weights,
                             report_images=loaders.test.num_samples * views)
 
@@ -961,12 +1025,13 @@ def split_line(loaders: Any) -> str:
     """Which split chooses and which reports, printed when a run starts."""
     info = loaders.info
     size = f"\ninput size {info['img_size_note']}" if info.get("img_size_note") else ""
+    tested = (f"{info['test_subset']} of {info['test_of']} images (--test-subset)" if info.get("test_subset")
+              else f"{info['test_size']} images")
     if loaders.val is None:
         return (f"no validation split (--val-size 0): {info['train_size']} images train, nothing is "
-                f"selected, the last epoch is the result; test: {info['test_size']} images, read once "
-                f"at the end{size}")
+                f"selected, the last epoch is the result; test: {tested}, read once at the end{size}")
     test = ("the val split too (no test split: selection and report share one split)"
-            if loaders.test_is_val else f"{info['test_size']} images, read once at the end")
+            if loaders.test_is_val else f"{tested}, read once at the end")
     return (f"train {info['train_size']} images | val {info['val_size']} images ({info['val_source']}) "
             f"chooses the checkpoint | test: {test}{size}")
 
@@ -990,7 +1055,12 @@ def final_line(rep: Mapping[str, Any], wall: float, path: Path) -> str:
     else:
         how = f"of the checkpoint chosen on val (epoch {rep['best_epoch']}, val {100 * rep['val']['top1']:.2f}%)"
     note = f"; {rep['selection_note']}" if rep.get("selection_note") and rep["selected_on"] == "val" else ""
-    return f"{acc} {how}{note}; {wall:.1f}s; report in {path}"
+    data = rep.get("data") or {}
+    if data.get("test_subset"):
+        acc += f" on {data['test_subset']:,} of {data['test_of']:,} test images (--test-subset)"
+    total = (rep.get("evidence") or {}).get("process_s")
+    took = f"{wall:.1f}s training, {total:.1f}s in all" if total else f"{wall:.1f}s"
+    return f"{acc} {how}{note}; {took}; report in {path}"
 
 
 def format_epoch(r: Mapping[str, Any], epochs: int, improved: bool, ema: bool = False) -> str:
