@@ -95,6 +95,17 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
+REPORTED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def machine_summary() -> str:
+    """``CPU model (avx2, avx512f, ...)``: the flags that decide which settings are fast, as the
+    probe's cache records the machine it measured."""
+    flags = cpu_flags() or frozenset()
+    shown = [f for f in REPORTED_FLAGS if f in flags]
+    return f"{cpu_model()} ({', '.join(shown) or 'no AVX2'})"
+
+
 def bf16_native() -> bool:
     """Whether this CPU computes bf16 in hardware. Where /proc/cpuinfo lists flags they decide
     (oneDNN's own check also says yes to plain AVX-512, where bf16 is emulated and slow);
