@@ -161,12 +161,13 @@ def test_imagefolder_one_tree_stratified_seeded_split(tiny_imagefolder):
     loaders = build_loaders(cfg, CPU)
     spec = loaders.spec
     assert spec.classes == ("cat", "dog", "fox") and spec.in_chans == 3
-    assert (spec.img_size, spec.resize_size) == (64, 73) and spec.mean == (0.485, 0.456, 0.406)
+    # --img-size unset: the median image's shorter side (the images are 20..27 px), resized by 256/224
+    assert (spec.img_size, spec.resize_size) == (22, 25) and spec.mean == (0.485, 0.456, 0.406)
     assert (loaders.train.dataset_size, loaders.test.dataset_size) == (24, 6)
     _, y = all_batches(loaders.test)
     assert torch.bincount(y).tolist() == [2, 2, 2]
     x, _ = next(iter(loaders.train))
-    assert x.shape == (8, 3, 64, 64)
+    assert x.shape == (8, 3, 22, 22)
 
     assert loaders.test is loaders.val and loaders.test_is_val  # one tree: no test split of its own
 
