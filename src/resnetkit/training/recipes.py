@@ -47,15 +47,14 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         "cifar100": {"model": "resnet32", "epochs": 40, "batch_size": 128, "lr": 0.2},
         # Your own photos, any family (resnet18..152, resnext, wide, densenet, preact, dy, d2l):
         # every residual branch starts at zero (its last BN's weight, timm's default; Goyal et al.
-        # 2017, arXiv:1706.02677), so a 16-block bottleneck net starts as a shallow one, and the lr
-        # is Goyal's 0.1 per 256 images. lr 0.05 without zero-init diverged for resnet50 (train loss
-        # 2.3 -> 8.4 in the first epoch; BENCHMARKS.md, own-data).
-        "imagefolder": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+        # 2017, arXiv:1706.02677), so a 16-block bottleneck net starts as a shallow one. Without it
+        # resnet50 at lr 0.05 diverged in its first epoch (BENCHMARKS.md, own-data).
+        "imagefolder": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
                         "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
         # your own data: images of any size, a few hundred to a few thousand of them
-        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+        "arrays": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
                    "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
-        "csv": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.025,
+        "csv": {"model": "resnet18", "epochs": 20, "batch_size": 64, "lr": 0.05,
                 "schedule": "cosine", "warmup_epochs": 1, "model_options": OWN_DATA_OPTIONS},
     },
     # Targets (BENCHMARKS.md): MNIST >= 99.5% and Fashion-MNIST >= 93% on a 2-core CPU, in wall time and
