@@ -379,6 +379,6 @@ def test_quoted_results_match_the_measurements(where: tuple[str, str, str]) -> N
 
 def test_benchmark_sections_keep_their_markers() -> None:
     text = (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8")
-    for name in ("tta", "throughput", "allocator", "bench", "inference", "compute"):
+    for name in ("tta", "throughput", "allocator", "bench", "inference", "compute", "own-data"):
         assert text.count(f"<!-- {name}:start -->") == 1 and text.count(f"<!-- {name}:end -->") == 1, name
     assert text.index("## Verdict") < text.index("<!-- tta:start -->")
