@@ -19,7 +19,7 @@ from resnetkit.errors import UserError
 from resnetkit import checkpoint as ckpt
 from resnetkit.training import trainer as trainer_mod
 from resnetkit.training import train
-from resnetkit.training.steps import evaluate_batches
+from resnetkit.steps import evaluate_batches
 
 CPU = torch.device("cpu")
 TINY = dict(model="resnet8", subset=200, batch_size=64, verbose=False)

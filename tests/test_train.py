@@ -220,7 +220,7 @@ def test_exploding_lr_in_the_first_epoch_is_reported(tmp_path: Path, capsys: pyt
 
 
 def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.training.steps import EvalOutput
+    from resnetkit.steps import EvalOutput
 
     # a val accuracy that never improves after the first evaluation
     monkeypatch.setattr(EvalOutput, "summary", lambda self: {"loss": 1.0, "acc": 0.5})

@@ -26,7 +26,7 @@ from ..errors import UserError
 from . import finetune
 from .recipes import resolve_config
 from ..runtime import cpu_threads
-from .steps import Batch, micro_batches, train_step
+from ..steps import Batch, micro_batches, train_step
 from .trainer import Trainer, as_config
 
 SMOOTHING = 0.98  # EMA factor of the loss (fastai's default)

@@ -24,8 +24,8 @@ from .distributed import check_batch_size
 from .finetune import freeze_plan
 from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
-from .steps import timing_step
-from .trainer import budget_costs, budget_speed, check_setup, network_key
+from ..steps import timing_step
+from .trainer import budget_costs, budget_speed, check_setup
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
@@ -90,7 +90,7 @@ def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: t
                   **cfg.model_args}
     choice = probe.choose(model, shape, loaders.train.batch_size, device, precision=cfg.precision,
                           channels_last=cfg.channels_last, compile=cfg.compile,
-                          network=network_key(cfg, model_args), make_step=timing_step,
+                          network=probe.network_key(cfg, model_args), make_step=timing_step,
                           run_steps=cfg.epochs * len(loaders.train), threads=cfg.threads,
                           reprobe=cfg.reprobe)
     speed = budget_speed(choice, model, shape, loaders.train.batch_size, device, cfg.compile)

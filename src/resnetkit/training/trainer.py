@@ -1,6 +1,6 @@
 """The training loop: device, precision, schedule, logging, checkpoints, resume and the report.
 
-The steps themselves live in :mod:`.steps`. Per epoch the trainer reads the device twice at
+The steps themselves live in :mod:`resnetkit.steps`. Per epoch the trainer reads the device twice at
 most per ``sync_every`` batches, or per REFRESH_S with a progress bar (progress and the
 finite-loss check) and writes, in order: the
 best checkpoint (when the validation accuracy improved), the last checkpoint, the metrics line
@@ -54,7 +54,7 @@ from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch
                     plan_text, run_steps, step_on_metric, with_length)
 from .recipes import describe, resolve_config
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
-from .steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
+from ..steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
@@ -359,7 +359,7 @@ class Trainer:
             forced = cfg.threads if self.choice is None else self.threads_forced
             choice = probe.choose(model, shape, batch, self.device, precision=cfg.precision,
                                   channels_last=cfg.channels_last, compile=cfg.compile,
-                                  network=network_key(cfg, self.model_args), make_step=timing_step,
+                                  network=probe.network_key(cfg, self.model_args), make_step=timing_step,
                                   run_steps=steps, threads=forced,
                                   reprobe=reprobe or (self.choice is None and cfg.reprobe))
             if self.choice is not None:  # a re-probe mid-run: the policy is this process's already
@@ -1003,12 +1003,6 @@ class GradNormLog:
     def means(self) -> dict[str, float]:
         values = (self.sums / max(self.steps, 1)).tolist()
         return dict(zip(self.names, values))
-
-
-def network_key(cfg: RunConfig, model_args: Mapping[str, Any]) -> str:
-    """The network as the speed probe's cache knows it: a frozen backbone trains less."""
-    return json.dumps({"model": cfg.model, "args": dict(model_args), "freeze": cfg.freeze},
-                      sort_keys=True, default=str)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
