@@ -19,13 +19,13 @@ from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
 from ..models import create_model
 from ..runtime import cpu_threads, resolve_device, resolve_precision
-from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
+from .budget import TAIL_MIN_S, Budget, SizeSpeeds, budget_costs, budget_speed, format_duration
 from .distributed import check_batch_size
 from .finetune import freeze_plan
 from .optim import epoch_steps, plan_text, run_steps, with_length
 from .recipes import describe, resolve_config
 from ..steps import timing_step
-from .trainer import budget_costs, budget_speed, check_setup
+from .trainer import check_setup
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
