@@ -21,7 +21,7 @@ from ..training.distributed import check_batch_size, check_nproc_devices, is_mai
 from ..runtime import resolve_device
 from ..training.recipes import resolve_config
 from ..training.run_folder import resume_config
-from ..training.trainer import as_config
+from ..training.setup import as_config
 
 
 def dry_run(values: Mapping[str, Any], *, as_json: bool) -> int:

@@ -342,6 +342,7 @@ class RunBudget:
         self.budget = budget
         self.speeds = SizeSpeeds(0)  # set by first_fit
         self.train_seconds: list[tuple[int, float]] = []  # (input size, seconds) of each epoch
+        self.fitted_speed = 0.0  # the images/s of the first fit (of its second measure, if any)
 
     @classmethod
     def start(cls, seconds: float) -> "RunBudget":
@@ -357,7 +358,7 @@ class RunBudget:
                 choice = probe.Choice(t.precision.name, t.channels_last, t.cfg.compile, "flag")
             speed = budget_speed(choice, model, (spec.in_chans, spec.img_size, spec.img_size),
                                  t.loaders.train.batch_size, t.device, t.cfg.compile)
-        speed = distributed.broadcast_object(speed)
+        speed = self.fitted_speed = distributed.broadcast_object(speed)
         self.speeds = SizeSpeeds(t.spec.img_size)
         self.speeds.record(t.spec.img_size, speed)
         try:
@@ -382,6 +383,7 @@ class RunBudget:
                              t.loaders.train.batch_size, t.device, False)
         load = probe.load_text(probe.other_load(before, probe.cpu_ticks(), time.perf_counter() - start))
         self.speeds.record(t.spec.img_size, speed, replace=True)
+        self.fitted_speed = speed
         note = f"measured twice, now at ~{speed:,.0f} img/s" + (f"; {load}" if load else "")
         return self.budget.first_fit(self.costs(t), t.cfg.eval_every, t.sched_steps, measured=note)
 

@@ -17,9 +17,6 @@ decides something (losses, accuracies, early stop, divergence) is reduced over a
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
-import random
 import sys
 import time
 import warnings
@@ -31,25 +28,24 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import interpret, models, pretrained, probe
+from .. import interpret, probe
 from .. import report as reports
 from .._io import append_jsonl, write_json_atomic
 from ..config import RunConfig
-from ..data import build_loaders, tta_for
 from ..data.datasets import resolve_data_dir
-from ..data.progressive import check_progressive, epoch_img_size
+from ..data.progressive import epoch_img_size
 from ..errors import UserError
-from ..models.summary import check_input
 from .. import checkpoint as ckpt
 from . import console, distributed, finetune, run_folder, run_report, sampler, tb
 from .budget import RunBudget
 from .ema import WeightEma
 from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
-                    plan_text, run_steps, step_on_metric, with_length)
+                    step_on_metric)
 from .recipes import resolve_config
+from .setup import Run, as_config, build_run, choose_runtime
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
-from ..steps import EvalOutput, evaluate_batches, micro_batches, sync_context, timing_step, train_step
+from ..steps import EvalOutput, evaluate_batches, micro_batches, sync_context, train_step
 
 Callback = Callable[["Trainer", dict[str, Any]], None]
 SYNC_EVERY = 25  # batches between host reads of the running loss (progress bar, finite check)
@@ -122,70 +118,24 @@ def train(cfg: RunConfig | Mapping[str, Any] | None = None, *, callbacks: Sequen
                        rank=ctx.rank, world_size=ctx.world_size).fit()
 
 
-def as_config(cfg: RunConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]
-              ) -> tuple[RunConfig, set[str] | None]:
-    """A RunConfig and the set of fields the caller set (None: those differing from defaults)."""
-    if cfg is None or isinstance(cfg, Mapping):
-        data = {**dict(cfg or {}), **overrides}
-        return RunConfig.from_dict(data), set(data)
-    if not isinstance(cfg, RunConfig):
-        raise UserError(f"train() takes a RunConfig, a dict or None, not {type(cfg).__name__}")
-    RunConfig.from_dict(overrides)  # validates the names
-    defaults = RunConfig()
-    changed = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(defaults, f.name)}
-    return cfg.replace(**overrides), changed | set(overrides)
-
-
-def check_setup(cfg: RunConfig, loaders: Any) -> None:
-    """What the data and the flags must agree on before a run starts (the trainer's setup and
-    --dry-run both ask): a split to watch for --early-stop and plateau, room for --min-img-size."""
-    if loaders.val is None and (cfg.early_stop or cfg.schedule == "plateau"):
-        what = "--early-stop" if cfg.early_stop else "--schedule plateau"
-        raise UserError(f"{what} needs a validation split to watch; drop --val-size 0 or {what}")
-    check_progressive(cfg.min_img_size, cfg.progressive_until, loaders.spec.img_size,
-                      bool(getattr(loaders.train, "in_memory", False)))
-    batches = len(loaders.train)  # per epoch, on this process
-    if cfg.accum_steps > batches:
-        images = loaders.train.num_samples
-        raise UserError(f"--accum-steps {cfg.accum_steps} makes an effective batch of "
-                        f"{cfg.accum_steps * cfg.batch_size:,} images, more than the {images:,} training "
-                        f"images ({batches} batch(es) of {cfg.batch_size} per epoch); use --accum-steps "
-                        f"{batches} or fewer")
-    spec = loaders.spec  # the net takes its smallest input, and its largest fits in memory
-    for side in sorted({spec.img_size, cfg.min_img_size or spec.img_size}):
-        flag = "--min-img-size" if side != spec.img_size else "--img-size"
-        check_input(cfg.model, (spec.in_chans, side, side), batch=loaders.train.batch_size, flag=flag,
-                    model_args=dict(cfg.model_args))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-class Trainer:
-    """Owns one run: ``Trainer(cfg).fit() -> TrainResult``."""
+class Trainer(Run):
+    """Owns one run: ``Trainer(cfg).fit() -> TrainResult``; what it computes with is its
+    :class:`~.setup.Run`, the loop's state is its own."""
 
     def __init__(self, cfg: RunConfig, *, explicit: Iterable[str] | None = None,
                  callbacks: Sequence[Callback] = (), verbose: bool = True,
                  rank: int = 0, world_size: int = 1, source: Any = None) -> None:
-        self.cfg = resolve_config(cfg, explicit)
+        cfg = resolve_config(cfg, explicit)
+        distributed.check_batch_size(cfg.batch_size, world_size)
+        device = resolve_device(cfg.device)
+        if world_size > 1:  # cuda -> this process's GPU
+            device = distributed.rank_device(device)
+        super().__init__(cfg, device, resolve_precision(cfg.precision, device), rank=rank, world_size=world_size)
         self.source = source
-        self.rank, self.world_size = rank, world_size
-        distributed.check_batch_size(self.cfg.batch_size, world_size)
-        self.is_main = rank == 0
         self.verbose = verbose and self.is_main
         self.callbacks = list(callbacks)
-        self.device = resolve_device(self.cfg.device)
-        if world_size > 1:  # cuda -> this process's GPU
-            self.device = distributed.rank_device(self.device)
-        self.precision = resolve_precision(self.cfg.precision, self.device)  # checked now; auto: setup
-        self.choice: probe.Choice | None = None  # precision, memory format and threads in use, and why
-        self.threads_forced: int | None = None  # --threads (or the resumed run's), before the probe chose
         # --time-budget fits the epochs of a new run; a resumed run keeps the epochs it recorded
         self.budget = RunBudget.start(self.cfg.time_budget) if self.cfg.time_budget and not self.cfg.resume else None
-        self.notes: list[str] = []  # printed under the run's header
         self.eval_seconds: list[float] = []  # each evaluation's wall time (--time-budget's costs)
         self.test_interpretation: interpret.Interpretation | None = None  # the test pass, per sample (report.html)
         self.history: list[dict[str, Any]] = []
@@ -199,36 +149,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        cfg = self.cfg
-        seed_everything(cfg.seed)
-        # fine-tuning: the data takes the weights' own preprocessing (size, mean, std)
-        weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
-        self.loaders = build_loaders(cfg, self.device, rank=self.rank, world_size=self.world_size,
-                                     preprocessing=weights, source=self.source)
-        self.spec = self.loaders.spec
-        self.tta = tta_for(cfg.dataset, self.spec)  # the views --tta averages
-        check_setup(cfg, self.loaders)
-        head = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # recorded in the checkpoint
-        self.model_args = {"num_classes": self.spec.num_classes, "in_chans": self.spec.in_chans,
-                           **head, **cfg.model_args}
-        model = models.create_model(cfg.model, **self.model_args)
-        if cfg.sync_bn and self.world_size > 1:  # before freezing, which sets BatchNorm modes
-            model = distributed.convert_sync_batchnorm(model, self.device)
-        prepared = finetune.prepare(model, cfg, self.spec)
-        self.fresh_modules = prepared.fresh_modules
-        self.transfer_notes = list(prepared.notes)
-        model.to(self.device)
-        # optimizer steps per epoch (--accum-steps: one per accumulated batch)
-        self.sched_steps = math.ceil(len(self.loaders.train) / cfg.accum_steps)
-        # --max-steps: the epochs it reaches into; with --time-budget, the most the plan may hold
-        self.step_cap = cfg.max_steps if cfg.max_steps and not cfg.resume else None
-        if self.step_cap:
-            self.set_epochs(min(cfg.epochs, self.step_cap / self.sched_steps))
-        self.choose_runtime(model)
+        build_run(self, self.source)
+        choose_runtime(self)
+        model, cfg = self.model, self.cfg
         self.transfer_notes += [n for n in (probe.precision_note(self.precision.name, self.device),) if n]
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model = model
         self.optimizer = build_optimizer(param_groups(model, cfg), cfg)  # + head/backbone
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a schedule moves them
         if self.budget is not None:
@@ -245,36 +171,6 @@ class Trainer:
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
 
-    def choose_runtime(self, model: nn.Module, reprobe: bool = False) -> None:
-        """--precision, channels_last and --threads: forced by flags, else measured on this machine
-        (or read from the probe's cache; ``reprobe``: measured again). Rank 0 measures and every
-        rank uses its choice; the thread count is recorded in the config (it orders float sums)."""
-        cfg, spec = self.cfg, self.spec
-        choice = None
-        if self.is_main:
-            shape, batch = (spec.in_chans, spec.img_size, spec.img_size), self.loaders.train.batch_size
-            steps = run_steps(cfg, self.sched_steps) * cfg.accum_steps
-            forced = cfg.threads if self.choice is None else self.threads_forced
-            choice = probe.choose(model, shape, batch, self.device, precision=cfg.precision,
-                                  channels_last=cfg.channels_last, compile=cfg.compile,
-                                  network=probe.network_key(cfg, self.model_args), make_step=timing_step,
-                                  run_steps=steps, threads=forced,
-                                  reprobe=reprobe or (self.choice is None and cfg.reprobe))
-            if self.choice is not None:  # a re-probe mid-run: the policy is this process's already
-                choice.wait_policy = self.choice.wait_policy
-            elif self.device.type == "cpu" and self.world_size == 1:
-                wait = {"model": cfg.model, "model_args": self.model_args, "input_size": list(shape),
-                        "batch_size": batch, "precision": choice.precision, "channels_last": choice.channels_last}
-                run_s = steps * batch / choice.images_per_s if choice.images_per_s else None
-                choice.wait_policy = probe.wait_policy_for_run(choice, wait, run_s, force=cfg.reprobe)
-        if self.choice is None:
-            self.threads_forced = cfg.threads
-        self.choice = distributed.broadcast_object(choice)
-        self.precision = resolve_precision(self.choice.precision, self.device)
-        if self.choice.threads and self.device.type == "cpu":
-            torch.set_num_threads(self.choice.threads)
-            self.cfg = self.cfg.replace(threads=self.choice.threads)
-
     def recheck_cache(self, speed: float) -> None:
         """A cached choice RECHECK_RATIO off the run's own first steps is measured again (as
         bounded as any probe) and its entry rewritten; the new setting trains from here on."""
@@ -283,27 +179,12 @@ class Trainer:
             return
         self.log(f"speed: the cache said {was.images_per_s:,.0f} img/s, the first steps ran "
                  f"{speed:,.0f} img/s: probing again")
-        self.choose_runtime(self.model, reprobe=True)
+        choose_runtime(self, reprobe=True)
         if self.channels_last != was.channels_last:
             self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.log(f"speed: {self.choice.describe()}")
 
-    # ------------------------------------------------------------------ --time-budget
-
-
-    def set_epochs(self, epochs: float) -> None:
-        """Change the run's length in epochs; a fraction ends the last epoch early, at a step
-        (``max_steps``). A warmup the new length cannot hold becomes half of it."""
-        self.cfg = with_length(self.cfg, epochs, self.sched_steps)
-
-    @property
-    def planned_epochs(self) -> float:
-        """The run's length in epochs, a fraction where --max-steps ends the last one early."""
-        return run_steps(self.cfg, self.sched_steps) / self.sched_steps
-
-    def plan_text(self) -> str:
-        return plan_text(self.cfg.epochs, run_steps(self.cfg, self.sched_steps), self.sched_steps)
-
+    # ------------------------------------------------------------------ mid-run: a new length, a new speed
     def restart_schedule(self) -> None:
         """After a new length: config.json records it and the schedule is rebuilt at the
         current step, so it still ends annealed."""
@@ -321,7 +202,6 @@ class Trainer:
             for _ in range(steps_done):
                 self.scheduler.step()
 
-
     def first_steps_check(self, step: int, since: float, images: int) -> None:
         """After the first steps of epoch 1: check a cached speed, refit from the loop's own images/s."""
         sync(self.device)
@@ -330,16 +210,9 @@ class Trainer:
         if self.budget is not None:
             self.budget.after_first_steps(self, step, speed)
 
-
-    @property
-    def channels_last(self) -> bool:
-        return bool(self.choice.channels_last) if self.choice else bool(self.cfg.channels_last)
-
-
     def wrap(self, model: nn.Module) -> nn.Module:
         net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
         return torch.compile(net) if self.cfg.compile else net
-
 
     def saved_config(self) -> dict[str, Any]:
         """The config as config.json and the checkpoints record it: where the run lives, not how
@@ -400,7 +273,6 @@ class Trainer:
         test = {k: report.get(k) for k in ("top1", "top5", "loss", "num_samples")}
         return TrainResult(self.run_dir, dict(self.best.metrics), dict(self.history[-1]), self.history,
                            self.cfg, report, stopped_early, wall, test)
-
 
     def out_of_patience(self) -> bool:
         return bool(self.cfg.early_stop) and self.best.bad_evals >= self.cfg.early_stop
@@ -578,7 +450,6 @@ class Trainer:
                                tta=self.tta if (self.cfg.tta if tta is None else tta) else None,
                                on_batch=on_batch)
         return distributed.gather_eval(out, self.device)  # the whole split, as one process sees it
-
 
     def log(self, message: str) -> None:
         if self.verbose:
