@@ -28,6 +28,7 @@ from .. import checkpoint as ckpt
 from .. import report_html
 from .._io import ensure_dir, remove_stale_temps, write_json_atomic, write_text_atomic
 from ..config import RunConfig, json_fits, recorded_config
+from ..data.datasets import resolve_data_dir
 from ..errors import UserError, first_line
 from . import distributed
 
@@ -213,8 +214,20 @@ def start(t: Any) -> None:
     if t.is_main:
         ensure_dir(t.run_dir, "run folder (--out)")
         remove_stale_temps(t.run_dir, RUN_FILES)  # left by a kill mid-write
-        write_json_atomic(t.run_dir / "config.json", t.saved_config())
+        write_json_atomic(t.run_dir / "config.json", saved_config(t))
         report_html.write_class_files(t.run_dir, t.spec.classes)
+
+
+def saved_config(t: Any) -> dict[str, Any]:
+    """The config as config.json and the checkpoints record it: where the run lives, not how
+    this process was started (a resumed run records the same config as an uninterrupted one).
+    Precision and memory format are recorded as resolved: evaluate and resume compute as this
+    run did."""
+    cfg = t.cfg.replace(out=str(t.run_dir), resume=None, precision=t.precision.name,
+                           channels_last=t.channels_last)
+    if cfg.dataset != "digits" and t.source is None:  # where the data was, for evaluate and export
+        cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
+    return cfg.to_dict()
 
 
 def read_state(t: Any) -> dict[str, Any] | None:

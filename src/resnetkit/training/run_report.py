@@ -23,7 +23,7 @@ from .console import final_line
 def write(t: Any, wall: float) -> dict[str, Any]:
     """report.json, confusion.png and report.html of the Trainer ``t`` after its last epoch (rank 0
     writes; the other ranks help the test pass and return an empty report)."""
-    report = test_report(t, wall)
+    report = final_report(t, wall)
     if t.is_main:  # report.html and the ECE, from best.safetensors as written
         report = report_html.write_run_report(t.run_dir, device=t.device, freeze=finetune.freeze_timeline,
                                               interpretation=t.test_interpretation)
@@ -34,7 +34,15 @@ def write(t: Any, wall: float) -> dict[str, Any]:
     return report
 
 
-def test_report(t: Any, wall: float) -> dict[str, Any]:
+def plot_curves(t: Any) -> None:
+    """curves.png (and grad_norms.png) of the epochs done so far, also after a failed run."""
+    if t.is_main and t.history:
+        reports.plot_curves(t.history, t.run_dir / "curves.png")
+        if t.cfg.log_grad_norms:
+            reports.plot_grad_norms(t.history, t.run_dir / "grad_norms.png")
+
+
+def final_report(t: Any, wall: float) -> dict[str, Any]:
     """The one pass over the test split, on best.safetensors as written on disk: report.json and
     confusion.png. Under DDP rank 0 reads it and sends the weights to the others, which help
     evaluate and write nothing."""

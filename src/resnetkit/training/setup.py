@@ -11,7 +11,7 @@ import dataclasses
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -153,6 +153,20 @@ def choose_runtime(run: Run, reprobe: bool = False) -> None:
     if run.choice.threads and run.device.type == "cpu":
         torch.set_num_threads(run.choice.threads)
         run.cfg = run.cfg.replace(threads=run.choice.threads)
+
+
+def recheck_choice(run: Run, speed: float, log: Callable[[str], None]) -> None:
+    """A cached choice RECHECK_RATIO off the run's own first steps is measured again (as
+    bounded as any probe) and its entry rewritten; the new setting trains from here on."""
+    was = run.choice
+    if not distributed.broadcast_object(run.is_main and was is not None and probe.recheck(was, speed)):
+        return
+    log(f"speed: the cache said {was.images_per_s:,.0f} img/s, the first steps ran "
+        f"{speed:,.0f} img/s: probing again")
+    choose_runtime(run, reprobe=True)
+    if run.channels_last != was.channels_last:
+        run.model.to(memory_format=torch.channels_last if run.channels_last else torch.contiguous_format)
+    log(f"speed: {run.choice.describe()}")
 
 
 def as_config(cfg: RunConfig | Mapping[str, Any] | None, overrides: Mapping[str, Any]

@@ -1,6 +1,9 @@
-"""The training loop: device, precision, schedule, logging, checkpoints, resume and the report.
+"""The training loop and its checkpoint saves; ``train(cfg) -> TrainResult``.
 
-The steps themselves live in :mod:`resnetkit.steps`. Per epoch the trainer reads the device twice at
+Each other job of a run has its module: the setup (config, data, model, speed setting) in
+:mod:`.setup`, the run folder and resume in :mod:`.run_folder`, ``--time-budget`` in
+:mod:`.budget`, what a run prints in :mod:`.console`, report.json in :mod:`.run_report`, and
+the steps themselves in :mod:`resnetkit.steps`. Per epoch the trainer reads the device twice at
 most per ``sync_every`` batches, or per REFRESH_S with a progress bar (progress and the
 finite-loss check) and writes, in order: the
 best checkpoint (when the validation accuracy improved), the last checkpoint, the metrics line
@@ -29,21 +32,20 @@ import torch
 from torch import nn
 
 from .. import interpret, probe
-from .. import report as reports
 from .._io import append_jsonl, write_json_atomic
 from ..config import RunConfig
-from ..data.datasets import resolve_data_dir
 from ..data.progressive import epoch_img_size
 from ..errors import UserError
 from .. import checkpoint as ckpt
 from . import console, distributed, finetune, run_folder, run_report, sampler, tb
 from .budget import RunBudget
 from .ema import WeightEma
+from .grad_norms import GradNormLog
 from .mix import Mixer
 from .optim import (Plateau, build_optimizer, build_scheduler, current_lr, epoch_steps, param_groups,
                     step_on_metric)
 from .recipes import resolve_config
-from .setup import Run, as_config, build_run, choose_runtime
+from .setup import Run, as_config, build_run, choose_runtime, recheck_choice
 from ..runtime import cpu_threads, resolve_device, resolve_precision, sync
 from ..steps import EvalOutput, evaluate_batches, micro_batches, sync_context, train_step
 
@@ -171,25 +173,12 @@ class Trainer(Run):
         self.eval_net: nn.Module = self.net if self.world_size == 1 else (
             torch.compile(model) if cfg.compile else model)
 
-    def recheck_cache(self, speed: float) -> None:
-        """A cached choice RECHECK_RATIO off the run's own first steps is measured again (as
-        bounded as any probe) and its entry rewritten; the new setting trains from here on."""
-        was = self.choice
-        if not distributed.broadcast_object(self.is_main and was is not None and probe.recheck(was, speed)):
-            return
-        self.log(f"speed: the cache said {was.images_per_s:,.0f} img/s, the first steps ran "
-                 f"{speed:,.0f} img/s: probing again")
-        choose_runtime(self, reprobe=True)
-        if self.channels_last != was.channels_last:
-            self.model.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        self.log(f"speed: {self.choice.describe()}")
-
     # ------------------------------------------------------------------ mid-run: a new length, a new speed
     def restart_schedule(self) -> None:
         """After a new length: config.json records it and the schedule is rebuilt at the
         current step, so it still ends annealed."""
         if self.is_main:
-            write_json_atomic(self.run_dir / "config.json", self.saved_config())
+            write_json_atomic(self.run_dir / "config.json", run_folder.saved_config(self))
         if isinstance(self.scheduler, Plateau):  # reads the val loss, not the length
             return
         steps_done = self.scheduler.last_epoch
@@ -206,25 +195,13 @@ class Trainer(Run):
         """After the first steps of epoch 1: check a cached speed, refit from the loop's own images/s."""
         sync(self.device)
         speed = images / max(time.perf_counter() - since, 1e-9)
-        self.recheck_cache(speed)
+        recheck_choice(self, speed, self.log)
         if self.budget is not None:
             self.budget.after_first_steps(self, step, speed)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         net = distributed.wrap_model(model, self.device) if self.world_size > 1 else model
         return torch.compile(net) if self.cfg.compile else net
-
-    def saved_config(self) -> dict[str, Any]:
-        """The config as config.json and the checkpoints record it: where the run lives, not how
-        this process was started (a resumed run records the same config as an uninterrupted one).
-        Precision and memory format are recorded as resolved: evaluate and resume compute as this
-        run did."""
-        cfg = self.cfg.replace(out=str(self.run_dir), resume=None, precision=self.precision.name,
-                               channels_last=self.channels_last)
-        if cfg.dataset != "digits" and self.source is None:  # where the data was, for evaluate and export
-            cfg = cfg.replace(data_dir=str(resolve_data_dir(cfg.data_dir).resolve()))
-        return cfg.to_dict()
-
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
@@ -258,10 +235,7 @@ class Trainer(Run):
             # after a failed write (a full disk) the plots' own write error must not hide the first
             failing = sys.exc_info()[1] is not None
             with contextlib.suppress(UserError) if failing else contextlib.nullcontext():
-                if self.is_main and self.history:
-                    reports.plot_curves(self.history, self.run_dir / "curves.png")
-                    if self.cfg.log_grad_norms:
-                        reports.plot_grad_norms(self.history, self.run_dir / "grad_norms.png")
+                run_report.plot_curves(self)
         stopped_early = epoch < self.cfg.epochs
         if stopped_early:
             self.log(f"early stop after epoch {epoch}: no better val accuracy in {self.best.bad_evals} "
@@ -461,34 +435,11 @@ class Trainer(Run):
         if not self.is_main:
             return
         common = dict(arch=self.cfg.model, model_args=self.model_args, spec=self.spec,
-                      config=self.saved_config())
+                      config=run_folder.saved_config(self))
         if improved:
             ckpt.save_checkpoint(self.run_dir / ckpt.BEST, self.saved_model, metrics=record, **common)
         ckpt.save_checkpoint(self.run_dir / ckpt.LAST, self.saved_model, metrics=record, **common)
         append_jsonl(self.run_dir / "metrics.jsonl", record)
         ckpt.save_state(self.run_dir / ckpt.STATE, run_folder.state_of(self, epoch, wall))
-
-
-class GradNormLog:
-    """Mean L2 norm of each residual stage's gradient over an epoch, accumulated on the device."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        model = ckpt.unwrap_model(model)
-        stages = list(getattr(model, "stages", None) or model.named_children())
-        self.names = [name for name, _ in stages]
-        self.params = [[p for p in m.parameters() if p.requires_grad] for _, m in stages]
-        self.sums = torch.zeros(len(stages), device=device)
-        self.steps = 0
-
-    def add(self) -> None:
-        norms = [torch.nn.utils.get_total_norm([p.grad for p in ps if p.grad is not None])
-                 if any(p.grad is not None for p in ps) else torch.zeros((), device=self.sums.device)
-                 for ps in self.params]
-        self.sums += torch.stack(norms).to(self.sums)
-        self.steps += 1
-
-    def means(self) -> dict[str, float]:
-        values = (self.sums / max(self.steps, 1)).tolist()
-        return dict(zip(self.names, values))
 
 
