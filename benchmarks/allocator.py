@@ -53,7 +53,7 @@ def child(mode: str, steps: int, setting: str) -> dict[str, float | str]:
 
     from resnetkit.data import dataset_spec
     from resnetkit.runtime import cpu_threads, resolve_precision
-    from resnetkit.training.steps import train_step
+    from resnetkit.steps import train_step
 
     device = torch.device("cpu")
     cfg = fast_config(Path("."), device)

@@ -277,9 +277,8 @@ def build_net(cfg: Any, device: torch.device, *, channels_last: bool) -> tuple[A
 def probe_choice(cfg: Any, device: torch.device, batch_size: int | None = None) -> Any:
     """What `resnetkit train` with this config runs: the speed probe's choice (or its cache's)."""
     from resnetkit.data import dataset_spec
-    from resnetkit.probe import choose
-    from resnetkit.training.steps import timing_step
-    from resnetkit.training.trainer import network_key
+    from resnetkit.probe import choose, network_key
+    from resnetkit.steps import timing_step
 
     spec = dataset_spec(cfg)
     model, _ = build_net(cfg, device, channels_last=False)
@@ -309,7 +308,7 @@ def utilisation(images_per_s: float, flops_per_image: int, precision: str) -> st
 def fast_path(cfg: Any, device: torch.device, steps: int, warmup: int, choice: Any) -> float:
     from resnetkit.data import build_loaders
     from resnetkit.runtime import resolve_precision
-    from resnetkit.training.steps import train_step
+    from resnetkit.steps import train_step
 
     loaders = build_loaders(cfg, device)
     model, optimizer = build_net(cfg, device, channels_last=choice.channels_last)

@@ -244,7 +244,7 @@ def test_first_steps_shrink_the_plan_to_half_at_most(tmp_path: Path, monkeypatch
 
 
 def test_a_cached_speed_is_timed_afresh_a_just_probed_one_is_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.training.trainer import BUDGET_PROBE_S, budget_speed
+    from resnetkit.training.budget import BUDGET_PROBE_S, budget_speed
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(probe, "probe", lambda *a, **k: calls.append(k) or [{"images_per_s": 500.0}])

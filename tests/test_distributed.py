@@ -28,7 +28,7 @@ from resnetkit.data.streaming import FolderDataset, FolderLoader
 from resnetkit.data.transforms import Normalizer
 from resnetkit.errors import UserError
 from resnetkit.training import distributed, train
-from resnetkit.training.steps import evaluate_batches
+from resnetkit.steps import evaluate_batches
 
 WORLD = 2
 SPAWN_TIMEOUT_S = 120  # a bound on a hung group, far above the few seconds a run takes

@@ -27,7 +27,7 @@ from resnetkit.training import finetune
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.training.optim import build_optimizer, param_groups
 from resnetkit.training.recipes import resolve_config
-from resnetkit.training.steps import train_step
+from resnetkit.steps import train_step
 
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

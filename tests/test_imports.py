@@ -42,6 +42,14 @@ def test_checkpoint_module_does_not_load_the_trainer() -> None:
     assert "torch.distributed.run" not in loaded
 
 
+def test_evaluate_command_does_not_load_the_trainer() -> None:
+    # what `resnetkit evaluate` imports: its parser module, then its run()'s lazy imports
+    loaded = loaded_modules("import resnetkit.cli.evaluate\nfrom resnetkit import checkpoint, evaluation, report")
+    assert {"resnetkit.evaluation", "resnetkit.steps"} <= loaded
+    assert "resnetkit.training.trainer" not in loaded
+    assert not {m for m in loaded if m.startswith("resnetkit.training")}
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--help"], *([name, "--help"] for name in COMMANDS)],
                          ids=lambda a: " ".join(a))
 def test_cli_answers_help_without_importing_torch(args: list[str]) -> None:

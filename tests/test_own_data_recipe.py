@@ -12,7 +12,7 @@ import resnetkit
 from resnetkit.config import RunConfig
 from resnetkit.data import build_loaders
 from resnetkit.training.recipes import resolve_config
-from resnetkit.training.trainer import split_line
+from resnetkit.training.console import split_line
 
 
 @pytest.mark.parametrize("model,zero_init", [("resnet50", True), ("resnext50_32x4d", True),

@@ -11,7 +11,7 @@ import torch
 
 from resnetkit import probe
 from resnetkit.models import create_model
-from resnetkit.training.steps import timing_step
+from resnetkit.steps import timing_step
 
 CPU = torch.device("cpu")
 

@@ -17,9 +17,10 @@ from resnetkit.data.folders import index_imagefolder
 from resnetkit.data.splits import folder_splits, holdout, val_count
 from resnetkit.errors import UserError
 from resnetkit import checkpoint as ckpt
+from resnetkit.training import setup as run_setup
 from resnetkit.training import trainer as trainer_mod
 from resnetkit.training import train
-from resnetkit.training.steps import evaluate_batches
+from resnetkit.steps import evaluate_batches
 
 CPU = torch.device("cpu")
 TINY = dict(model="resnet8", subset=200, batch_size=64, verbose=False)
@@ -114,7 +115,7 @@ def counting_evaluate(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
 def test_the_test_split_is_read_once_after_the_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = counting_evaluate(monkeypatch)
     iterated: list[int] = []
-    real = trainer_mod.build_loaders
+    real = run_setup.build_loaders
 
     def build(*args, **kwargs):
         loaders = real(*args, **kwargs)
@@ -128,7 +129,7 @@ def test_the_test_split_is_read_once_after_the_last_epoch(tmp_path: Path, monkey
         loaders.test.__class__ = Counted
         return loaders
 
-    monkeypatch.setattr(trainer_mod, "build_loaders", build)
+    monkeypatch.setattr(run_setup, "build_loaders", build)
     result = train(epochs=3, out=str(tmp_path / "run"), **TINY)
     assert calls == [("val", 0), ("val", 1), ("val", 2), ("test", 3)]
     assert len(iterated) == 1

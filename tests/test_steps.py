@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from resnetkit.training.steps import micro_batches, train_step
+from resnetkit.steps import micro_batches, train_step
 
 
 def no_bn_net() -> nn.Module:
@@ -120,7 +120,7 @@ def test_tta_views_follow_the_training_augmentation() -> None:
 
 def test_eval_step_with_tta_is_the_mean_of_the_views_logits() -> None:
     from resnetkit.data.augment import TTA
-    from resnetkit.training.steps import eval_step
+    from resnetkit.steps import eval_step
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 16, 3)).eval()

@@ -220,7 +220,7 @@ def test_exploding_lr_in_the_first_epoch_is_reported(tmp_path: Path, capsys: pyt
 
 
 def test_python_api_and_early_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from resnetkit.training.steps import EvalOutput
+    from resnetkit.steps import EvalOutput
 
     # a val accuracy that never improves after the first evaluation
     monkeypatch.setattr(EvalOutput, "summary", lambda self: {"loss": 1.0, "acc": 0.5})
@@ -383,6 +383,7 @@ class _Bar:
 def test_the_progress_bar_moves_on_time_not_every_25_batches(refresh_s: float, shown: bool, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import resnetkit.training.trainer as trainer
+    from resnetkit.training import console
 
     bars: list[_Bar] = []
     reads: list[int] = []  # the batches after which the running sums were read from the device
@@ -392,8 +393,8 @@ def test_the_progress_bar_moves_on_time_not_every_25_batches(refresh_s: float, s
         reads.append(step)
         return check(self, bar, loss_sum, correct, seen, start, epoch, step)
     monkeypatch.setattr(trainer, "REFRESH_S", refresh_s)  # 0: every step is "a second later"
-    monkeypatch.setattr(trainer.Trainer, "progress", lambda self, epoch, total: bars.append(_Bar()) or bars[-1]
-                        if shown else None)
+    monkeypatch.setattr(console, "progress_bar", lambda verbose, epoch, epochs, total:
+                        bars.append(_Bar()) or bars[-1] if shown else None)
     monkeypatch.setattr(trainer.Trainer, "check_progress", counted)
     train(model="resnet8", subset=400, batch_size=32, epochs=1, out=str(tmp_path / "run"), verbose=False)
     steps = 360 // 32 + (360 % 32 > 0)  # 400 images less a 10% val split

@@ -21,8 +21,7 @@ from .config import RunConfig
 from .errors import UserError
 from .models import create_model
 from .probe import Setting, cpu_model, failure, prepare, time_steps
-from .training.steps import timing_step
-from .training.trainer import network_key
+from .steps import timing_step
 
 
 MODES = ("train", "infer")
@@ -193,7 +192,7 @@ def reprobe(model: str, input_size: Sequence[int], batch_size: int, device: torc
     full = {"num_classes": 10, "in_chans": int(input_size[0]), **(model_args or {})}
     net = create_model(model, **full)
     choice = probe.choose(net, tuple(input_size), batch_size, device, precision="auto", channels_last=None,
-                          compile=False, network=network_key(RunConfig(model=model), full),
+                          compile=False, network=probe.network_key(RunConfig(model=model), full),
                           make_step=timing_step, reprobe=True)
     if device.type == "cpu":
         spec = {"model": model, "model_args": full, "input_size": list(input_size), "batch_size": batch_size,

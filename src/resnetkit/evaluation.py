@@ -22,7 +22,7 @@ from .data import build_eval_loader, tta_for
 from .errors import UserError
 from .report import classification_report, evidence, plot_confusion
 from .runtime import cpu_threads, resolve_device, resolve_precision
-from .training.steps import evaluate_batches
+from .steps import evaluate_batches
 
 
 BIASED = ("no test split: the checkpoint was chosen on this split, so its accuracy is biased upwards; "

@@ -40,6 +40,7 @@ from torch import nn
 
 from . import _omp
 from ._io import write_json_atomic
+from .config import RunConfig
 from .errors import UserError
 from .models import create_model
 from .runtime import timed
@@ -76,6 +77,12 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # native bf16 dot products (Cooper Lak
 
 
 # ------------------------------------------------------------------ the machine
+def network_key(cfg: RunConfig, model_args: dict[str, Any]) -> str:
+    """The network as the probe's cache knows it: a frozen backbone trains less."""
+    return json.dumps({"model": cfg.model, "args": dict(model_args), "freeze": cfg.freeze},
+                      sort_keys=True, default=str)
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (/proc/cpuinfo on Linux, else what platform knows)."""
     with contextlib.suppress(OSError):

@@ -20,7 +20,8 @@ from ..training.plan import dry_run as plan_of, format_plan
 from ..training.distributed import check_batch_size, check_nproc_devices, is_main_process, launched_world_size
 from ..runtime import resolve_device
 from ..training.recipes import resolve_config
-from ..training.trainer import as_config, resume_config
+from ..training.run_folder import resume_config
+from ..training.setup import as_config
 
 
 def dry_run(values: Mapping[str, Any], *, as_json: bool) -> int:

@@ -1,4 +1,4 @@
-"""Training: ``train(cfg) -> TrainResult``, recipes, optimisers, steps, fine-tuning, data parallelism."""
+"""Training: ``train(cfg) -> TrainResult``, recipes, optimisers, fine-tuning, data parallelism."""
 from __future__ import annotations
 
 from .api import train

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 from ..config import RunConfig
 from ..data.python import as_source
 from ..errors import UserError
-from .trainer import Callback, TrainResult, as_config
+from .setup import as_config
+from .trainer import Callback, TrainResult
 from .trainer import train as train_config
 
 DATA_KEYWORDS = ("val_data", "test_data", "classes", "mean", "std")

@@ -19,12 +19,19 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
+from torch import nn
 
-from ..data.progressive import SIZE_STEP
+from .. import probe
+from ..config import RunConfig
+from ..data.augment import TTA
+from ..data.progressive import SIZE_STEP, epoch_img_sizes
 from ..errors import UserError
+from ..steps import timing_step
+from . import distributed
 
 TARGET = 0.97  # plan to end at 97% of the budget: estimates from a shared machine are noisy
 EVAL_SPEEDUP = 3.0  # an inference image costs a third of a training image (1 forward of 3)
@@ -43,6 +50,17 @@ RECENT = 3  # epochs whose mean seconds predict the next ones
 MAX_EPOCHS = 10_000_000
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 _START = time.monotonic()  # fallback process start where /proc is unavailable
+# The refit after the first steps of epoch 1 keeps no less than this share of the plan: a short
+# window that a passing load slowed (e.g. another process's threads on the same cores: 18x
+# measured) must not end the run after epoch 1;
+# the end of epoch 1, a whole epoch's measure, may shrink it further
+FIRST_STEPS_LEAST = 0.5
+# A cached probe's speed is from another hour, and a shared machine drifts (the same 28 px epoch
+# took 19 s in one run and 24 s in the next); --time-budget times the chosen setting afresh, for
+# at most this long, unless the probe has just timed it
+BUDGET_PROBE_S = 1.5
+QUIET_REFIT = 0.05  # a refit within this share of the plan is made but not printed
+MIN_REFIT = 0.002  # nor made at all within this share (a few steps: noise, and a replay of the schedule)
 
 
 def parse_duration(value: str | float | int) -> float:
@@ -288,3 +306,140 @@ class Budget:
             return fitted if fitted >= planned * (1 + GROW_BY) else planned
         quantum = steps_per_epoch or 1
         return max(planned, min(fitted, math.floor(planned * (1 + GROW_BY) * quantum) / quantum))
+
+
+def budget_speed(choice: probe.Choice, model: nn.Module, shape: tuple[int, int, int], batch_size: int,
+                 device: torch.device, compile: bool) -> float:
+    """Training images/s at the full input size for --time-budget's first fit: the probe's, where
+    it has just timed the chosen setting; else that setting timed now (BUDGET_PROBE_S at most)."""
+    if choice.images_per_s and (choice.chosen_by == "probe" or compile):  # compiling again: seconds
+        return choice.images_per_s
+    setting = probe.Setting(choice.precision, choice.channels_last, compile, choice.threads or 0)
+    rows = probe.probe(model, shape, batch_size, [setting], device, timing_step, time_cap_s=BUDGET_PROBE_S)
+    return rows[0]["images_per_s"] or 1.0
+
+
+def budget_costs(cfg: RunConfig, loaders: Any, tta: TTA, speeds: SizeSpeeds, tail_s: float) -> Costs:
+    """--time-budget's costs of a run of ``cfg`` on ``loaders``: training epochs at the speeds
+    measured per input size, an evaluation of the val split after each (none without one) and
+    of the test split at the end, with the run's TTA views."""
+    views = tta.count if cfg.tta else 1
+    val = loaders.val.num_samples * views if loaders.val is not None else 0
+    full = loaders.spec.img_size
+
+    def weights(epochs: int) -> list[float]:
+        return speeds.weights(plan_sizes(epochs, full, cfg.min_img_size, cfg.progressive_until))
+    return Costs.from_speed(loaders.train.num_samples, val, speeds.full_speed(), tail_s, weights,
+                            report_images=loaders.test.num_samples * views)
+
+
+class RunBudget:
+    """--time-budget inside a run: the first fit before training, a refit after the first steps
+    and after each epoch. It reads the Trainer ``t`` it is handed and sets its length
+    (:meth:`Trainer.set_epochs`)."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.speeds = SizeSpeeds(0)  # set by first_fit
+        self.train_seconds: list[tuple[int, float]] = []  # (input size, seconds) of each epoch
+        self.fitted_speed = 0.0  # the images/s of the first fit (of its second measure, if any)
+
+    @classmethod
+    def start(cls, seconds: float) -> "RunBudget":
+        return cls(Budget.start(seconds))
+
+    def first_fit(self, t: Any, model: nn.Module) -> None:
+        """The first fit of --time-budget, from the probe's images/s: timed now unless the probe
+        has just timed the chosen setting (not when it came from the cache or from flags)."""
+        speed = None
+        if t.is_main:
+            spec, choice = t.spec, t.choice
+            if choice is None:  # flags decided: the setting in use, untimed
+                choice = probe.Choice(t.precision.name, t.channels_last, t.cfg.compile, "flag")
+            speed = budget_speed(choice, model, (spec.in_chans, spec.img_size, spec.img_size),
+                                 t.loaders.train.batch_size, t.device, t.cfg.compile)
+        speed = self.fitted_speed = distributed.broadcast_object(speed)
+        self.speeds = SizeSpeeds(t.spec.img_size)
+        self.speeds.record(t.spec.img_size, speed)
+        try:
+            first = self.budget.first_fit(self.costs(t), t.cfg.eval_every, t.sched_steps)
+        except UserError:
+            c = t.choice
+            if t.world_size > 1 or not (c.load or (c.spread or 0) >= probe.STABLE_SPREAD):
+                raise
+            first = self.measured_again(t, model)  # never refused on a measurement made under load
+        epochs = distributed.broadcast_object(self.capped(t, first))
+        t.set_epochs(epochs)
+        t.notes.append(f"budget {format_duration(self.budget.seconds)} -> {t.plan_text()} "
+                       f"at ~{speed:,.0f} img/s")
+
+    def measured_again(self, t: Any, model: nn.Module) -> float:
+        """The first fit from the chosen setting timed again now; a budget still too short is
+        refused with the speed measured and the load beside it."""
+        spec, c = t.spec, t.choice
+        before, start = probe.cpu_ticks(), time.perf_counter()
+        again = probe.Choice(c.precision, c.channels_last, c.compile, "cache", c.images_per_s, threads=c.threads)
+        speed = budget_speed(again, model, (spec.in_chans, spec.img_size, spec.img_size),
+                             t.loaders.train.batch_size, t.device, False)
+        load = probe.load_text(probe.other_load(before, probe.cpu_ticks(), time.perf_counter() - start))
+        self.speeds.record(t.spec.img_size, speed, replace=True)
+        self.fitted_speed = speed
+        note = f"measured twice, now at ~{speed:,.0f} img/s" + (f"; {load}" if load else "")
+        return self.budget.first_fit(self.costs(t), t.cfg.eval_every, t.sched_steps, measured=note)
+
+    def costs(self, t: Any) -> Costs:
+        """--time-budget's cost model from the speeds measured so far (``self.speeds``)."""
+        return budget_costs(t.cfg, t.loaders, t.tta, self.speeds, self.budget.tail_s)
+
+    def epoch_sizes(self, t: Any, epochs: int) -> list[int]:
+        """Each epoch's training input size in a run of ``epochs`` (--min-img-size)."""
+        return epoch_img_sizes(epochs, t.spec.img_size, t.cfg.min_img_size, t.cfg.progressive_until)
+
+    def capped(self, t: Any, epochs: float) -> float:
+        """A --time-budget plan held to the user's --max-steps, if any."""
+        return min(epochs, t.step_cap / t.sched_steps) if t.step_cap else epochs
+
+    def refit(self, t: Any, done: float, costs: Costs, why: str, least: float = 0.0) -> None:
+        """Refit the epochs to what is left of the budget (``least`` of them at least); a new
+        length rebuilds the schedule at the current step (so it still ends annealed) and
+        rewrites config.json (:meth:`Trainer.restart_schedule`)."""
+        planned = t.planned_epochs
+        epochs = distributed.broadcast_object(
+            self.capped(t, max(least, self.budget.refit(planned, done, costs, t.cfg.eval_every,
+                                                        t.sched_steps))))
+        new, old = round(epochs * t.sched_steps), round(planned * t.sched_steps)
+        if abs(new - old) < max(1.0, MIN_REFIT * old):  # each new plan replays the schedule so far
+            return
+        was = t.plan_text()
+        t.set_epochs(epochs)
+        if abs(epochs - planned) > QUIET_REFIT * planned:  # not every nudge
+            t.log(f"budget {format_duration(self.budget.seconds)}: {why} -> {t.plan_text()} (was {was})")
+        t.restart_schedule()
+
+    def after_first_steps(self, t: Any, step: int, speed: float) -> None:
+        """After the first steps of epoch 1: refit from the loop's own images/s (``speed``)."""
+        self.speeds.record(self.epoch_sizes(t, t.cfg.epochs)[0], speed, replace=True)  # the loop's own
+        least = math.ceil(FIRST_STEPS_LEAST * t.planned_epochs * t.sched_steps) / t.sched_steps
+        self.refit(t, step / len(t.loaders.train), self.costs(t),
+                   f"first steps at ~{speed:,.0f} img/s", least=least)
+
+    def after_epoch(self, t: Any, epoch: int, train_seconds: float) -> None:
+        """After each epoch: refit from the mean speed of the last RECENT epochs at each input size
+        (the first whole epoch at a size replaces the first steps' estimate) and the last
+        evaluation's seconds."""
+        size = self.epoch_sizes(t, t.cfg.epochs)[epoch - 1]
+        first_at_size = size not in {s for s, _ in self.train_seconds}
+        self.train_seconds.append((size, train_seconds))
+        if epoch >= t.cfg.epochs:
+            return
+        speed = t.loaders.train.num_samples / max(train_seconds, 1e-9)
+        self.speeds.record(size, speed, replace=first_at_size)
+        costs = self.costs(t)
+        if t.eval_seconds:
+            costs.eval_s = t.eval_seconds[-1]
+        self.refit(t, epoch, costs, f"epoch {epoch} at ~{speed:,.0f} img/s")
+
+    def end_line(self) -> str:
+        used = self.budget.used()
+        return (f"budget {format_duration(self.budget.seconds)}: {used:.1f} s used so far "
+                f"({used / self.budget.seconds:.0%}; the interpreter's exit follows)")

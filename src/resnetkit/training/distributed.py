@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import UserError
-from .steps import EvalOutput
+from ..steps import EvalOutput
 
 TIMEOUT_ENV = "RESNETKIT_DIST_TIMEOUT"  # seconds a collective may wait for the other ranks
 DEFAULT_TIMEOUT_S = 300  # rank 0 may write a large checkpoint meanwhile; a hang ends in minutes

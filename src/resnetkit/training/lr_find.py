@@ -26,8 +26,9 @@ from ..errors import UserError
 from . import finetune
 from .recipes import resolve_config
 from ..runtime import cpu_threads
-from .steps import Batch, micro_batches, train_step
-from .trainer import Trainer, as_config
+from ..steps import Batch, micro_batches, train_step
+from .setup import as_config
+from .trainer import Trainer
 
 SMOOTHING = 0.98  # EMA factor of the loss (fastai's default)
 SKIP_START, SKIP_END = 10, 5  # points left out of the suggestion: the noisy start, the blow-up

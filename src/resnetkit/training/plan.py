@@ -7,25 +7,18 @@ so a schedule that changes the input size per epoch changes the count with it.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping
 
-import torch
-
-from .. import flops, pretrained, probe
+from .. import flops
 from ..config import RunConfig
-from ..errors import UserError
-from ..data import build_loaders, tta_for
 from ..data.progressive import epoch_img_sizes
-from ..models import create_model
 from ..runtime import cpu_threads, resolve_device, resolve_precision
-from .budget import TAIL_MIN_S, Budget, SizeSpeeds, format_duration
+from .budget import Budget, RunBudget, format_duration
 from .distributed import check_batch_size
 from .finetune import freeze_plan
-from .optim import epoch_steps, plan_text, run_steps, with_length
+from .optim import epoch_steps, plan_text, run_steps
 from .recipes import describe, resolve_config
-from .steps import timing_step
-from .trainer import budget_costs, budget_speed, check_setup, network_key
+from .setup import Run, build_run, probe_choice
 
 
 def epoch_plan(cfg: RunConfig, images: int, input_shape: tuple[int, int, int],
@@ -50,25 +43,13 @@ def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, 
     cfg = resolve_config(cfg, explicit)
     device = resolve_device(cfg.device)
     check_batch_size(cfg.batch_size, cfg.nproc)  # the launcher's check
-    resolve_precision(cfg.precision, device)  # the trainer's first checks: fp16 needs a GPU
+    run = Run(cfg, device, resolve_precision(cfg.precision, device))  # the trainer's first checks: fp16 needs a GPU
     freeze_plan(cfg)
     with cpu_threads(cfg.threads, device):
-        # the data as the trainer reads it: with pretrained weights, at their preprocessing
-        weights = pretrained.weights_preprocessing(cfg) if cfg.pretrained else None
-        loaders = build_loaders(cfg, device, preprocessing=weights)
-        spec = loaders.spec
-        head = {} if cfg.drop_rate is None else {"drop_rate": cfg.drop_rate}  # as the trainer's
-        model = create_model(cfg.model, num_classes=spec.num_classes, in_chans=spec.in_chans,
-                             **{**head, **cfg.model_args}).to(device)
-        check_setup(cfg, loaders)
-        shape = (spec.in_chans, spec.img_size, spec.img_size)
-        images = loaders.train.num_samples
-        steps_per_epoch = math.ceil(len(loaders.train) / cfg.accum_steps)
-        speed = None
-        if cfg.max_steps:
-            cfg = with_length(cfg, min(cfg.epochs, cfg.max_steps / steps_per_epoch), steps_per_epoch)
-        if cfg.time_budget:
-            cfg, speed = budget_epochs(cfg, model, loaders, shape, device, steps_per_epoch)
+        build_run(run)  # the data, the prepared model and the length, as the trainer sets them up
+        speed = budget_epochs(run) if cfg.time_budget else None
+    cfg, loaders, model, shape, steps_per_epoch = run.cfg, run.loaders, run.model, run.input_shape, run.sched_steps
+    images = loaders.train.num_samples
     plan = epoch_plan(cfg, images, shape, steps_per_epoch)
     forward = flops.forward_flops(model, shape)
     total = flops.train_flops(model, plan)
@@ -83,33 +64,13 @@ def dry_run(cfg: RunConfig, explicit: Iterable[str] | None = None) -> dict[str, 
             "train_flops": total}
 
 
-def budget_epochs(cfg: RunConfig, model: torch.nn.Module, loaders: Any, shape: tuple[int, int, int],
-                  device: torch.device, steps_per_epoch: int) -> tuple[RunConfig, float]:
-    """The epochs --time-budget would fit now, from the probe's speed (as the trainer's first fit)."""
-    model_args = {"num_classes": loaders.spec.num_classes, "in_chans": loaders.spec.in_chans,
-                  **cfg.model_args}
-    choice = probe.choose(model, shape, loaders.train.batch_size, device, precision=cfg.precision,
-                          channels_last=cfg.channels_last, compile=cfg.compile,
-                          network=network_key(cfg, model_args), make_step=timing_step,
-                          run_steps=cfg.epochs * len(loaders.train), threads=cfg.threads,
-                          reprobe=cfg.reprobe)
-    speed = budget_speed(choice, model, shape, loaders.train.batch_size, device, cfg.compile)
-
-    def fit(images_per_s: float, measured: str = "") -> float:
-        speeds = SizeSpeeds(loaders.spec.img_size)  # the probe's, at full size: as the trainer's first fit
-        speeds.record(loaders.spec.img_size, images_per_s)
-        costs = budget_costs(cfg, loaders, tta_for(cfg.dataset, loaders.spec), speeds, TAIL_MIN_S)
-        return Budget(cfg.time_budget).first_fit(costs, cfg.eval_every, steps_per_epoch, measured=measured)
-    try:
-        epochs = fit(speed)
-    except UserError:  # as the trainer: never refused on a probe made under load without timing again
-        if not (choice.load or (choice.spread or 0) >= probe.STABLE_SPREAD):
-            raise
-        again = probe.Choice(choice.precision, choice.channels_last, choice.compile, "cache",
-                             choice.images_per_s, threads=choice.threads)
-        speed = budget_speed(again, model, shape, loaders.train.batch_size, device, False)
-        epochs = fit(speed, f"measured twice, now at ~{speed:,.0f} img/s")
-    return with_length(cfg, epochs, steps_per_epoch), speed
+def budget_epochs(run: Run) -> float:
+    """Fit ``run``'s epochs to --time-budget now, as the trainer's first fit does, from the probe's
+    choice for the same network and length; the images/s the fit used."""
+    run.choice = probe_choice(run)
+    budget = RunBudget(Budget(run.cfg.time_budget))  # the process's age counts, as in a run
+    budget.first_fit(run, run.model)
+    return budget.fitted_speed
 
 
 def format_plan(plan: Mapping[str, Any]) -> str:

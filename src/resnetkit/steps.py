@@ -12,8 +12,8 @@ from typing import Callable, ContextManager, Iterable, Iterator
 import torch
 from torch import nn
 
-from ..data.augment import TTA
-from ..runtime import Precision
+from .data.augment import TTA
+from .runtime import Precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
