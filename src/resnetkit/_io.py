@@ -197,3 +197,11 @@ def pickled_code(path: str | os.PathLike[str], limit: int = 1 << 26) -> list[str
             break
     return found
 
+
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A cache file's JSON object; a missing, unreadable or non-object file counts as empty."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            return data
+    return {}

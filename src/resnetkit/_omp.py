@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._io import write_json_atomic
+from ._io import read_json_dict, write_json_atomic
 from .errors import UserError
 
 ENV = "OMP_WAIT_POLICY"
@@ -72,11 +72,7 @@ def machine_key() -> str:
 
 def read_verdicts() -> dict[str, Any]:
     """The measured verdicts; an unreadable file counts as empty (it is only a cache)."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(verdict_file().read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return data
-    return {}
+    return read_json_dict(verdict_file())
 
 
 def read_verdict() -> dict[str, Any] | None:

@@ -39,11 +39,13 @@ import torch
 from torch import nn
 
 from . import _omp
-from ._io import write_json_atomic
+from ._io import read_json_dict, write_json_atomic
 from .config import RunConfig
 from .errors import UserError
 from .models import create_model
-from .runtime import timed
+from .runtime import cpu_threads, timed
+
+CPU = torch.device("cpu")  # the thread count is a CPU setting wherever the probe runs
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 # make_step(model, mode, precision name) -> one train ("train") or inference ("infer") step on (x, y)
@@ -259,18 +261,6 @@ def spread(times: Sequence[float]) -> float:
     return (q3 - q1) / mid
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Any:
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 def probe(model: nn.Module, input_size: Sequence[int], batch_size: int, settings: Sequence[Setting],
           device: torch.device, make_step: StepFactory, *, time_cap_s: float = TIME_CAP_S,
           run_steps: int | None = None) -> list[dict[str, Any]]:
@@ -289,7 +279,7 @@ def probe(model: nn.Module, input_size: Sequence[int], batch_size: int, settings
         for s in settings:
             try:
                 steps[s] = prepare(model, input_size, batch_size, s, "train", device, make_step)
-                with _threads(s.threads):
+                with cpu_threads(s.threads, CPU):
                     time_steps(*steps[s], WARMUP_STEPS, device)
             except Exception as e:  # noqa: BLE001 - a setting this machine cannot run is a result
                 rows[s]["error"] = failure(e)
@@ -300,7 +290,7 @@ def probe(model: nn.Module, input_size: Sequence[int], batch_size: int, settings
             if rnd >= STABLE_ROUNDS and all(spread(times[s]) < STABLE_SPREAD for s in steps):
                 break
             for s in list(steps):
-                with _threads(s.threads):
+                with cpu_threads(s.threads, CPU):
                     times[s].append(time_steps(*steps[s], 1, device))
             if rnd == 0 and steps:
                 best = min(times[s][0] for s in steps)
@@ -577,11 +567,7 @@ def cache_key(network: str, input_size: Sequence[int], batch_size: int, settings
 
 def read_cache() -> dict[str, Any]:
     """The cached choices; an unreadable or foreign file counts as empty (it is only a cache)."""
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(cache_file().read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            return data
-    return {}
+    return read_json_dict(cache_file())
 
 
 def write_cache(key: str, choice: Choice, **what: Any) -> None:
